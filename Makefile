@@ -1,0 +1,46 @@
+# geotwin — the two commands: `make demo` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_SIZE ?= medium
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test setup system venv db demo-data serve bench clean-db
+
+demo: setup db demo-data serve
+
+test: setup db
+	$(BIN)/python -m pytest -q tests
+
+setup: system venv
+
+system:
+	@bash scripts/setup-system.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+db:
+	$(BIN)/geotwin db up
+
+demo-data:
+	$(BIN)/geotwin demo build --size $(DEMO_SIZE)
+
+serve:
+	@echo "geotwin on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	$(BIN)/geotwin serve --host $(HOST) --port $(PORT)
+
+bench: setup db
+	$(BIN)/python bench/ingest.py
+
+clean-db:
+	-$(BIN)/geotwin db down
+	rm -rf .geotwin/db

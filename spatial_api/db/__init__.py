@@ -1,0 +1,77 @@
+"""Database access: the URL in use, connections with geotwin's schema first on the search path,
+and schema migrations (Alembic)."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+
+from spatial_api.config import Settings, get_settings
+
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The connection URL in use: DATABASE_URL if set, else the project-local cluster."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    from spatial_api.db.cluster import ClusterError, LocalCluster
+
+    cluster = LocalCluster(settings)
+    if not cluster.password_file.exists():
+        raise ClusterError("The local database is not set up: run `geotwin db up` (or `make demo`).")
+    return cluster.url()
+
+
+def schema_name(settings: Settings | None = None) -> str:
+    schema = (settings or get_settings()).db_schema
+    if not SCHEMA_RE.match(schema):
+        raise ValueError(f"GEOTWIN_DB_SCHEMA={schema!r} is not a plain lower-case SQL name")
+    return schema
+
+
+def connect(settings: Settings | None = None, *, autocommit: bool = False) -> psycopg.Connection:
+    """A new connection whose search_path is geotwin's schema, then public (PostGIS)."""
+    settings = settings or get_settings()
+    schema = schema_name(settings)
+    return psycopg.connect(
+        database_url(settings),
+        autocommit=autocommit,
+        options=f"-c search_path={schema},public -c timezone=UTC",
+        application_name="geotwin",
+    )
+
+
+@contextmanager
+def transaction(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
+    """A connection in one transaction: committed on success, rolled back on any error."""
+    with connect(settings) as conn:  # psycopg commits on normal exit, rolls back on exception
+        yield conn
+
+
+def sqlalchemy_url(settings: Settings | None = None) -> str:
+    url = database_url(settings)
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+def migrate(settings: Settings | None = None, revision: str = "head") -> str:
+    """Bring the schema to ``revision`` (default: the latest). Returns the revision reached."""
+    from spatial_api.db.migrations import run_upgrade
+
+    return run_upgrade(settings or get_settings(), revision)
+
+
+def current_revision(settings: Settings | None = None) -> str | None:
+    settings = settings or get_settings()
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{schema_name(settings)}.alembic_version",)
+        ).fetchone()
+        if not row or not row[0]:
+            return None
+        rev = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return rev[0] if rev else None

@@ -1,0 +1,351 @@
+"""Ingestion: file → read, reproject, validate (readers) → check against the layer → store.
+
+``ingest_vector`` is what ``geotwin ingest vector`` and the demo builder call. It is
+all-or-nothing: any error leaves the layer exactly as it was and raises :class:`IngestError`
+with a message naming the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time as dtime
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from spatial_api.config import Settings, author_default, get_settings
+from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected
+
+__all__ = ["IngestError", "IngestSummary", "ingest_vector", "parse_valid_time", "prepare_properties"]
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class IngestSummary:
+    layer: str
+    source: str
+    mode: str
+    valid_from: str
+    changeset_id: int | None = None
+    new_layer: bool = False
+    skipped: bool = False  # the same file was already the layer's latest changeset
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    closed: int = 0
+    repaired: int = 0
+    rejected: int = 0
+    current_total: int = 0
+    seconds: float = 0.0
+    source_crs: str | None = None
+    encoding: str | None = None
+    rejected_rows: list[dict] = field(default_factory=list)
+    repaired_rows: list[int] = field(default_factory=list)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_valid_time(value: date | datetime | str | None, tz: str, *, param: str = "--valid-from") -> datetime:
+    """A date means midnight in the district's time zone; a naive datetime is local time too."""
+    zone = ZoneInfo(tz)
+    if value is None:
+        return datetime.now(zone)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+        except ValueError:
+            raise IngestError(
+                f"{param} {text!r} is not a date: write it as YYYY-MM-DD (e.g. 2023-12-31) "
+                "or an ISO date-time (2023-12-31T08:00:00+08:00)."
+            ) from None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=zone)
+    return datetime.combine(value, dtime(0, 0), tzinfo=zone)
+
+
+def source_digest(path: Path) -> str:
+    """sha256 over the file, its shapefile companions, or every file of a folder (FileGDB)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif path.suffix.lower() == ".shp":
+        files = sorted(p for p in path.parent.glob(path.stem + ".*") if p.is_file())
+    else:
+        files = [path]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# -- properties ------------------------------------------------------------------------------
+
+_TRUE = {"true", "t", "yes", "y", "1", "是"}
+_FALSE = {"false", "f", "no", "n", "0", "否"}
+
+
+def _coerce(series: pd.Series, target: str) -> tuple[pd.Series, pd.Series]:
+    """Convert a column to ``target``; returns (converted, mask of values that did not convert)."""
+    present = series.notna()
+    if target == "string":
+        out = series.astype(object).where(present, None)
+        out = out.map(lambda v: v if v is None else (v.isoformat() if hasattr(v, "isoformat") else str(v)))
+        return out, pd.Series(False, index=series.index)
+    if target in ("integer", "number"):
+        num = pd.to_numeric(series, errors="coerce")
+        bad = present & num.isna()
+        if target == "integer":
+            frac = num.notna() & (num != np.floor(num.fillna(0)))
+            bad |= frac
+            num = num.where(~bad).round().astype("Int64")
+        else:
+            num = num.astype("float64")
+        return num, bad
+    if target == "boolean":
+        def to_bool(v):
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                return None
+            if isinstance(v, (bool, np.bool_)):
+                return bool(v)
+            s = str(v).strip().lower()
+            return True if s in _TRUE else False if s in _FALSE else "bad"
+        out = series.astype(object).map(to_bool)
+        bad = out.map(lambda v: v == "bad")
+        return out.where(~bad, None), bad
+    if target in ("date", "datetime"):
+        ts = pd.to_datetime(series, errors="coerce", format="mixed") if series.dtype == object or pd.api.types.is_string_dtype(series) else pd.to_datetime(series, errors="coerce")
+        bad = present & ts.isna()
+        if target == "date":
+            out = ts.dt.strftime("%Y-%m-%d")
+        else:
+            out = ts.map(lambda t: None if pd.isna(t) else t.isoformat())
+        return out.astype(object).where(ts.notna(), None), bad
+    raise ValueError(target)
+
+
+def prepare_properties(batch: PreparedBatch, schema: dict[str, str]) -> np.ndarray:
+    """Canonical JSON objects (one per feature) with values converted to the layer's types."""
+    frame = batch.properties
+    out = pd.DataFrame(index=frame.index)
+    for name, target in schema.items():
+        if name not in frame.columns:
+            out[name] = None
+            continue
+        converted, bad = _coerce(frame[name], target)
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise IngestError(
+                f"{batch.source}: row {int(batch.rows[pos])}: field {name!r} must be "
+                f"{'an' if target == 'integer' else 'a'} {target} (layer schema), got "
+                f"{frame[name].iloc[pos]!r}. Fix the value, or load into a new layer."
+            )
+        out[name] = converted
+    if not len(out):
+        return np.array([], dtype=object)
+    if not len(out.columns):
+        return np.array(["{}"] * len(out), dtype=object)
+    text = out.to_json(orient="records", lines=True, force_ascii=False, double_precision=15,
+                       date_format="iso")
+    lines = text.rstrip("\n").split("\n")
+    return np.array(lines, dtype=object)
+
+
+def _reconcile_schema(batch: PreparedBatch, layer, evolve: bool) -> tuple[dict[str, str], list[dict] | None]:
+    """The schema to write with, and the layer's new property list if it grew."""
+    if layer is None:
+        return dict(batch.schema), None
+    current = layer.schema
+    extra = [c for c in batch.schema if c not in current]
+    if extra and not evolve:
+        raise IngestError(
+            f"{batch.source}: field(s) {', '.join(map(repr, extra))} are not in layer "
+            f"{layer.name!r}'s schema ({', '.join(current) or 'no fields'}). Rename them to match, "
+            "or pass --evolve-schema to add them to the layer."
+        )
+    if extra:
+        props = list(layer.properties) + [{"name": c, "type": batch.schema[c]} for c in extra]
+        return {p["name"]: p["type"] for p in props}, props
+    return current, None
+
+
+def _keys_of(values: list) -> list[str]:
+    """Key values as text; 12.0 read from a float column is the key "12"."""
+    return [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+            for v in values]
+
+
+def _keys(batch: PreparedBatch, key: str) -> np.ndarray:
+    if key not in batch.properties.columns:
+        raise IngestError(
+            f"--key {key!r}: {batch.source} has no field {key!r}. Its fields are: "
+            f"{', '.join(batch.properties.columns) or '(none)'}."
+        )
+    col = batch.properties[key]
+    null = col.isna().to_numpy()
+    if null.any():
+        pos = int(np.flatnonzero(null)[0])
+        raise IngestError(
+            f"{batch.source}: row {int(batch.rows[pos])}: key field {key!r} is empty. "
+            "Every feature needs a key value; fill it in or choose another --key."
+        )
+    values = pd.Series(_keys_of(col.tolist()), index=col.index)
+    dup = values.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = values[dup].iloc[0]
+        rows = batch.rows[np.flatnonzero((values == first).to_numpy())]
+        raise IngestError(
+            f"{batch.source}: key {key}={first!r} appears in rows {', '.join(map(str, rows[:5]))}. "
+            "A key must identify one feature: fix the duplicates or choose another --key."
+        )
+    return values.to_numpy(dtype=object)
+
+
+def ingest_vector(
+    path: str | Path,
+    *,
+    layer: str,
+    key: str | None = None,
+    mode: str = "replace",
+    valid_from: date | datetime | str | None = None,
+    crs: str | None = None,
+    from_gcj02: bool = False,
+    encoding: str | None = None,
+    source_layer: str | None = None,
+    title_zh: str | None = None,
+    title_en: str | None = None,
+    access_level: str | None = None,
+    author: str | None = None,
+    evolve_schema: bool = False,
+    strict: bool = False,
+    message: str | None = None,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    from spatial_api import db, store
+    from spatial_api.ingest.readers import read_vector
+
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    store.check_layer_name(layer)
+    if mode not in store.MODES:
+        raise IngestError(f"--mode {mode!r}: choose one of {', '.join(store.MODES)}")
+    if access_level is not None and access_level not in store.ACCESS_LEVELS:
+        raise IngestError(f"--access {access_level!r}: choose one of {', '.join(store.ACCESS_LEVELS)}")
+    vf = parse_valid_time(valid_from, settings.timezone)
+    src = Path(path)
+    if not src.exists():
+        raise IngestError(f"{path}: no such file or folder. Check the path.")
+    digest = source_digest(src)
+    summary = IngestSummary(layer=layer, source=str(path), mode=mode, valid_from=vf.isoformat())
+
+    # Was this very file already loaded as the latest change? Then there is nothing to do.
+    with db.connect(settings) as conn:
+        last = conn.execute(
+            "SELECT id, source_hash, valid_from, mode, counts FROM changesets WHERE layer = %s "
+            "ORDER BY id DESC LIMIT 1", (layer,)
+        ).fetchone()
+        if last and last[1] == digest and last[2] == vf and last[3] == mode:
+            summary.skipped = True
+            summary.changeset_id = last[0]
+            summary.unchanged = int((last[4] or {}).get("added", 0)) + int((last[4] or {}).get("changed", 0)) + int((last[4] or {}).get("unchanged", 0))
+            summary.current_total = store.count(conn, layer)
+            summary.seconds = round(time.perf_counter() - started, 3)
+            return summary
+
+    if progress:
+        progress("read", 0, 1)
+    batch = read_vector(src, crs=crs, from_gcj02=from_gcj02, encoding=encoding, source_layer=source_layer)
+    summary.source_crs = batch.source_crs
+    summary.encoding = batch.encoding
+    summary.repaired = len(batch.repaired)
+    summary.repaired_rows = list(map(int, batch.repaired))
+    summary.rejected = len(batch.rejected)
+    summary.rejected_rows = [{"row": r.row, "reason": r.reason, "key": r.key} for r in batch.rejected]
+    if strict and batch.rejected:
+        r = batch.rejected[0]
+        raise IngestError(f"{path}: row {r.row}: {r.reason} (--strict rejects the whole file). "
+                          f"{len(batch.rejected)} row(s) rejected in all.")
+    if progress:
+        progress("read", 1, 1)
+
+    with db.transaction(settings) as conn:
+        existing = store.get_layer(conn, layer)
+        if existing is not None:
+            if key and existing.key_field and key != existing.key_field:
+                raise IngestError(
+                    f"--key {key!r}: layer {layer!r} is keyed by {existing.key_field!r}. "
+                    f"Pass --key {existing.key_field} (or leave --key out)."
+                )
+            key = key or existing.key_field
+            if existing.geometry_family != batch.geometry_family:
+                raise IngestError(
+                    f"{path}: holds {batch.geometry_family} geometries but layer {layer!r} holds "
+                    f"{existing.geometry_family}s. Load it into another layer."
+                )
+        schema, grown = _reconcile_schema(batch, existing, evolve_schema)
+        fids = _keys(batch, key) if key else None
+        keep: set[str] = set()
+        if fids is not None and mode == "replace":
+            # A rejected row says nothing reliable about its feature: do not close it.
+            for r in batch.rejected:
+                if r.key is None and r.properties and r.properties.get(key) is not None:
+                    r.key = _keys_of([r.properties[key]])[0]
+            keep = {r.key for r in batch.rejected if r.key is not None}
+            summary.rejected_rows = [{"row": r.row, "reason": r.reason, "key": r.key} for r in batch.rejected]
+        if mode == "replace" and fids is not None and any(r.key is None for r in batch.rejected):
+            raise IngestError(
+                f"{path}: {len(batch.rejected)} row(s) rejected (first: row {batch.rejected[0].row}, "
+                f"{batch.rejected[0].reason}) and their keys are unknown, so replace cannot tell "
+                "which stored features they stand for. Fix those rows or use --mode upsert."
+            )
+        props = prepare_properties(batch, schema)
+        geoms = shapely.set_srid(batch.geometry, 4490)
+        wkb = shapely.to_wkb(geoms, hex=True, include_srid=True, output_dimension=2)
+        rows = store.FeatureRows(rows=np.asarray(batch.rows), fids=fids, properties_json=props, wkb_hex=wkb)
+
+        new_layer = existing is None
+        if new_layer:
+            store.create_layer(conn, store.Layer(
+                name=layer, geometry_family=batch.geometry_family,
+                properties=[{"name": n, "type": t} for n, t in schema.items()], key_field=key,
+                title_zh=title_zh, title_en=title_en, access_level=access_level or "public",
+            ), with_partition=False)
+        else:
+            changes = {k: v for k, v in {"title_zh": title_zh, "title_en": title_en,
+                                         "access_level": access_level}.items() if v is not None}
+            if grown:
+                changes["properties"] = grown
+            if key and not existing.key_field:
+                changes["key_field"] = key
+            store.update_layer(conn, layer, **changes)
+        result = store.write_changeset(
+            conn, store.get_layer(conn, layer), rows, mode=mode, valid_from=vf,
+            author=author or author_default(), source=str(path), source_hash=digest,
+            new_layer=new_layer, keep_keys=keep, message=message, progress=progress,
+        )
+        summary.new_layer = new_layer
+        summary.changeset_id = result.changeset_id
+        summary.added, summary.changed = result.added, result.changed
+        summary.unchanged, summary.closed = result.unchanged, result.closed
+        summary.current_total = result.current_total
+        summary.samples = result.samples
+        summary.seconds = round(time.perf_counter() - started, 3)
+        store.finish_changeset(conn, result.changeset_id, {
+            "added": summary.added, "changed": summary.changed, "unchanged": summary.unchanged,
+            "closed": summary.closed, "repaired": summary.repaired, "rejected": summary.rejected,
+            "seconds": summary.seconds, "source_crs": summary.source_crs,
+        })
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary

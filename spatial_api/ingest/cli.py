@@ -1,0 +1,189 @@
+"""``geotwin ingest vector`` and ``geotwin layers list | history | diff | show``."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from spatial_api.ingest.types import IngestError
+
+console = Console()
+err = Console(stderr=True)
+
+ingest_app = typer.Typer(help="Load files into layers (every load is a changeset).", no_args_is_help=True)
+layers_app = typer.Typer(help="The layer registry and each layer's history.", no_args_is_help=True)
+
+PHASES = {"read": "reading, reprojecting, validating", "store": "storing", "compare": "comparing with the stored state",
+          "index": "indexing"}
+
+
+def _json_default(value):
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+@ingest_app.command("vector")
+def ingest_vector_cmd(
+    path: Path = typer.Argument(..., help="GeoJSON, GeoPackage, Shapefile (.shp or .zip), CSV (WKT or lon/lat), FileGDB (.gdb), KML."),
+    layer: str = typer.Option(..., "--layer", "-l", help="Target layer name (created if new)."),
+    key: Optional[str] = typer.Option(None, "--key", "-k", help="Field identifying a feature across versions (e.g. BSM)."),
+    mode: str = typer.Option("replace", "--mode", "-m", help="replace: the file is the new state; append: new features only; upsert: add and update, close nothing."),
+    valid_from: Optional[str] = typer.Option(None, "--valid-from", help="Date the file's state became true (YYYY-MM-DD). Default: now."),
+    crs: Optional[str] = typer.Option(None, "--crs", help="The file's CRS if missing or wrong: EPSG:4547, a PROJ string or WKT (local grids)."),
+    from_gcj02: bool = typer.Option(False, "--from-gcj02", help="Coordinates are GCJ-02 (Chinese web maps): convert to CGCS2000."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding of a shapefile without .cpg (e.g. GBK). Default: detected."),
+    source_layer: Optional[str] = typer.Option(None, "--source-layer", help="Layer inside a multi-layer file (GeoPackage, FileGDB)."),
+    title_zh: Optional[str] = typer.Option(None, "--title-zh", help="Chinese title."),
+    title_en: Optional[str] = typer.Option(None, "--title-en", help="English title."),
+    access: Optional[str] = typer.Option(None, "--access", help="public | internal | restricted (new layers: public)."),
+    author: Optional[str] = typer.Option(None, "--author", help="Who loads this (default: the login name)."),
+    message: Optional[str] = typer.Option(None, "--message", help="A note kept with the changeset."),
+    evolve_schema: bool = typer.Option(False, "--evolve-schema", help="Add the file's new fields to the layer schema."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any rejected row instead of leaving it out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
+) -> None:
+    """Load a vector file into a layer as one all-or-nothing changeset."""
+    from spatial_api.ingest import ingest_vector
+
+    show_progress = not as_json and console.is_terminal
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not show_progress)
+    tasks: dict[str, int] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(PHASES.get(phase, phase), total=total)
+        progress.update(tasks[phase], completed=done, total=total)
+
+    try:
+        with progress:
+            summary = ingest_vector(
+                path, layer=layer, key=key, mode=mode, valid_from=valid_from, crs=crs,
+                from_gcj02=from_gcj02, encoding=encoding, source_layer=source_layer,
+                title_zh=title_zh, title_en=title_en, access_level=access, author=author,
+                message=message, evolve_schema=evolve_schema, strict=strict, progress=report,
+            )
+    except IngestError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))
+            raise typer.Exit(1)
+        _fail(f"{exc}\nNothing was written: layer {layer!r} is as it was.")
+    if as_json:
+        print(json.dumps({"ok": True, **summary.to_dict()}, ensure_ascii=False, default=_json_default))
+        return
+    if summary.skipped:
+        console.print(f"[yellow]●[/] {path} is already layer {layer!r}'s latest change "
+                      f"(changeset {summary.changeset_id}, same file and date): nothing to do.")
+        return
+    table = Table(title=f"{layer} ← {path.name}  (changeset {summary.changeset_id}, valid from {summary.valid_from[:10]})")
+    for col in ("added", "changed", "unchanged", "closed", "repaired", "rejected", "current", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{v:,}" for v in (summary.added, summary.changed, summary.unchanged, summary.closed,
+                                        summary.repaired, summary.rejected, summary.current_total)),
+                  f"{summary.seconds:.1f}")
+    console.print(table)
+    console.print(f"source CRS: {summary.source_crs}" + (f", encoding: {summary.encoding}" if summary.encoding else ""))
+    for r in summary.rejected_rows[:20]:
+        console.print(f"[yellow]rejected[/] row {r['row']}: {r['reason']}" + (f" (key {r['key']})" if r.get("key") else ""))
+    if len(summary.rejected_rows) > 20:
+        console.print(f"… and {len(summary.rejected_rows) - 20} more rejected rows (use --json for all)")
+
+
+@layers_app.command("list")
+def layers_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every layer: titles, geometry, key, access, current feature count, latest change."""
+    from spatial_api import db, store
+
+    with db.connect() as conn:
+        rows = store.list_layers(conn)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, default=_json_default, indent=2))
+        return
+    table = Table(title="layers")
+    for col in ("name", "title", "geometry", "key", "access", "features", "changesets", "valid from (latest)"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], " / ".join(t for t in (r["title_zh"], r["title_en"]) if t),
+                      r["geometry_family"], r["key_field"] or "", r["access_level"],
+                      f"{r['current_features']:,}", str(r["changesets"]),
+                      r["latest_valid_from"].date().isoformat() if r["latest_valid_from"] else "")
+    console.print(table)
+
+
+def _layer_or_fail(conn, name: str):
+    from spatial_api import store
+
+    layer = store.get_layer(conn, name)
+    if layer is None:
+        names = ", ".join(r["name"] for r in store.list_layers(conn)) or "none yet"
+        _fail(f"no layer named {name!r}. Layers: {names}.")
+    return layer
+
+
+@layers_app.command("history")
+def layers_history(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The changesets of a layer: who, when, valid from, source, counts."""
+    from spatial_api import db, store
+
+    with db.connect() as conn:
+        _layer_or_fail(conn, name)
+        rows = store.changesets(conn, name)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, default=_json_default, indent=2))
+        return
+    table = Table(title=f"history of {name}")
+    for col in ("changeset", "recorded", "valid from", "author", "mode", "added", "changed", "unchanged", "closed", "source"):
+        table.add_column(col)
+    for r in rows:
+        c = r["counts"] or {}
+        table.add_row(str(r["id"]), r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                      r["valid_from"].date().isoformat(), r["author"], r["mode"],
+                      *(f"{c.get(k, 0):,}" for k in ("added", "changed", "unchanged", "closed")),
+                      Path(r["source"] or "").name)
+    console.print(table)
+
+
+@layers_app.command("diff")
+def layers_diff(
+    name: str,
+    since: str = typer.Option(..., "--from", help="Earlier valid date (YYYY-MM-DD)."),
+    until: str = typer.Option(..., "--to", help="Later valid date (YYYY-MM-DD)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Features added, changed and removed between two valid dates."""
+    from spatial_api import db, store
+    from spatial_api.config import get_settings
+    from spatial_api.ingest import parse_valid_time
+
+    tz = get_settings().timezone
+    try:
+        t1 = parse_valid_time(since, tz, param="--from")
+        t2 = parse_valid_time(until, tz, param="--to")
+    except IngestError as exc:
+        _fail(str(exc))
+    with db.connect() as conn:
+        _layer_or_fail(conn, name)
+        d = store.diff(conn, name, t1, t2)
+    if as_json:
+        print(json.dumps({"since": t1.isoformat(), "until": t2.isoformat(), "counts": d.counts(),
+                          "added": d.added, "changed": d.changed, "removed": d.removed}, ensure_ascii=False))
+        return
+    console.print(f"{name}: {since} → {until}: added {len(d.added):,}, changed {len(d.changed):,}, "
+                  f"removed {len(d.removed):,}")
+    for label, fids in (("added", d.added), ("changed", d.changed), ("removed", d.removed)):
+        if fids:
+            console.print(f"  {label}: {', '.join(fids[:10])}{' …' if len(fids) > 10 else ''}")

@@ -1,0 +1,46 @@
+"""The layer store: registry, versioned features and changesets. The ONLY code that writes features.
+
+Public API::
+
+    from spatial_api import store
+    store.get_layer(conn, "land_use"); store.list_layers(conn)
+    store.features(conn, "land_use", at=datetime(...)); store.count(...)
+    store.diff(conn, "land_use", t1, t2); store.changesets(conn, "land_use")
+    store.feature_history(conn, "land_use", fid)
+    store.write_changeset(conn, layer, rows, mode=..., valid_from=..., author=..., source=...)
+"""
+
+from spatial_api.store.queries import (
+    Diff,
+    changesets,
+    count,
+    diff,
+    feature_history,
+    features,
+    temporal_filter,
+)
+from spatial_api.store.registry import (
+    ACCESS_LEVELS,
+    Layer,
+    check_layer_name,
+    create_layer,
+    get_layer,
+    list_layers,
+    partition_name,
+    update_layer,
+)
+from spatial_api.store.writer import (
+    MODES,
+    FeatureRows,
+    WriteResult,
+    finish_changeset,
+    latest_valid_from,
+    write_changeset,
+)
+
+__all__ = [
+    "ACCESS_LEVELS", "MODES", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
+    "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
+    "finish_changeset", "get_layer", "latest_valid_from", "list_layers", "partition_name",
+    "temporal_filter", "update_layer", "write_changeset",
+]

@@ -1,0 +1,127 @@
+"""The layer registry: what a layer is (names, titles, geometry family, property schema, key,
+access level). Each layer's feature versions live in their own partition of ``features``."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from spatial_api.ingest.types import GEOMETRY_FAMILIES, PROPERTY_TYPES, IngestError
+
+LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+ACCESS_LEVELS = ("public", "internal", "restricted")
+
+
+@dataclass
+class Layer:
+    name: str
+    geometry_family: str
+    properties: list[dict] = field(default_factory=list)  # [{"name":..., "type":...}] in order
+    key_field: str | None = None
+    title_zh: str | None = None
+    title_en: str | None = None
+    access_level: str = "public"
+    description: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def schema(self) -> dict[str, str]:
+        return {p["name"]: p["type"] for p in self.properties}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Layer":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
+
+
+def check_layer_name(name: str) -> str:
+    if not LAYER_NAME_RE.match(name or ""):
+        raise IngestError(
+            f"--layer {name!r}: a layer name is lower-case ASCII letters, digits and '_', "
+            "starting with a letter, at most 48 characters (e.g. land_use, basic_farmland)."
+        )
+    return name
+
+
+def partition_name(layer: str) -> str:
+    return f"features_{check_layer_name(layer)}"
+
+
+def get_layer(conn: psycopg.Connection, name: str) -> Layer | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM layers WHERE name = %s", (name,)).fetchone()
+    return Layer.from_row(row) if row else None
+
+
+def list_layers(conn: psycopg.Connection) -> list[dict]:
+    """Every layer with its current feature count and latest changeset."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """
+            SELECT l.*,
+                   (SELECT count(*) FROM features f WHERE f.layer = l.name AND f.valid_to IS NULL)
+                       AS current_features,
+                   (SELECT count(*) FROM changesets c WHERE c.layer = l.name) AS changesets,
+                   (SELECT max(c.valid_from) FROM changesets c WHERE c.layer = l.name) AS latest_valid_from,
+                   (SELECT max(c.recorded_at) FROM changesets c WHERE c.layer = l.name) AS latest_recorded_at
+            FROM layers l ORDER BY l.name
+            """
+        ).fetchall()
+
+
+def create_layer(conn: psycopg.Connection, layer: Layer, *, with_partition: bool = True) -> Layer:
+    """Register a layer (and, unless its first load creates it, its partition).
+
+    Runs in the caller's transaction: a failed first load leaves no trace of the layer."""
+    check_layer_name(layer.name)
+    if layer.geometry_family not in GEOMETRY_FAMILIES:
+        raise IngestError(f"geometry family {layer.geometry_family!r} is not one of {GEOMETRY_FAMILIES}")
+    if layer.access_level not in ACCESS_LEVELS:
+        raise IngestError(f"--access {layer.access_level!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+    for prop in layer.properties:
+        if prop["type"] not in PROPERTY_TYPES:
+            raise IngestError(f"property {prop['name']!r}: unknown type {prop['type']!r}")
+    conn.execute(
+        """
+        INSERT INTO layers (name, title_zh, title_en, geometry_family, properties, key_field,
+                            access_level, description)
+        VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s)
+        """,
+        (layer.name, layer.title_zh, layer.title_en, layer.geometry_family,
+         json.dumps(layer.properties, ensure_ascii=False), layer.key_field, layer.access_level,
+         layer.description),
+    )
+    if with_partition:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF features FOR VALUES IN ({})").format(
+                sql.Identifier(partition_name(layer.name)), sql.Literal(layer.name)
+            )
+        )
+    return get_layer(conn, layer.name)  # type: ignore[return-value]
+
+
+def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
+    """Change registry metadata (titles, access level, added properties). Never touches features."""
+    allowed = {"title_zh", "title_en", "access_level", "description", "properties", "key_field"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot change {unknown}")
+    if not changes:
+        return
+    if "access_level" in changes and changes["access_level"] not in ACCESS_LEVELS:
+        raise IngestError(f"--access {changes['access_level']!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+    if "properties" in changes:
+        changes["properties"] = json.dumps(changes["properties"], ensure_ascii=False)
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes
+    )
+    conn.execute(
+        sql.SQL("UPDATE layers SET {}, updated_at = now() WHERE name = %s").format(assignments),
+        [*changes.values(), name],
+    )

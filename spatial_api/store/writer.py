@@ -1,0 +1,283 @@
+"""The only code that writes features. Every write is one changeset in one transaction.
+
+Modes:
+- ``append``: every incoming feature is new; a key that is already current is an error.
+- ``upsert``: new keys are added, changed features get a new version, the rest stay as they are.
+- ``replace``: the incoming set becomes the layer's state: additionally, current features whose
+  key is absent are closed.
+
+A changed feature's current version is closed at ``valid_from`` (its ``valid_to`` is set, and
+``tx_to`` / ``closed_by`` record when and by which changeset) and a new version is opened. An
+unchanged feature (same geometry and properties, compared by ``content_hash``) keeps its version.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from spatial_api.ingest.types import IngestError
+from spatial_api.store.registry import Layer, partition_name
+
+MODES = ("replace", "append", "upsert")
+COPY_CHUNK = 5000
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class FeatureRows:
+    """Features ready to store: parallel arrays, one entry per feature."""
+
+    rows: np.ndarray  # 1-based source row numbers (for messages)
+    fids: np.ndarray | None  # key values as str; None → generated ids (append only)
+    properties_json: np.ndarray  # canonical JSON objects (str)
+    wkb_hex: np.ndarray  # hex EWKB with SRID 4490
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class WriteResult:
+    changeset_id: int
+    recorded_at: datetime
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    closed: int = 0
+    current_total: int = 0
+    samples: dict[str, list[str]] = field(default_factory=dict)  # a few fids per status
+
+
+def _copy_csv(cur: psycopg.Cursor, statement: sql.Composable, frame: pd.DataFrame,
+              progress: Progress | None) -> None:
+    total = len(frame)
+    with cur.copy(statement) as copy:
+        for start in range(0, max(total, 1), COPY_CHUNK * 4):
+            part = frame.iloc[start:start + COPY_CHUNK * 4]
+            if not len(part):
+                break
+            buf = io.StringIO()
+            part.to_csv(buf, header=False, index=False)
+            copy.write(buf.getvalue().encode("utf-8"))
+            if progress:
+                progress("store", min(start + len(part), total), total)
+
+
+def _lock_layer(conn: psycopg.Connection, layer: str) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geotwin.layer.{layer}",))
+
+
+def latest_valid_from(conn: psycopg.Connection, layer: str) -> datetime | None:
+    row = conn.execute("SELECT max(valid_from) FROM changesets WHERE layer = %s", (layer,)).fetchone()
+    return row[0] if row else None
+
+
+def write_changeset(
+    conn: psycopg.Connection,
+    layer: Layer,
+    features: FeatureRows,
+    *,
+    mode: str,
+    valid_from: datetime,
+    author: str,
+    source: str | None,
+    source_hash: str | None = None,
+    new_layer: bool = False,
+    keep_keys: set[str] | None = None,
+    message: str | None = None,
+    progress: Progress | None = None,
+) -> WriteResult:
+    """Write one changeset into ``layer`` inside the caller's transaction.
+
+    ``keep_keys``: in replace mode, current features with these keys are not closed even though
+    absent (their incoming row was rejected, so the file says nothing reliable about them).
+    """
+    if mode not in MODES:
+        raise IngestError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if features.fids is None and mode != "append":
+        raise IngestError(
+            f"--mode {mode} matches incoming features to stored ones by key: pass --key FIELD "
+            "(a field whose value identifies a feature, e.g. BSM or parcel_id)."
+        )
+    _lock_layer(conn, layer.name)
+    if new_layer:
+        _create_detached_partition(conn, layer)
+    else:
+        latest = latest_valid_from(conn, layer.name)
+        if latest is not None and valid_from < latest:
+            raise IngestError(
+                f"--valid-from {valid_from.isoformat()} is earlier than the layer's latest change "
+                f"({latest.isoformat()}). Load versions in the order of their valid dates; "
+                "pass a --valid-from on or after that date."
+            )
+    cs_id, recorded_at = conn.execute(
+        """
+        INSERT INTO changesets (layer, author, valid_from, mode, source, source_hash, message)
+        VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id, recorded_at
+        """,
+        (layer.name, author, valid_from, mode, source, source_hash, message),
+    ).fetchone()
+    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at)
+
+    fids = features.fids
+    if fids is None:
+        fids = np.array([f"{cs_id}-{r}" for r in features.rows], dtype=object)
+    frame = pd.DataFrame(
+        {"row": features.rows, "fid": fids, "p": features.properties_json, "g": features.wkb_hex}
+    )
+    part = sql.Identifier(partition_name(layer.name))
+    with conn.cursor() as cur:
+        if new_layer:
+            # First load: straight into the new partition, indexes built once at attach time.
+            frame.insert(0, "layer", layer.name)
+            frame["vf"] = valid_from.isoformat()
+            frame["tx"] = recorded_at.isoformat()
+            frame["cs"] = cs_id
+            frame = frame[["layer", "fid", "vf", "tx", "cs", "p", "g"]]
+            _copy_csv(cur, sql.SQL(
+                "COPY {} (layer, fid, valid_from, tx_from, changeset_id, properties, geom) "
+                "FROM STDIN (FORMAT csv)").format(part), frame, progress)
+            if progress:
+                progress("index", 0, 1)
+            _attach_partition(conn, layer)
+            result.added = len(frame)
+            result.samples["added"] = [str(x) for x in frame["fid"].iloc[:5]]
+        else:
+            _write_incremental(cur, layer, frame, mode, valid_from, cs_id, keep_keys or set(),
+                               result, progress)
+        result.current_total = cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
+        ).fetchone()[0]
+    return result
+
+
+def _create_detached_partition(conn: psycopg.Connection, layer: Layer) -> None:
+    part = sql.Identifier(partition_name(layer.name))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE features INCLUDING DEFAULTS INCLUDING GENERATED "
+            "INCLUDING CONSTRAINTS, CHECK (layer = {}))"
+        ).format(part, sql.Literal(layer.name))
+    )
+
+
+def _attach_partition(conn: psycopg.Connection, layer: Layer) -> None:
+    part = sql.Identifier(partition_name(layer.name))
+    conn.execute(
+        sql.SQL("ALTER TABLE features ATTACH PARTITION {} FOR VALUES IN ({})").format(
+            part, sql.Literal(layer.name)
+        )
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(part))
+
+
+
+def _write_incremental(cur: psycopg.Cursor, layer: Layer, frame: pd.DataFrame, mode: str,
+                       valid_from: datetime, cs_id: int, keep_keys: set[str],
+                       result: WriteResult, progress: Progress | None) -> None:
+    lit = sql.Literal(layer.name)
+    part = sql.Identifier(partition_name(layer.name))
+    cur.execute(
+        "CREATE TEMP TABLE incoming (row_no int, fid text, properties jsonb, "
+        "geom geometry(Geometry, 4490)) ON COMMIT DROP"
+    )
+    _copy_csv(cur, sql.SQL("COPY incoming (row_no, fid, properties, geom) FROM STDIN (FORMAT csv)"),
+              frame, progress)
+    if progress:
+        progress("compare", 0, 1)
+    cur.execute("CREATE INDEX ON incoming (fid)")
+    cur.execute("ANALYZE incoming")
+    cur.execute(
+        sql.SQL(
+            """
+            CREATE TEMP TABLE classified ON COMMIT DROP AS
+            SELECT i.row_no, i.fid, f.vid,
+                   CASE WHEN f.vid IS NULL THEN 'added'
+                        WHEN f.content_hash = md5(md5(ST_AsEWKB(i.geom)) || md5(i.properties::text))::uuid
+                             THEN 'unchanged'
+                        ELSE 'changed' END AS status
+            FROM incoming i
+            LEFT JOIN {} f ON f.fid = i.fid AND f.valid_to IS NULL
+            """
+        ).format(part)
+    )
+    if mode == "append":
+        clash = cur.execute(
+            "SELECT row_no, fid FROM classified WHERE status <> 'added' ORDER BY row_no LIMIT 1"
+        ).fetchone()
+        if clash:
+            raise IngestError(
+                f"row {clash[0]}: a feature with key {clash[1]!r} already exists in layer "
+                f"{layer.name!r}. Append adds new features only; use --mode upsert to update "
+                "existing ones or --mode replace to load a complete new state."
+            )
+    counts = dict(cur.execute("SELECT status, count(*) FROM classified GROUP BY status").fetchall())
+    result.added = counts.get("added", 0)
+    result.changed = counts.get("changed", 0)
+    result.unchanged = counts.get("unchanged", 0)
+    for status in ("added", "changed"):
+        result.samples[status] = [r[0] for r in cur.execute(
+            "SELECT fid FROM classified WHERE status = %s ORDER BY row_no LIMIT 5", (status,))]
+
+    # Versions to close: changed features, and (replace) current features absent from the file.
+    cur.execute("CREATE TEMP TABLE closing (vid bigint PRIMARY KEY) ON COMMIT DROP")
+    cur.execute("INSERT INTO closing SELECT vid FROM classified WHERE status = 'changed'")
+    if mode == "replace":
+        cur.execute(
+            sql.SQL(
+                """
+                INSERT INTO closing
+                SELECT f.vid FROM {} f
+                WHERE f.valid_to IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM incoming i WHERE i.fid = f.fid)
+                  AND NOT (f.fid = ANY(%s))
+                """
+            ).format(part),
+            (sorted(keep_keys),),
+        )
+        result.closed = cur.rowcount
+        result.samples["closed"] = [r[0] for r in cur.execute(
+            sql.SQL("SELECT f.fid FROM {} f JOIN closing c USING (vid) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM incoming i WHERE i.fid = f.fid) "
+                    "ORDER BY f.fid LIMIT 5").format(part))]
+    cur.execute(
+        sql.SQL(
+            """
+            UPDATE {} f SET valid_to = %s, tx_to = now(), closed_by = %s
+            FROM closing c WHERE f.vid = c.vid
+            """
+        ).format(part),
+        (valid_from, cs_id),
+    )
+    cur.execute(
+        sql.SQL(
+            """
+            INSERT INTO features (layer, fid, valid_from, tx_from, changeset_id, properties, geom)
+            SELECT {}, i.fid, %s, now(), %s, i.properties, i.geom
+            FROM incoming i JOIN classified c USING (row_no)
+            WHERE c.status IN ('added', 'changed')
+            ORDER BY i.row_no
+            """
+        ).format(lit),
+        (valid_from, cs_id),
+    )
+    for name in ("classified", "closing", "incoming"):
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+
+
+def finish_changeset(conn: psycopg.Connection, changeset_id: int, counts: dict) -> None:
+    import json
+
+    conn.execute(
+        "UPDATE changesets SET counts = %s::jsonb WHERE id = %s",
+        (json.dumps(counts, ensure_ascii=False), changeset_id),
+    )

@@ -1,0 +1,132 @@
+"""The versioned layer store on the real PostGIS: versions, closing, as-of, known-at, diff."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import Polygon
+
+from spatial_api import store
+from spatial_api.ingest.types import IngestError
+
+CST = timezone(timedelta(hours=8))
+T2020 = datetime(2020, 12, 31, tzinfo=CST)
+T2023 = datetime(2023, 12, 31, tzinfo=CST)
+T2025 = datetime(2025, 6, 30, tzinfo=CST)
+
+
+def square(x0: float, y0: float, d: float = 0.001) -> Polygon:
+    return Polygon([(x0, y0), (x0 + d, y0), (x0 + d, y0 + d), (x0, y0 + d)])
+
+
+def rows(features: dict[str, tuple[Polygon, dict]]) -> store.FeatureRows:
+    keys = list(features)
+    geoms = shapely.set_srid(np.array([features[k][0] for k in keys], dtype=object), 4490)
+    return store.FeatureRows(
+        rows=np.arange(1, len(keys) + 1),
+        fids=np.array(keys, dtype=object),
+        properties_json=np.array([json.dumps(features[k][1], ensure_ascii=False) for k in keys], dtype=object),
+        wkb_hex=shapely.to_wkb(geoms, hex=True, include_srid=True),
+    )
+
+
+def write(conn, name, feats, *, mode="replace", at=T2020, new=False):
+    if new:
+        store.create_layer(conn, store.Layer(name=name, geometry_family="Polygon", key_field="code",
+                                             properties=[{"name": "code", "type": "string"},
+                                                         {"name": "dlbm", "type": "string"}]),
+                           with_partition=False)
+    layer = store.get_layer(conn, name)
+    res = store.write_changeset(conn, layer, rows(feats), mode=mode, valid_from=at, author="pytest",
+                                source="test", new_layer=new)
+    conn.commit()
+    return res
+
+
+V1 = {f"P{i}": (square(114.25 + i * 0.002, 22.72), {"code": f"P{i}", "dlbm": "0101"}) for i in range(6)}
+
+
+def test_first_load_then_replace_keeps_unchanged_versions(conn, layer_name):
+    r1 = write(conn, layer_name, V1, new=True)
+    assert (r1.added, r1.current_total) == (6, 6)
+    v2 = dict(V1)
+    v2["P1"] = (V1["P1"][0], {"code": "P1", "dlbm": "0701"})  # class changed
+    v2["P2"] = (square(114.2541, 22.7201), V1["P2"][1])  # geometry changed
+    del v2["P5"]  # removed
+    v2["P9"] = (square(114.27, 22.73), {"code": "P9", "dlbm": "0601"})  # added
+    r2 = write(conn, layer_name, v2, at=T2023)
+    assert (r2.added, r2.changed, r2.unchanged, r2.closed) == (1, 2, 3, 1)
+    assert r2.current_total == 6
+
+    # unchanged features keep their first version
+    hist = store.feature_history(conn, layer_name, "P0")
+    assert len(hist) == 1 and hist[0]["valid_to"] is None
+    hist = store.feature_history(conn, layer_name, "P1")
+    assert [h["properties"]["dlbm"] for h in hist] == ["0101", "0701"]
+    assert hist[0]["valid_to"] == T2023 and hist[0]["closed_by"] == r2.changeset_id
+    removed = store.feature_history(conn, layer_name, "P5")
+    assert len(removed) == 1 and removed[0]["valid_to"] == T2023
+
+    # as-of queries
+    assert store.count(conn, layer_name, at=T2020 + timedelta(days=1)) == 6
+    old = {f["fid"]: f for f in store.features(conn, layer_name, at=datetime(2022, 1, 1, tzinfo=CST))}
+    assert set(old) == {f"P{i}" for i in range(6)} and old["P1"]["properties"]["dlbm"] == "0101"
+    now = {f["fid"] for f in store.features(conn, layer_name)}
+    assert now == {"P0", "P1", "P2", "P3", "P4", "P9"}
+    assert store.count(conn, layer_name, at=datetime(2019, 1, 1, tzinfo=CST)) == 0
+
+    d = store.diff(conn, layer_name, datetime(2021, 1, 1, tzinfo=CST), datetime(2024, 1, 1, tzinfo=CST))
+    assert (d.added, sorted(d.changed), d.removed) == (["P9"], ["P1", "P2"], ["P5"])
+    assert store.diff(conn, layer_name, T2023, T2023).counts() == {"added": 0, "changed": 0, "removed": 0}
+
+    cs = store.changesets(conn, layer_name)
+    assert [c["id"] for c in cs] == [r1.changeset_id, r2.changeset_id]
+
+
+def test_known_at_sees_the_store_as_it_was(conn, layer_name):
+    r1 = write(conn, layer_name, V1, new=True)
+    v2 = {k: v for k, v in V1.items() if k != "P3"}
+    write(conn, layer_name, v2, at=T2023)
+    # As known right after the first changeset, P3 was still current even for a 2024 date.
+    assert store.count(conn, layer_name, at=T2025, known_at=r1.recorded_at) == 6
+    assert store.count(conn, layer_name, at=T2025) == 5
+
+
+def test_upsert_closes_nothing_and_append_refuses_existing_keys(conn, layer_name):
+    write(conn, layer_name, V1, new=True)
+    r = write(conn, layer_name, {"P0": (square(114.3, 22.7), V1["P0"][1]),
+                                 "Q1": (square(114.31, 22.7), {"code": "Q1", "dlbm": "1101"})},
+              mode="upsert", at=T2023)
+    assert (r.added, r.changed, r.closed, r.current_total) == (1, 1, 0, 7)
+    with pytest.raises(IngestError, match="row 1: a feature with key 'P0' already exists"):
+        write(conn, layer_name, {"P0": V1["P0"]}, mode="append", at=T2025)
+    conn.rollback()
+    assert store.count(conn, layer_name) == 7
+
+
+def test_back_dated_load_is_refused_and_leaves_the_layer_whole(conn, layer_name):
+    write(conn, layer_name, V1, new=True, at=T2023)
+    before = store.changesets(conn, layer_name)
+    with pytest.raises(IngestError, match="earlier than the layer's latest change"):
+        write(conn, layer_name, {"P0": V1["P0"]}, at=T2020)
+    conn.rollback()
+    assert store.changesets(conn, layer_name) == before
+    assert store.count(conn, layer_name) == 6
+
+
+def test_derived_columns_follow_the_geometry(conn, layer_name):
+    write(conn, layer_name, V1, new=True)
+    part = store.partition_name(layer_name)
+    x, y = conn.execute(f"SELECT ST_X(ST_Centroid(geom_3857)), ST_Y(ST_Centroid(geom_3857)) "
+                        f"FROM {part} WHERE fid = 'P0'").fetchone()
+    # Web Mercator of (114.2505, 22.7205), computed independently with pyproj
+    from pyproj import Transformer
+
+    ex, ey = Transformer.from_crs(4490, 3857, always_xy=True).transform(114.2505, 22.7205)
+    assert (x, y) == (pytest.approx(ex, abs=0.01), pytest.approx(ey, abs=0.01))
+    idx = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (part,))}
+    assert any("gist (geom_3857)" in i for i in idx) and any("gist (geom)" in i for i in idx)
