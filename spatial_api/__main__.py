@@ -1,0 +1,3 @@
+from spatial_api.cli import main
+
+main()
