@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-import shapely
 
 from spatial_api.config import Settings, author_default, get_settings
 from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected
@@ -135,8 +134,9 @@ def _coerce(series: pd.Series, target: str) -> tuple[pd.Series, pd.Series]:
     raise ValueError(target)
 
 
-def prepare_properties(batch: PreparedBatch, schema: dict[str, str]) -> np.ndarray:
-    """Canonical JSON objects (one per feature) with values converted to the layer's types."""
+def prepare_properties(batch: PreparedBatch, schema: dict[str, str]) -> pd.DataFrame:
+    """The batch's properties converted to the layer's types (columns in schema order); the
+    first value that does not convert is an error naming its row and field."""
     frame = batch.properties
     out = pd.DataFrame(index=frame.index)
     for name, target in schema.items():
@@ -152,14 +152,7 @@ def prepare_properties(batch: PreparedBatch, schema: dict[str, str]) -> np.ndarr
                 f"{frame[name].iloc[pos]!r}. Fix the value, or load into a new layer."
             )
         out[name] = converted
-    if not len(out):
-        return np.array([], dtype=object)
-    if not len(out.columns):
-        return np.array(["{}"] * len(out), dtype=object)
-    text = out.to_json(orient="records", lines=True, force_ascii=False, double_precision=15,
-                       date_format="iso")
-    lines = text.rstrip("\n").split("\n")
-    return np.array(lines, dtype=object)
+    return out
 
 
 def _reconcile_schema(batch: PreparedBatch, layer, evolve: bool) -> tuple[dict[str, str], list[dict] | None]:
@@ -311,9 +304,8 @@ def ingest_vector(
                 "which stored features they stand for. Fix those rows or use --mode upsert."
             )
         props = prepare_properties(batch, schema)
-        geoms = shapely.set_srid(batch.geometry, 4490)
-        wkb = shapely.to_wkb(geoms, hex=True, include_srid=True, output_dimension=2)
-        rows = store.FeatureRows(rows=np.asarray(batch.rows), fids=fids, properties_json=props, wkb_hex=wkb)
+        rows = store.FeatureRows(rows=np.asarray(batch.rows), fids=fids, geometry=batch.geometry,
+                                 properties=props)
 
         new_layer = existing is None
         if new_layer:

@@ -35,12 +35,13 @@ from spatial_api.store.writer import (
     WriteResult,
     finish_changeset,
     latest_valid_from,
+    properties_to_json,
     write_changeset,
 )
 
 __all__ = [
     "ACCESS_LEVELS", "MODES", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
-    "finish_changeset", "get_layer", "latest_valid_from", "list_layers", "partition_name",
+    "finish_changeset", "get_layer", "latest_valid_from", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",
 ]

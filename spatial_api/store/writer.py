@@ -13,7 +13,6 @@ unchanged feature (same geometry and properties, compared by ``content_hash``) k
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -21,28 +20,50 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import psycopg
+import shapely
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from spatial_api.ingest.types import IngestError
 from spatial_api.store.registry import Layer, partition_name
 
 MODES = ("replace", "append", "upsert")
-COPY_CHUNK = 5000
+COPY_CHUNK = 10000
+
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
+def properties_to_json(frame: pd.DataFrame) -> list[str]:
+    """One JSON object per row (values already in the layer's types; NaN → null)."""
+    if not len(frame):
+        return []
+    if not len(frame.columns):
+        return ["{}"] * len(frame)
+    text = frame.to_json(orient="records", lines=True, force_ascii=False, double_precision=15,
+                         date_format="iso")
+    return text.rstrip("\n").split("\n")
+
+
 @dataclass
 class FeatureRows:
-    """Features ready to store: parallel arrays, one entry per feature."""
+    """Features ready to store: parallel arrays, one entry per feature. Serialisation to COPY
+    text happens chunk by chunk while the server ingests the previous chunk."""
 
     rows: np.ndarray  # 1-based source row numbers (for messages)
     fids: np.ndarray | None  # key values as str; None → generated ids (append only)
-    properties_json: np.ndarray  # canonical JSON objects (str)
-    wkb_hex: np.ndarray  # hex EWKB with SRID 4490
+    geometry: np.ndarray  # shapely geometries in EPSG:4490
+    properties: pd.DataFrame  # one row per feature, values in the layer's types
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def text_columns(self, start: int, stop: int) -> tuple[list[str], list[str]]:
+        """(properties JSON, hex EWKB) for rows start:stop, escaped for COPY's text format."""
+        props = [_copy_text(p) for p in properties_to_json(self.properties.iloc[start:stop])]
+        geoms = shapely.set_srid(self.geometry[start:stop], 4490)
+        wkb = [b.hex() for b in shapely.to_wkb(geoms, include_srid=True, output_dimension=2)]
+        return props, wkb
 
 
 @dataclass
@@ -57,19 +78,26 @@ class WriteResult:
     samples: dict[str, list[str]] = field(default_factory=dict)  # a few fids per status
 
 
-def _copy_csv(cur: psycopg.Cursor, statement: sql.Composable, frame: pd.DataFrame,
-              progress: Progress | None) -> None:
-    total = len(frame)
-    with cur.copy(statement) as copy:
-        for start in range(0, max(total, 1), COPY_CHUNK * 4):
-            part = frame.iloc[start:start + COPY_CHUNK * 4]
-            if not len(part):
-                break
-            buf = io.StringIO()
-            part.to_csv(buf, header=False, index=False)
-            copy.write(buf.getvalue().encode("utf-8"))
+def _copy_text(value: str) -> str:
+    """Escape a value for COPY's text format (JSON text has no raw control characters)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _copy_rows(cur: psycopg.Cursor, statement: sql.Composable, features: FeatureRows,
+               leading: list[list[str]], progress: Progress | None) -> None:
+    """COPY ``leading`` columns + properties + geometry in PostgreSQL's text format, chunk by
+    chunk; a writer thread sends each chunk, so the server parses one while the next is built."""
+    total = len(features)
+    with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
+        for start in range(0, total, COPY_CHUNK):
+            stop = min(start + COPY_CHUNK, total)
+            props, wkb = features.text_columns(start, stop)
+            parts = [c[start:stop] for c in leading] + [props, wkb]
+            copy.write(("\n".join(map("\t".join, zip(*parts))) + "\n").encode("utf-8"))
             if progress:
-                progress("store", min(start + len(part), total), total)
+                progress("store", stop, total)
 
 
 def _lock_layer(conn: psycopg.Connection, layer: str) -> None:
@@ -131,28 +159,25 @@ def write_changeset(
     fids = features.fids
     if fids is None:
         fids = np.array([f"{cs_id}-{r}" for r in features.rows], dtype=object)
-    frame = pd.DataFrame(
-        {"row": features.rows, "fid": fids, "p": features.properties_json, "g": features.wkb_hex}
-    )
+    fid_text = [_copy_text(str(f)) for f in fids]
     part = sql.Identifier(partition_name(layer.name))
     with conn.cursor() as cur:
         if new_layer:
             # First load: straight into the new partition, indexes built once at attach time.
-            frame.insert(0, "layer", layer.name)
-            frame["vf"] = valid_from.isoformat()
-            frame["tx"] = recorded_at.isoformat()
-            frame["cs"] = cs_id
-            frame = frame[["layer", "fid", "vf", "tx", "cs", "p", "g"]]
-            _copy_csv(cur, sql.SQL(
-                "COPY {} (layer, fid, valid_from, tx_from, changeset_id, properties, geom) "
-                "FROM STDIN (FORMAT csv)").format(part), frame, progress)
+            n = len(fid_text)
+            const = [[_copy_text(layer.name)] * n, [valid_from.isoformat()] * n,
+                     [recorded_at.isoformat()] * n, [str(cs_id)] * n]
+            _copy_rows(cur, sql.SQL(
+                "COPY {} (layer, valid_from, tx_from, changeset_id, fid, properties, geom) "
+                "FROM STDIN").format(part), features, [*const, fid_text], progress)
             if progress:
                 progress("index", 0, 1)
             _attach_partition(conn, layer)
-            result.added = len(frame)
-            result.samples["added"] = [str(x) for x in frame["fid"].iloc[:5]]
+            result.added = n
+            result.samples["added"] = [str(x) for x in fids[:5]]
         else:
-            _write_incremental(cur, layer, frame, mode, valid_from, cs_id, keep_keys or set(),
+            rows_text = [str(int(r)) for r in features.rows]
+            _write_incremental(cur, layer, features, [rows_text, fid_text], mode, valid_from, cs_id, keep_keys or set(),
                                result, progress)
         result.current_total = cur.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
@@ -181,7 +206,7 @@ def _attach_partition(conn: psycopg.Connection, layer: Layer) -> None:
 
 
 
-def _write_incremental(cur: psycopg.Cursor, layer: Layer, frame: pd.DataFrame, mode: str,
+def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows, leading: list, mode: str,
                        valid_from: datetime, cs_id: int, keep_keys: set[str],
                        result: WriteResult, progress: Progress | None) -> None:
     lit = sql.Literal(layer.name)
@@ -190,8 +215,8 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, frame: pd.DataFrame, m
         "CREATE TEMP TABLE incoming (row_no int, fid text, properties jsonb, "
         "geom geometry(Geometry, 4490)) ON COMMIT DROP"
     )
-    _copy_csv(cur, sql.SQL("COPY incoming (row_no, fid, properties, geom) FROM STDIN (FORMAT csv)"),
-              frame, progress)
+    _copy_rows(cur, sql.SQL("COPY incoming (row_no, fid, properties, geom) FROM STDIN"),
+               features, leading, progress)
     if progress:
         progress("compare", 0, 1)
     cur.execute("CREATE INDEX ON incoming (fid)")

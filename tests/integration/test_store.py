@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
-import shapely
 from shapely.geometry import Polygon
 
 from spatial_api import store
@@ -25,12 +24,11 @@ def square(x0: float, y0: float, d: float = 0.001) -> Polygon:
 
 def rows(features: dict[str, tuple[Polygon, dict]]) -> store.FeatureRows:
     keys = list(features)
-    geoms = shapely.set_srid(np.array([features[k][0] for k in keys], dtype=object), 4490)
     return store.FeatureRows(
         rows=np.arange(1, len(keys) + 1),
         fids=np.array(keys, dtype=object),
-        properties_json=np.array([json.dumps(features[k][1], ensure_ascii=False) for k in keys], dtype=object),
-        wkb_hex=shapely.to_wkb(geoms, hex=True, include_srid=True),
+        geometry=np.array([features[k][0] for k in keys], dtype=object),
+        properties=pd.DataFrame([features[k][1] for k in keys]),
     )
 
 

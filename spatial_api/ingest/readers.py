@@ -1,0 +1,933 @@
+"""File readers of the ingestion command line: any supported vector file → :class:`PreparedBatch`.
+
+Supported: GeoJSON, GeoPackage, Shapefile (.prj / .cpg, GBK detection without .cpg), zipped
+Shapefile (GDAL /vsizip/), CSV with a WKT column or lon/lat columns, FileGDB (.gdb folder,
+OpenFileGDB) and KML — all through pyogrio. The hot path is vectorised: WKB → shapely in one call,
+reprojection on the whole coordinate array, validity / repair on arrays.
+
+Conventions of the returned batch (see :mod:`spatial_api.ingest.types`):
+
+* ``geometry`` is 2D, in EPSG:4490, one of the layer's family (multi-part kept as it is);
+* ``rows`` are 1-based positions of the features in the source (data rows for a CSV, header
+  not counted);
+* property values are pandas columns, nulls as NaN / None / NaT: ``integer`` columns are int64,
+  or object holding Python ints and None when there are nulls; ``boolean`` likewise (bool or
+  object with None); ``number`` float64; ``date`` datetime64 at midnight; ``datetime``
+  datetime64 (tz-aware when the source carries an offset); ``string`` str.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyogrio
+import pyogrio.errors
+import shapely
+from pyogrio.raw import read as _raw_read
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from . import crs as crsmod
+from .encoding import DBF_SAMPLE_RECORDS, UTF8, canonical_encoding, detect_csv_encoding, detect_dbf_encoding, normalise_codepage
+from .gcj02 import gcj02_to_wgs84
+from .types import GEOMETRY_FAMILIES, IngestError, PreparedBatch, Rejected
+
+try:  # Arrow makes GeoPackage / FileGDB / GeoJSON reading ~2x faster; optional.
+    import pyarrow  # noqa: F401
+    from pyogrio.raw import read_arrow as _raw_read_arrow
+
+    HAVE_ARROW = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_ARROW = False
+
+__all__ = ["read_vector", "SUPPORTED_FORMATS", "WKT_COLUMN_NAMES", "LON_COLUMN_NAMES", "LAT_COLUMN_NAMES"]
+
+SUPPORTED_FORMATS = (
+    "GeoJSON (.geojson/.json), GeoPackage (.gpkg), Shapefile (.shp), zipped Shapefile (.zip), "
+    "CSV with a WKT or lon/lat columns (.csv), FileGDB (.gdb folder), KML (.kml)"
+)
+
+WKT_COLUMN_NAMES = ("wkt", "geometry", "geom", "the_geom", "shape", "wkt_geom", "geometry_wkt")
+LON_COLUMN_NAMES = ("lon", "lng", "long", "longitude", "x", "经度", "东经")
+LAT_COLUMN_NAMES = ("lat", "latitude", "y", "纬度", "北纬")
+
+# shapely type ids → family
+_TYPE_FAMILY = {0: "Point", 4: "Point", 1: "LineString", 2: "LineString", 5: "LineString", 3: "Polygon", 6: "Polygon"}
+_SINGLE_TYPE = {"Point": 0, "LineString": 1, "Polygon": 3}
+_MULTI_MAKER: dict[str, Callable] = {
+    "Point": shapely.multipoints,
+    "LineString": shapely.multilinestrings,
+    "Polygon": shapely.multipolygons,
+}
+_FAMILY_CODE = {f: i for i, f in enumerate(GEOMETRY_FAMILIES)}
+
+# Columns LIBKML adds to every KML layer; dropped when they carry nothing.
+_KML_BOILERPLATE = {
+    "id": (None,),
+    "timestamp": (None,),
+    "begin": (None,),
+    "end": (None,),
+    "altitudeMode": (None,),
+    "tessellate": (None, -1, 0, 1),
+    "extrude": (None, 0),
+    "visibility": (None, -1, 1),
+    "drawOrder": (None,),
+    "icon": (None,),
+    "snippet": (None,),
+}
+
+_GDAL_ERRORS = (
+    pyogrio.errors.DataSourceError,
+    pyogrio.errors.DataLayerError,
+    pyogrio.errors.FieldError,
+    pyogrio.errors.FeatureError,
+    pyogrio.errors.GeometryError,
+    pyogrio.errors.CRSError,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# opening: which GDAL path, which layer, which encoding
+
+
+@dataclass
+class _Source:
+    display: str  # the path as the user gave it, for messages
+    gdal_path: str  # what GDAL opens
+    kind: str  # shapefile | csv | kml | gpkg | geojson | filegdb | other
+    sidecar: Callable[..., bytes | None]  # sidecar(ext, limit=None): bytes of "<stem><ext>" beside the main file
+    head: Callable[[int], bytes]  # first n bytes of the main file (CSV encoding detection)
+
+
+_EXT_KIND = {
+    ".shp": "shapefile",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".kml": "kml",
+    ".gpkg": "gpkg",
+    ".geojson": "geojson",
+    ".json": "geojson",
+    ".gdb": "filegdb",
+}
+
+
+def _file_source(display: str, p: Path) -> _Source:
+    suffix = p.suffix.lower()
+    kind = _EXT_KIND.get(suffix, "other")
+    gdal_path = str(p)
+    if kind == "csv" and suffix != ".csv":
+        gdal_path = "CSV:" + gdal_path
+
+    def sidecar(ext: str, limit: int | None = None) -> bytes | None:
+        for cand in (p.with_suffix(ext), p.with_suffix(ext.upper())):
+            if cand.is_file():
+                with open(cand, "rb") as fh:
+                    return fh.read() if limit is None else fh.read(limit)
+        return None
+
+    def head(n: int) -> bytes:
+        with open(p, "rb") as fh:
+            return fh.read(n)
+
+    return _Source(display, gdal_path, kind, sidecar, head)
+
+
+def _zip_source(display: str, p: Path, source_layer: str | None) -> tuple[_Source, str | None]:
+    """The dataset inside a .zip. Returns the source and the layer chosen by picking a member."""
+    try:
+        zf = zipfile.ZipFile(p)
+        names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise IngestError(
+            f"{display}: cannot open the zip archive ({exc}). Check that the download / copy is "
+            "complete and that the file is a .zip (not .rar or .7z)."
+        ) from None
+    root = f"/vsizip/{p.resolve()}"
+    lower = {n.lower(): n for n in names}
+
+    def member_reader(member: str):
+        stem = member[: -len(PurePosixPath(member).suffix)] if PurePosixPath(member).suffix else member
+
+        def sidecar(ext: str, limit: int | None = None) -> bytes | None:
+            real = lower.get((stem + ext).lower())
+            if not real:
+                return None
+            with zf.open(real) as fh:
+                return fh.read() if limit is None else fh.read(limit)
+
+        def head(n: int) -> bytes:
+            with zf.open(member) as fh:
+                return fh.read(n)
+
+        return sidecar, head
+
+    shps = [n for n in names if n.lower().endswith(".shp") and not n.startswith("__MACOSX/")]
+    if shps:
+        chosen_layer = None
+        if len(shps) == 1:
+            member = shps[0]
+        else:
+            stems = [PurePosixPath(s).stem for s in shps]
+            if source_layer is None:
+                raise IngestError(
+                    f"{display} holds {len(shps)} shapefiles: {', '.join(stems)}. Pass the one to "
+                    f"ingest with --source-layer, e.g. --source-layer {stems[0]}."
+                )
+            if source_layer not in stems:
+                raise IngestError(
+                    f"{display} has no shapefile named {source_layer!r}; it holds: {', '.join(stems)}. "
+                    "Pass one of them with --source-layer."
+                )
+            member = shps[stems.index(source_layer)]
+            chosen_layer = source_layer
+        sidecar, head = member_reader(member)
+        return _Source(display, f"{root}/{member}", "shapefile", sidecar, head), chosen_layer
+
+    gdbs = sorted({n[: n.lower().index(".gdb/") + 4] for n in names if ".gdb/" in n.lower()})
+    if len(gdbs) == 1:
+        sidecar, head = member_reader(gdbs[0])
+        return _Source(display, f"{root}/{gdbs[0]}", "filegdb", sidecar, head), None
+    others = [
+        n
+        for n in names
+        if PurePosixPath(n).suffix.lower() in _EXT_KIND and not n.endswith("/") and not n.startswith("__MACOSX/")
+    ]
+    if len(others) == 1 and not gdbs:
+        member = others[0]
+        kind = _EXT_KIND[PurePosixPath(member).suffix.lower()]
+        sidecar, head = member_reader(member)
+        path = f"{root}/{member}"
+        if kind == "csv" and not member.lower().endswith(".csv"):
+            path = "CSV:" + path
+        return _Source(display, path, kind, sidecar, head), None
+    raise IngestError(
+        f"{display}: the zip archive holds no single dataset to read (found: "
+        f"{', '.join(names[:10]) or 'nothing'}{' ...' if len(names) > 10 else ''}). Zip one shapefile "
+        "(.shp with its .shx, .dbf, .prj, .cpg), one .gdb folder or one data file, or unzip it and "
+        "pass the file itself."
+    )
+
+
+def _gdal_error(src: _Source, exc: BaseException) -> IngestError:
+    msg = str(exc).strip() or type(exc).__name__
+    hint = {
+        "shapefile": "that the .shp, .shx and .dbf files are complete and side by side",
+        "filegdb": "that the .gdb folder was copied whole (all its a0000000*.gdbtable/.gdbtablx files)",
+        "csv": "that it is a comma / semicolon / tab separated text file with a header line",
+    }.get(src.kind, "that the file is complete (not truncated by a download or copy) and is one of the supported formats")
+    return IngestError(
+        f"{src.display}: cannot be read: {msg}. Check {hint}. Supported formats: {SUPPORTED_FORMATS}."
+    )
+
+
+def _list_layers(src: _Source) -> list[tuple[str, str | None]]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            layers = pyogrio.list_layers(src.gdal_path)
+    except _GDAL_ERRORS as exc:
+        raise _gdal_error(src, exc) from None
+    return [(str(name), None if gt is None else str(gt)) for name, gt in layers]
+
+
+def _choose_layer(src: _Source, source_layer: str | None) -> str:
+    layers = _list_layers(src)
+    names = [n for n, _ in layers]
+    spatial = names if src.kind == "csv" else ([n for n, gt in layers if gt is not None] or names)
+    if source_layer is not None:
+        if source_layer not in names:
+            raise IngestError(
+                f"{src.display} has no layer {source_layer!r}; its layers are: "
+                f"{', '.join(names) or '(none)'}. Pass one of them with --source-layer."
+            )
+        return source_layer
+    if not spatial:
+        raise IngestError(f"{src.display} holds no layer to read.")
+    if len(spatial) > 1:
+        raise IngestError(
+            f"{src.display} holds {len(spatial)} layers: {', '.join(spatial)}. Pass the one to ingest "
+            f"with --source-layer, e.g. --source-layer {spatial[0]}."
+        )
+    return spatial[0]
+
+
+def _choose_encoding(src: _Source, encoding: str | None) -> str | None:
+    """The Python codec to decode text with, or None to let GDAL decide (UTF-8 formats)."""
+    if encoding:
+        canonical = canonical_encoding(encoding)
+        if canonical is None:
+            raise IngestError(
+                f"--encoding {encoding!r} is not a known text encoding; use e.g. --encoding GB18030 "
+                "(Chinese Windows files, superset of GBK) or --encoding UTF-8."
+            )
+        return canonical
+    if src.kind == "shapefile":
+        cpg = src.sidecar(".cpg")
+        if cpg is not None:
+            return normalise_codepage(cpg.decode("ascii", errors="ignore"))
+        head = src.sidecar(".dbf", 32)
+        if head is None or len(head) < 12:
+            return None  # no / broken .dbf: GDAL reports it
+        _n, header_len, record_len = struct.unpack("<IHH", head[4:12])
+        dbf = src.sidecar(".dbf", header_len + record_len * DBF_SAMPLE_RECORDS)
+        try:
+            return detect_dbf_encoding(dbf)
+        except ValueError:
+            return None  # let GDAL report the broken .dbf
+    if src.kind == "csv":
+        try:
+            return detect_csv_encoding(src.head(8 * 1024 * 1024))
+        except ValueError:
+            raise IngestError(
+                f"{src.display} is UTF-16 text (as Excel's 'Unicode Text' saves it); GDAL reads CSV "
+                "as UTF-8 or a single/double-byte code page. Save it as 'CSV UTF-8' and retry."
+            ) from None
+        except OSError as exc:
+            raise IngestError(f"{src.display}: cannot be read: {exc}.") from None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# reading attributes + WKB
+
+
+def _read(src: _Source, layer: str, encoding: str | None, *, read_geometry: bool, **open_options):
+    """(meta, wkb array or None, DataFrame of the fields in file order)."""
+    # Arrow: the fast path for UTF-8 formats; pyogrio decodes other encodings only without it.
+    use_arrow = HAVE_ARROW and encoding is None and src.kind not in ("shapefile", "csv")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if use_arrow:
+                meta, table = _raw_read_arrow(src.gdal_path, layer=layer, read_geometry=read_geometry, **open_options)
+                fields = [str(f) for f in meta["fields"]]
+                extra = [c for c in table.column_names if c not in set(fields)]
+                wkb = None
+                if read_geometry and extra:
+                    wkb = table.column(extra[-1]).to_numpy(zero_copy_only=False)
+                frame = table.select(fields).to_pandas(integer_object_nulls=True) if fields else pd.DataFrame(index=range(table.num_rows))
+                n = table.num_rows
+            else:
+                meta, _fids, wkb, field_data = _raw_read(
+                    src.gdal_path,
+                    layer=layer,
+                    encoding=encoding,
+                    read_geometry=read_geometry,
+                    datetime_as_string=True,
+                    **open_options,
+                )
+                fields = [str(f) for f in meta["fields"]]
+                n = len(field_data[0]) if field_data else (len(wkb) if wkb is not None else 0)
+                frame = pd.DataFrame({f: arr for f, arr in zip(fields, field_data)}, index=range(n))
+    except _GDAL_ERRORS as exc:
+        raise _gdal_error(src, exc) from None
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{src.display}: text is not valid {encoding or 'UTF-8'} ({exc.reason} at byte {exc.start}). "
+            "Pass the right encoding, e.g. --encoding GB18030 for Chinese Windows files or "
+            "--encoding UTF-8."
+        ) from None
+    if wkb is not None and len(wkb) != n:  # pragma: no cover - defensive
+        raise IngestError(f"{src.display}: GDAL returned {len(wkb)} geometries for {n} rows.")
+    return meta, wkb, frame
+
+
+def _geoms_from_wkb(src: _Source, wkb: np.ndarray | None, n: int) -> np.ndarray:
+    if wkb is None:
+        return np.full(n, None, dtype=object)
+    try:
+        return shapely.from_wkb(np.asarray(wkb, dtype=object))
+    except shapely.errors.GEOSException as exc:
+        raise IngestError(
+            f"{src.display}: a geometry could not be decoded ({exc}). Check the file with "
+            "`ogrinfo -al -so` or re-export it; curved geometries should be exported as lines."
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# property columns
+
+
+def _nullable_object(values: pd.Series, mask: np.ndarray, cast) -> pd.Series:
+    out = np.full(len(values), None, dtype=object)
+    keep = ~mask
+    out[keep] = [cast(v) for v in values.to_numpy()[keep]]
+    return pd.Series(out, index=values.index, name=values.name, dtype=object)
+
+
+def _as_integer(s: pd.Series) -> pd.Series:
+    mask = s.isna().to_numpy()
+    if not mask.any():
+        return s.astype("int64")
+    return _nullable_object(s, mask, int)
+
+
+def _as_boolean(s: pd.Series) -> pd.Series:
+    mask = s.isna().to_numpy()
+    if not mask.any():
+        return s.astype(bool)
+    return _nullable_object(s, mask, bool)
+
+
+def _as_datetime(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return s
+    try:
+        return pd.to_datetime(s, format="ISO8601")
+    except (ValueError, TypeError):
+        return pd.to_datetime(s, format="ISO8601", utc=True)
+
+
+def _as_date(s: pd.Series) -> pd.Series:
+    out = _as_datetime(s)
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_localize(None)
+    return out.dt.normalize()
+
+
+def _normalise_typed(s: pd.Series, ogr_type: str, subtype: str) -> tuple[pd.Series, str]:
+    if ogr_type in ("OFTInteger", "OFTInteger64"):
+        if subtype == "OFSTBoolean":
+            return _as_boolean(s), "boolean"
+        return _as_integer(s), "integer"
+    if ogr_type == "OFTReal":
+        return s.astype("float64"), "number"
+    if ogr_type == "OFTDate":
+        return _as_date(s), "date"
+    if ogr_type == "OFTDateTime":
+        return _as_datetime(s), "datetime"
+    if ogr_type == "OFTString":
+        return s, "string"
+    # OFTTime, list and binary types: keep as text
+    mask = s.isna().to_numpy()
+    return _nullable_object(s, mask, str), "string"
+
+
+_INT_RE = r"[+-]?(?:0|[1-9]\d*)"
+_FLOAT_RE = r"[+-]?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_DATE_RE = r"\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}"
+_DATETIME_RE = r"\d{4}[-/]\d{1,2}[-/]\d{1,2}[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?"
+_INT64_MAX = 2**63 - 1
+
+
+def _infer_text_column(s: pd.Series) -> tuple[pd.Series, str]:
+    """Type of a CSV column read as text: integer, number, boolean, date, datetime or string.
+
+    Integers with leading zeros ("001") stay strings: they are codes, not numbers.
+    """
+    text = s.astype(object).where(s.notna(), None)
+    stripped = pd.Series(text, dtype=object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    present = stripped.notna() & (stripped != "")
+    vals = stripped[present].astype(str)
+    if vals.empty:
+        return pd.Series(np.full(len(s), None, dtype=object), index=s.index, name=s.name), "string"
+    if vals.str.fullmatch(_INT_RE).all():
+        nums = [int(v) for v in vals]
+        if max(abs(v) for v in nums) <= _INT64_MAX:
+            out = pd.Series(np.full(len(s), None, dtype=object), index=s.index, name=s.name)
+            out[present.to_numpy()] = nums
+            return (out.astype("int64") if present.all() else out), "integer"
+    if vals.str.fullmatch(_FLOAT_RE).all():
+        return pd.to_numeric(stripped.where(present, None)).astype("float64"), "number"
+    low = vals.str.lower()
+    if low.isin(["true", "false"]).all():
+        out = pd.Series(np.full(len(s), None, dtype=object), index=s.index, name=s.name)
+        out[present.to_numpy()] = (low == "true").to_list()
+        return (out.astype(bool) if present.all() else out), "boolean"
+    if vals.str.fullmatch(_DATE_RE).all():
+        parsed = pd.to_datetime(stripped.where(present, None).str.replace("/", "-"), format="%Y-%m-%d", errors="coerce")
+        if parsed[present].notna().all():
+            return parsed, "date"
+    if vals.str.fullmatch(_DATETIME_RE).all():
+        try:
+            return _as_datetime(stripped.where(present, None).str.replace("/", "-")), "datetime"
+        except (ValueError, TypeError):
+            pass
+    return s, "string"
+
+
+def _build_properties(frame: pd.DataFrame, meta: dict, *, infer_text: bool) -> tuple[pd.DataFrame, dict[str, str]]:
+    ogr_types = list(meta.get("ogr_types") or [])
+    subtypes = list(meta.get("ogr_subtypes") or [])
+    columns: dict[str, pd.Series] = {}
+    schema: dict[str, str] = {}
+    for i, name in enumerate(frame.columns):
+        s = frame[name]
+        ogr_type = ogr_types[i] if i < len(ogr_types) else "OFTString"
+        subtype = subtypes[i] if i < len(subtypes) else "OFSTNone"
+        if infer_text and ogr_type == "OFTString" and subtype == "OFSTNone":
+            s, ptype = _infer_text_column(s)
+        else:
+            s, ptype = _normalise_typed(s, ogr_type, subtype)
+        columns[name] = s
+        schema[name] = ptype
+    props = pd.DataFrame(columns, index=frame.index) if columns else pd.DataFrame(index=frame.index)
+    return props, schema
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
+
+
+def _row_dict(props: pd.DataFrame, pos: int) -> dict:
+    """One row's properties as plain Python values (None for nulls)."""
+    return {c: _plain(props[c].iloc[pos]) for c in props.columns}
+
+
+def _drop_kml_boilerplate(props: pd.DataFrame, schema: dict[str, str]) -> None:
+    for col, harmless in _KML_BOILERPLATE.items():
+        if col not in props.columns:
+            continue
+        vals = props[col]
+        nonnull = vals[vals.notna()]
+        if nonnull.empty or nonnull.isin([h for h in harmless if h is not None]).all():
+            del props[col]
+            schema.pop(col, None)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV geometry columns
+
+
+def _find_column(fields: list[str], candidates: tuple[str, ...]) -> str | None:
+    norm = {f.strip().lower().lstrip("\ufeff"): f for f in reversed(fields)}
+    for c in candidates:
+        if c in norm:
+            return norm[c]
+    return None
+
+
+_SRID_RE = re.compile(r"^\s*SRID=(\d+)\s*;\s*", re.IGNORECASE)
+
+
+def _csv_geometries(src: _Source, frame: pd.DataFrame) -> tuple[np.ndarray, list[str], CRS | None]:
+    """Geometries from the WKT or lon/lat columns of a CSV, the columns used, and an EWKT SRID."""
+    fields = list(frame.columns)
+    wkt_col = _find_column(fields, WKT_COLUMN_NAMES)
+    if wkt_col is not None:
+        text = frame[wkt_col].astype(object).where(frame[wkt_col].notna(), None)
+        text = pd.Series(text, dtype=object).map(lambda v: v.strip() if isinstance(v, str) else v)
+        present = (text.notna() & (text != "")).to_numpy()
+        srids = text[present].str.extract(_SRID_RE, expand=False)
+        srid_crs = None
+        if srids.notna().any():
+            text = text.str.replace(_SRID_RE, "", regex=True)
+            codes = set(srids.dropna())
+            if len(codes) == 1 and srids.notna().all():
+                srid_crs = CRS.from_epsg(int(codes.pop()))
+        arr = text.where(pd.Series(present, index=text.index), None).to_numpy(dtype=object)
+        geoms = shapely.from_wkt(arr, on_invalid="ignore")
+        bad = present & shapely.is_missing(geoms)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = str(arr[i])
+            try:
+                shapely.from_wkt(value)
+                why = "not valid WKT"
+            except shapely.errors.GEOSException as exc:
+                why = str(exc).replace("ParseException: ", "")
+            preview = value if len(value) <= 80 else value[:77] + "..."
+            raise IngestError(
+                f"{src.display}: row {i + 1} (not counting the header line): column {wkt_col!r} does not "
+                f"hold a geometry in WKT: {why}: {preview!r}. Fix or delete that row; an empty cell is "
+                "accepted and the row is reported as having no geometry."
+            )
+        return geoms, [wkt_col], srid_crs
+    lon_col = _find_column(fields, LON_COLUMN_NAMES)
+    lat_col = _find_column(fields, LAT_COLUMN_NAMES)
+    if lon_col is None or lat_col is None:
+        raise IngestError(
+            f"{src.display}: no geometry column found among {', '.join(fields) or '(no columns)'}. Name the "
+            "WKT column one of wkt / geometry / geom / the_geom / shape, or the coordinate columns "
+            "lon / lng / longitude / x / 经度 and lat / latitude / y / 纬度."
+        )
+    coords = []
+    for col in (lon_col, lat_col):
+        raw = frame[col].astype(object).where(frame[col].notna(), None)
+        raw = pd.Series(raw, dtype=object).map(lambda v: v.strip() if isinstance(v, str) else v)
+        present = (raw.notna() & (raw != "")).to_numpy()
+        nums = pd.to_numeric(raw.where(pd.Series(present, index=raw.index), None), errors="coerce").to_numpy(dtype=float)
+        bad = present & ~np.isfinite(nums)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise IngestError(
+                f"{src.display}: row {i + 1} (not counting the header line): column {col!r} holds "
+                f"{raw.iloc[i]!r}, which is not a number. Fix or delete that row (use a dot as the "
+                "decimal separator, degrees as decimals such as 114.2514)."
+            )
+        coords.append(np.where(present, nums, np.nan))
+    lon, lat = coords
+    ok = np.isfinite(lon) & np.isfinite(lat)
+    geoms = np.full(len(frame), None, dtype=object)
+    if ok.any():
+        geoms[ok] = shapely.points(lon[ok], lat[ok])
+    return geoms, [lon_col, lat_col], None
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: families, CRS, validity
+
+
+def _family_codes(geoms: np.ndarray) -> np.ndarray:
+    """Index into GEOMETRY_FAMILIES per geometry; -1 for missing, -2 for collections / others."""
+    tid = shapely.get_type_id(geoms)
+    codes = np.full(len(geoms), -2, dtype=np.int8)
+    codes[tid < 0] = -1
+    for t, fam in _TYPE_FAMILY.items():
+        codes[tid == t] = _FAMILY_CODE[fam]
+    return codes
+
+
+def _flatten(geom) -> np.ndarray:
+    """Non-empty single-part members of a geometry, recursively."""
+    parts = np.asarray([geom], dtype=object)
+    while True:
+        tid = shapely.get_type_id(parts)
+        if not np.isin(tid, (4, 5, 6, 7)).any():
+            break
+        parts = shapely.get_parts(parts)
+    return parts[~shapely.is_empty(parts)]
+
+
+def _collapse_collection(geom) -> tuple[object, set[str]]:
+    """A GeometryCollection as a geometry of one family, or (None, families) if it mixes them."""
+    parts = _flatten(geom)
+    fams = {_TYPE_FAMILY[int(t)] for t in shapely.get_type_id(parts)}
+    if len(fams) != 1:
+        return None, fams
+    fam = fams.pop()
+    if len(parts) == 1:
+        return parts[0], {fam}
+    return _MULTI_MAKER[fam](parts), {fam}
+
+
+def _keep_family(fixed: np.ndarray, family: str) -> np.ndarray:
+    """From make_valid results keep the parts of ``family`` (None where nothing is left)."""
+    out = fixed.copy()
+    codes = _family_codes(fixed)
+    fam = _FAMILY_CODE[family]
+    out[(codes != fam) & (codes != -2)] = None  # another family entirely (collapsed)
+    out[shapely.is_empty(fixed)] = None
+    coll = np.flatnonzero(codes == -2)
+    if len(coll):
+        parts, idx = shapely.get_parts(fixed[coll], return_index=True)
+        while len(parts) and np.isin(shapely.get_type_id(parts), (4, 5, 6, 7)).any():
+            parts, sub = shapely.get_parts(parts, return_index=True)
+            idx = idx[sub]
+        keep = (shapely.get_type_id(parts) == _SINGLE_TYPE[family]) & ~shapely.is_empty(parts)
+        if family == "LineString":
+            keep |= shapely.get_type_id(parts) == 2
+        parts, idx = parts[keep], idx[keep]
+        rebuilt = np.full(len(coll), None, dtype=object)
+        if len(parts):
+            counts = np.bincount(idx, minlength=len(coll))
+            multi = np.full(len(coll), None, dtype=object)
+            _MULTI_MAKER[family](parts, indices=idx, out=multi)
+            single = counts == 1
+            rebuilt[counts > 1] = multi[counts > 1]
+            if single.any():
+                first = {int(i): p for p, i in zip(parts, idx)}
+                rebuilt[single] = [first[int(i)] for i in np.flatnonzero(single)]
+        out[coll] = rebuilt
+    return out
+
+
+def _fmt_xy(x: float, y: float) -> str:
+    return "(" + ", ".join(f"{v:.2f}" if abs(v) >= 1000 else f"{v:.7g}" for v in (x, y)) + ")"
+
+
+def _coords_in_lonlat_range(xy: np.ndarray) -> np.ndarray:
+    return (np.abs(xy[:, 0]) <= 180.0) & (np.abs(xy[:, 1]) <= 90.0)
+
+
+@dataclass
+class _GeomResult:
+    geometry: np.ndarray
+    family: str
+    source_crs: str
+    repaired: list[int]
+    rejected: list[Rejected]
+    keep: np.ndarray  # indices of accepted rows
+
+
+def _prepare_geometries(
+    src: _Source,
+    geoms: np.ndarray,
+    *,
+    declared_type: str | None,
+    src_crs: CRS | None,
+    crs_label: str | None,
+    assume_lonlat: bool,
+    from_gcj02: bool,
+) -> _GeomResult:
+    n = len(geoms)
+    geoms = np.asarray(geoms, dtype=object)
+
+    # 1. geometry collections of one family → that family (rare: a small loop)
+    codes = _family_codes(geoms)
+    for i in np.flatnonzero(codes == -2):
+        collapsed, fams = _collapse_collection(geoms[i])
+        if collapsed is None and len(fams) > 1:
+            raise IngestError(
+                f"{src.display}: row {i + 1} is a GeometryCollection mixing {' and '.join(sorted(fams))}; "
+                "a layer holds one geometry family. Split the collection into separate files."
+            )
+        geoms[i] = collapsed
+    if (codes == -2).any():
+        codes = _family_codes(geoms)
+
+    missing = (codes == -1) | shapely.is_empty(geoms)
+    present = ~missing
+
+    # 2. one family per layer
+    if present.any():
+        first = int(np.flatnonzero(present)[0])
+        family = GEOMETRY_FAMILIES[codes[first]]
+        odd = present & (codes != codes[first])
+        if odd.any():
+            j = int(np.flatnonzero(odd)[0])
+            raise IngestError(
+                f"{src.display}: row {j + 1} is a {geoms[j].geom_type} but "
+                f"row {first + 1} is a {geoms[first].geom_type}; a layer holds one geometry family "
+                f"(points, lines or polygons). Split the file by geometry type (e.g. ogr2ogr -where "
+                f"\"OGR_GEOMETRY='{geoms[j].geom_type.upper()}'\") and ingest each part as its own layer."
+            )
+    else:
+        family = _declared_family(declared_type)
+        if family is None:
+            if n == 0:
+                raise IngestError(f"{src.display}: the layer holds no features.")
+            raise IngestError(f"{src.display}: none of the {n} features has a geometry.")
+
+    # 3. coordinates: 2D, source CRS, GCJ-02, reprojection — on one flat array
+    if shapely.has_z(geoms).any():
+        geoms = shapely.force_2d(geoms)
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+
+    if src_crs is None:
+        if len(coords) and (assume_lonlat or from_gcj02) and _coords_in_lonlat_range(coords).all():
+            src_crs, crs_label = crsmod.TARGET, crsmod.TARGET_LABEL
+        elif not len(coords):
+            src_crs, crs_label = crsmod.TARGET, crsmod.TARGET_LABEL
+        else:
+            outside = ~_coords_in_lonlat_range(coords)
+            sample = coords[int(np.flatnonzero(outside)[0])] if outside.any() else coords[0]
+            if not outside.any():
+                looks = "it has no .prj / CRS metadata"
+            elif max(abs(sample[0]), abs(sample[1])) > 1000:
+                looks = f"coordinates such as {_fmt_xy(sample[0], sample[1])} look like projected metres"
+            elif abs(sample[0]) <= 90 and abs(sample[1]) <= 180:
+                looks = (
+                    f"coordinates such as {_fmt_xy(sample[0], sample[1])} are not lon/lat; if longitude "
+                    "and latitude are swapped, fix the columns"
+                )
+            else:
+                looks = f"coordinates such as {_fmt_xy(sample[0], sample[1])} are not lon/lat"
+            raise IngestError(
+                f"{src.display} has no coordinate reference system ({looks}). Pass the CRS the "
+                f"coordinates are in with --crs, {crsmod.CRS_EXAMPLE}."
+            )
+
+    fn = None
+    if from_gcj02:
+        if not src_crs.is_geographic:
+            raise IngestError(
+                f"{src.display}: --from-gcj02 applies to GCJ-02 longitude/latitude, but the file is in "
+                f"{crs_label}, a projected CRS. GCJ-02 data is always lon/lat: drop --from-gcj02, or "
+                "give the lon/lat CRS with --crs EPSG:4326."
+            )
+        _check_lonlat(src, coords, owner, "GCJ-02 (--from-gcj02)")
+        fn = gcj02_to_wgs84
+        crs_label = "GCJ-02"
+    else:
+        if src_crs.is_geographic:
+            _check_lonlat(src, coords, owner, crs_label)
+        tr = crsmod.transformer_to_target(src_crs)
+        if tr is not None:
+            fn = crsmod.proj_fn(tr)
+    if fn is not None and len(coords):
+        geoms, k = crsmod.apply_xy(geoms, coords, fn)
+        if k >= 0:
+            raise IngestError(
+                f"{src.display}: row {owner[k] + 1}: coordinates {_fmt_xy(coords[k, 0], coords[k, 1])} "
+                f"cannot be transformed from {crs_label} to CGCS2000 (EPSG:4490). Check that the "
+                f"file really is in {crs_label}, or pass the right one with --crs."
+            )
+
+    del coords, owner
+
+    # 4. validity: repair with make_valid, keep the layer's family
+    repaired: list[int] = []
+    rejected: list[Rejected] = [Rejected(int(i) + 1, "empty geometry") for i in np.flatnonzero(missing)]
+    idx_present = np.flatnonzero(present)
+    valid = crsmod.parallel_map(shapely.is_valid, geoms[idx_present])
+    usable = present.copy()
+    bad_idx = idx_present[~valid]
+    if len(bad_idx):
+        reasons = shapely.is_valid_reason(geoms[bad_idx])
+        fixed = _keep_family(shapely.make_valid(geoms[bad_idx]), family)
+        ok = ~shapely.is_missing(fixed)
+        if ok.any():
+            ok[ok] = shapely.is_valid(fixed[ok]) & ~shapely.is_empty(fixed[ok])
+        geoms[bad_idx[ok]] = fixed[ok]
+        repaired = [int(i) + 1 for i in bad_idx[ok]]
+        for i, reason in zip(bad_idx[~ok], reasons[~ok]):
+            usable[i] = False
+            rejected.append(Rejected(int(i) + 1, f"invalid geometry that cannot be repaired as a {family}: {reason}"))
+        rejected.sort(key=lambda r: r.row)
+
+    keep = np.flatnonzero(usable)
+    return _GeomResult(geoms[keep], family, crs_label or "", repaired, rejected, keep)
+
+
+def _declared_family(declared: str | None) -> str | None:
+    if not declared:
+        return None
+    base = declared.replace(" Z", "").replace(" M", "").replace("Multi", "").strip()
+    return base if base in GEOMETRY_FAMILIES else None
+
+
+def _check_lonlat(src: _Source, coords: np.ndarray, owner: np.ndarray, label: str | None) -> None:
+    inside = _coords_in_lonlat_range(coords)
+    if inside.all():
+        return
+    k = int(np.flatnonzero(~inside)[0])
+    raise IngestError(
+        f"{src.display}: row {owner[k] + 1}: coordinates {_fmt_xy(coords[k, 0], coords[k, 1])} are not "
+        f"longitude/latitude, but the file is read as {label} (lon/lat). If they are projected metres "
+        f"pass their CRS, {crsmod.CRS_EXAMPLE}; if longitude and latitude are swapped, fix the columns."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def read_vector(
+    path: str | Path,
+    *,
+    crs: str | None = None,
+    from_gcj02: bool = False,
+    encoding: str | None = None,
+    source_layer: str | None = None,
+) -> PreparedBatch:
+    """Read a vector file into a :class:`PreparedBatch` in EPSG:4490.
+
+    ``crs`` assigns / overrides the source CRS (EPSG code, PROJ string or WKT); ``from_gcj02``
+    says the lon/lat are GCJ-02 and converts them; ``encoding`` overrides the text encoding
+    (shapefiles without .cpg are otherwise detected as UTF-8 or GB18030); ``source_layer``
+    picks a layer of a multi-layer file (GeoPackage, FileGDB, KML, zip of shapefiles).
+
+    Raises :class:`IngestError` for anything the user can fix: missing or corrupt file, several
+    layers and no ``source_layer``, bad ``crs``, no CRS, a CSV row that does not parse, mixed
+    geometry families.
+    """
+    display = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise IngestError(f"{display}: no such file or folder. Check the path (and the current folder).")
+    src_crs_opt = crsmod.parse_crs_option(crs) if crs is not None else None
+
+    picked_layer = None
+    if p.suffix.lower() == ".zip" and p.is_file():
+        src, picked_layer = _zip_source(display, p, source_layer)
+    elif p.is_dir() and p.suffix.lower() != ".gdb":
+        raise IngestError(
+            f"{display} is a folder. Pass a file, or a FileGDB folder whose name ends in .gdb."
+        )
+    else:
+        src = _file_source(display, p)
+
+    # a zip of several shapefiles: the member was picked by name; its dataset has one layer
+    layer = _list_layers(src)[0][0] if picked_layer is not None else _choose_layer(src, source_layer)
+    enc = _choose_encoding(src, encoding)
+
+    is_csv = src.kind == "csv"
+    open_options = {"EMPTY_STRING_AS_NULL": "YES", "AUTODETECT_TYPE": "NO", "KEEP_GEOM_COLUMNS": "YES"} if is_csv else {}
+    read_enc = enc if (src.kind == "shapefile" or encoding or (is_csv and enc != UTF8)) else None
+    meta, wkb, frame = _read(src, layer, read_enc, read_geometry=not is_csv, **open_options)
+    n = len(frame)
+
+    file_crs_text = meta.get("crs")
+    srid_crs = None
+    drop_cols: list[str] = []
+    if is_csv:
+        geoms, drop_cols, srid_crs = _csv_geometries(src, frame)
+        if not file_crs_text:
+            prj = src.sidecar(".prj")
+            if prj:
+                file_crs_text = prj.decode("utf-8", errors="replace")
+    else:
+        geoms = _geoms_from_wkb(src, wkb, n)
+    del wkb  # the WKB copy of a big layer is no longer needed
+
+    # source CRS: --crs, else the file's, else (CSV EWKT) the SRID
+    src_crs = src_crs_opt
+    label = None
+    if src_crs is not None:
+        label = crsmod.crs_label(src_crs, str(crs))
+    elif file_crs_text:
+        try:
+            src_crs = CRS.from_user_input(file_crs_text)
+        except CRSError as exc:
+            raise IngestError(
+                f"{display}: its CRS definition is not understood by PROJ ({exc}). Pass the CRS with "
+                f"--crs, {crsmod.CRS_EXAMPLE}."
+            ) from None
+        label = crsmod.crs_label(src_crs)
+    elif srid_crs is not None:
+        src_crs, label = srid_crs, crsmod.crs_label(srid_crs)
+
+    frame = frame.drop(columns=drop_cols)
+    kept_meta = dict(meta)
+    if drop_cols:
+        idx = [i for i, f in enumerate(meta["fields"]) if str(f) not in set(drop_cols)]
+        kept_meta["ogr_types"] = [meta["ogr_types"][i] for i in idx]
+        kept_meta["ogr_subtypes"] = [meta["ogr_subtypes"][i] for i in idx]
+
+    result = _prepare_geometries(
+        src,
+        geoms,
+        declared_type=meta.get("geometry_type"),
+        src_crs=src_crs,
+        crs_label=label,
+        assume_lonlat=src.kind in ("csv", "kml"),
+        from_gcj02=from_gcj02,
+    )
+
+    props, schema = _build_properties(frame, kept_meta, infer_text=is_csv)
+    if src.kind == "kml":
+        _drop_kml_boilerplate(props, schema)
+    for r in result.rejected:
+        r.properties = _row_dict(props, r.row - 1)
+    props = props.iloc[result.keep].reset_index(drop=True)
+
+    multi_layer = src.kind in ("gpkg", "filegdb", "kml") or picked_layer is not None or source_layer is not None
+    return PreparedBatch(
+        source=display,
+        source_layer=layer if multi_layer else None,
+        source_crs=result.source_crs,
+        geometry_family=result.family,
+        schema=schema,
+        properties=props,
+        geometry=result.geometry,
+        rows=(result.keep + 1).astype(np.int64),
+        repaired=result.repaired,
+        rejected=result.rejected,
+        encoding=enc or meta.get("encoding"),
+    )
