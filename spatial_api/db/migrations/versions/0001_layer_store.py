@@ -63,11 +63,11 @@ def upgrade() -> None:
             closed_by     bigint,
             properties    jsonb NOT NULL DEFAULT '{}'::jsonb,
             geom          geometry(Geometry, 4490) NOT NULL,
-            -- derived, never edited: a Web Mercator copy for tiles, a content digest for diffs
-            geom_3857     geometry(Geometry, 3857)
-                          GENERATED ALWAYS AS (ST_Transform(geom, 3857)) STORED,
-            content_hash  uuid
-                          GENERATED ALWAYS AS (md5(md5(ST_AsEWKB(geom)) || md5(properties::text))::uuid) STORED,
+            -- derived by the store's writer, never edited: a Web Mercator copy for tiles and
+            -- md5(EWKB of geom || properties JSON) to find unchanged features on re-ingest.
+            -- Computed client-side, in parallel with the server's COPY (see store/writer.py).
+            geom_3857     geometry(Geometry, 3857) NOT NULL,
+            content_hash  uuid NOT NULL,
             PRIMARY KEY (layer, vid),
             CHECK (valid_to IS NULL OR valid_to >= valid_from)
         ) PARTITION BY LIST (layer);
