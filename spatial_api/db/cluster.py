@@ -82,10 +82,35 @@ class LocalCluster:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.cluster_dir
-        self.data_dir = self.root / "data"
-        self.log_file = self.root / "server.log"
+        self.server_root = self._server_root()
+        self.data_dir = self.server_root / "data"
+        self.log_file = self.server_root / "server.log"
         self.password_file = self.root / "password"
-        self.port = settings.db_port
+        self.port_file = self.root / "port"
+        explicit = "GEOTWIN_DB_PORT" in os.environ
+        if self.port_file.exists() and not explicit:
+            self.port = int(self.port_file.read_text().strip())
+        else:
+            self.port = settings.db_port
+        self._explicit_port = explicit
+
+    def _server_root(self) -> Path:
+        """Where the server's own files go: the project's folder, unless the ``postgres`` user
+        (used when running as root) cannot reach it — then a folder under /var/tmp named after
+        the project path, so that each checkout still gets its own cluster."""
+        if os.geteuid() != 0 or self._reachable_by_others(self.root):
+            return self.root
+        import hashlib
+
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
+        return Path("/var/tmp") / f"geotwin-{digest}"
+
+    @staticmethod
+    def _reachable_by_others(path: Path) -> bool:
+        for parent in [path, *path.parents]:
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                return False
+        return True
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -128,15 +153,15 @@ class LocalCluster:
     def init(self) -> None:
         bindir, _ = find_pg_bin()
         self.root.mkdir(parents=True, exist_ok=True)
-        if self._as_root:
-            # postgres must be able to reach the folder: every parent needs o+x.
-            for parent in [self.root, *self.root.parents]:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    raise ClusterError(
-                        f"The postgres user cannot enter {parent} (mode {oct(mode & 0o777)}). "
-                        "Run `chmod o+x` on it or set GEOTWIN_HOME to a folder under /tmp or /srv."
-                    )
+        self.server_root.mkdir(parents=True, exist_ok=True)
+        self._chown(self.server_root)
+        if not self._explicit_port:
+            # Another checkout's cluster may hold the default port: take the next free one.
+            for candidate in range(self.port, self.port + 50):
+                self.port = candidate
+                if not self._port_taken():
+                    break
+        self.port_file.write_text(f"{self.port}\n")
         if not self.password_file.exists():
             self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
         os.chmod(self.password_file, 0o600)
@@ -144,13 +169,25 @@ class LocalCluster:
         self._chown(self.password_file)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self._chown(self.data_dir)
-        self._run([
-            str(bindir / "initdb"), "-D", str(self.data_dir), "-U", DB_USER,
-            f"--pwfile={self.password_file}", "--auth-host=scram-sha-256", "--auth-local=reject",
-            "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
-        ], timeout=300)
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(SERVER_CONF.format(port=self.port))
+        pwfile = self.server_root / ".initdb-password"
+        pwfile.write_text(self.password_file.read_text())
+        os.chmod(pwfile, 0o600)
+        self._chown(pwfile)
+        try:
+            self._run([
+                str(bindir / "initdb"), "-D", str(self.data_dir), "-U", DB_USER,
+                f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=reject",
+                "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+            ], timeout=300)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write_conf()
+
+    def _write_conf(self) -> None:
+        # postgresql.auto.conf is read last: the port and settings can be rewritten there.
+        conf = self.data_dir / "postgresql.auto.conf"
+        conf.write_text("# written by geotwin (spatial_api/db/cluster.py)\n" + SERVER_CONF.format(port=self.port))
+        self._chown(conf)
 
     def _port_taken(self) -> bool:
         with socket.socket() as s:
@@ -167,11 +204,19 @@ class LocalCluster:
         bindir, _ = find_pg_bin()
         if self.is_running():
             return
+        if self._port_taken() and self._explicit_port is False and self.port_file.exists():
+            raise ClusterError(
+                f"Port {self.port} on 127.0.0.1 (this cluster's, in {self.port_file}) is taken by another "
+                "program. Stop it, or set GEOTWIN_DB_PORT to a free port and run `geotwin db up` again."
+            )
         if self._port_taken():
             raise ClusterError(
                 f"Port {self.port} on 127.0.0.1 is taken by another program. "
                 "Set GEOTWIN_DB_PORT to a free port, or DATABASE_URL to use an existing PostGIS."
             )
+        if self._explicit_port:
+            self.port_file.write_text(f"{self.port}\n")
+            self._write_conf()
         if not self.log_file.exists():
             self.log_file.touch()
         self._chown(self.log_file)
