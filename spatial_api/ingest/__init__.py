@@ -34,7 +34,7 @@ class IngestSummary:
     valid_from: str
     changeset_id: int | None = None
     new_layer: bool = False
-    skipped: bool = False  # the same file was already the layer's latest changeset
+    skipped: bool = False  # nothing to write: the layer already holds this state (no changeset)
     added: int = 0
     changed: int = 0
     unchanged: int = 0
@@ -308,6 +308,15 @@ def ingest_vector(
                                  properties=props)
 
         new_layer = existing is None
+        if not new_layer:
+            latest = store.latest_valid_from(conn, layer)
+            if latest is not None and vf < latest and store.matches_state(conn, existing, rows, vf, mode):
+                # This state was loaded already (e.g. a load script re-run): nothing to do.
+                summary.skipped = True
+                summary.unchanged = len(rows)
+                summary.current_total = store.count(conn, layer)
+                summary.seconds = round(time.perf_counter() - started, 3)
+                return summary
         if new_layer:
             store.create_layer(conn, store.Layer(
                 name=layer, geometry_family=batch.geometry_family,
@@ -328,6 +337,15 @@ def ingest_vector(
             new_layer=new_layer, keep_keys=keep, message=message, progress=progress,
         )
         summary.new_layer = new_layer
+        if not new_layer and not (result.added or result.changed or result.closed):
+            # The layer already is what the file says: record nothing (no empty changesets
+            # from re-run load scripts).
+            conn.rollback()
+            summary.skipped = True
+            summary.unchanged = result.unchanged
+            summary.current_total = result.current_total
+            summary.seconds = round(time.perf_counter() - started, 3)
+            return summary
         summary.changeset_id = result.changeset_id
         summary.added, summary.changed = result.added, result.changed
         summary.unchanged, summary.closed = result.unchanged, result.closed

@@ -86,8 +86,8 @@ def ingest_vector_cmd(
         print(json.dumps({"ok": True, **summary.to_dict()}, ensure_ascii=False, default=_json_default))
         return
     if summary.skipped:
-        console.print(f"[yellow]●[/] {path} is already layer {layer!r}'s latest change "
-                      f"(changeset {summary.changeset_id}, same file and date): nothing to do.")
+        console.print(f"[yellow]●[/] layer {layer!r} already holds what {path} says as of "
+                      f"{summary.valid_from[:10]} ({summary.unchanged:,} features): nothing written.")
         return
     table = Table(title=f"{layer} ← {path.name}  (changeset {summary.changeset_id}, valid from {summary.valid_from[:10]})")
     for col in ("added", "changed", "unchanged", "closed", "repaired", "rejected", "current", "seconds"):

@@ -35,6 +35,7 @@ from spatial_api.store.writer import (
     WriteResult,
     finish_changeset,
     latest_valid_from,
+    matches_state,
     properties_to_json,
     write_changeset,
 )
@@ -42,6 +43,6 @@ from spatial_api.store.writer import (
 __all__ = [
     "ACCESS_LEVELS", "MODES", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
-    "finish_changeset", "get_layer", "latest_valid_from", "list_layers", "partition_name", "properties_to_json",
+    "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",
 ]

@@ -142,15 +142,26 @@ def test_replace_by_key_gives_exact_counts_then_as_of_and_diff(tmp_path, conn, l
     assert len(store.feature_history(conn, layer_name, "P001")) == 1
     assert len(store.feature_history(conn, layer_name, "P007")) == 2
 
-    # re-running the same load is a no-op, not a new changeset
+    # re-running the same loads is a no-op, not a new changeset — also the older one, and also
+    # when the file was written anew (same content, different bytes)
     again = ingest_vector(v.v2, layer=layer_name, valid_from="2023-12-31", settings=database)
     assert again.skipped and len(store.changesets(conn, layer_name)) == 2
+    import geopandas as gpd
+
+    rewritten = tmp_path / "v1_again.geojson"
+    gpd.read_file(v.v1).to_file(rewritten, driver="GeoJSON")
+    old = ingest_vector(rewritten, layer=layer_name, valid_from="2020-12-31", settings=database)
+    assert old.skipped and len(store.changesets(conn, layer_name)) == 2
+    # but a different back-dated state is refused
+    with pytest.raises(IngestError, match="earlier than the layer's latest change"):
+        ingest_vector(v.v2, layer=layer_name, valid_from="2020-12-31", settings=database)
 
 
 def test_replace_of_an_identical_state_changes_nothing(tmp_path, conn, layer_name, database):
     v = _load_v1(tmp_path, layer_name, database)
     s = ingest_vector(v.v1, layer=layer_name, valid_from="2022-01-01", settings=database)
     assert (s.added, s.changed, s.closed, s.unchanged) == (0, 0, 0, 10)
+    assert s.skipped and s.changeset_id is None and len(store.changesets(conn, layer_name)) == 1
 
 
 @pytest.mark.parametrize("kind", ["gpkg", "geojson"])
