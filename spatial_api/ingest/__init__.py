@@ -99,6 +99,8 @@ def _coerce(series: pd.Series, target: str) -> tuple[pd.Series, pd.Series]:
     """Convert a column to ``target``; returns (converted, mask of values that did not convert)."""
     present = series.notna()
     if target == "string":
+        if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
+            return series.astype(object).where(present, None), pd.Series(False, index=series.index)
         out = series.astype(object).where(present, None)
         out = out.map(lambda v: v if v is None else (v.isoformat() if hasattr(v, "isoformat") else str(v)))
         return out, pd.Series(False, index=series.index)

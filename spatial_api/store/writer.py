@@ -60,6 +60,17 @@ class FeatureRows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, index: np.ndarray) -> "FeatureRows":
+        return FeatureRows(rows=self.rows[index], fids=None if self.fids is None else self.fids[index],
+                           geometry=self.geometry[index], properties=self.properties.iloc[index])
+
+    def digests(self, start: int, stop: int) -> list[str]:
+        """Content hashes (md5 of WKB + properties JSON) of rows start:stop — the same values
+        :meth:`text_columns` writes, without building the rest."""
+        props = properties_to_json(self.properties.iloc[start:stop])
+        wkb = shapely.to_wkb(self.geometry[start:stop], output_dimension=2, byte_order=1)
+        return [md5(g + p.encode("utf-8")).hexdigest() for g, p in zip(wkb, props)]
+
     def text_columns(self, start: int, stop: int) -> list[list[str]]:
         """[properties JSON, EWKB 4490, EWKB 3857, content hash] for rows start:stop, as COPY
         text. The derived columns are computed here, on the client, while the server is busy
@@ -161,7 +172,7 @@ def matches_state(conn: psycopg.Connection, layer: Layer, features: FeatureRows,
         return False
     for start in range(0, len(features), COPY_CHUNK):
         stop = min(start + COPY_CHUNK, len(features))
-        digests = features.text_columns(start, stop)[3]
+        digests = features.digests(start, stop)
         for fid, digest in zip(features.fids[start:stop], digests):
             if stored.get(str(fid), "").replace("-", "") != digest:
                 return False
@@ -236,8 +247,7 @@ def write_changeset(
             result.added = n
             result.samples["added"] = [str(x) for x in fids[:5]]
         else:
-            rows_text = [str(int(r)) for r in features.rows]
-            _write_incremental(cur, layer, features, [rows_text, fid_text], mode, valid_from, cs_id, keep_keys or set(),
+            _write_incremental(cur, layer, features, mode, valid_from, cs_id, recorded_at, keep_keys or set(),
                                result, progress)
         result.current_total = cur.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
@@ -266,23 +276,27 @@ def _attach_partition(conn: psycopg.Connection, layer: Layer) -> None:
 
 
 
-def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows, leading: list, mode: str,
-                       valid_from: datetime, cs_id: int, keep_keys: set[str],
+def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows, mode: str,
+                       valid_from: datetime, cs_id: int, recorded_at: datetime, keep_keys: set[str],
                        result: WriteResult, progress: Progress | None) -> None:
-    lit = sql.Literal(layer.name)
+    """Compare first, write second: only keys and content hashes of every incoming feature go to
+    the server; full rows follow for the added and changed ones alone. A yearly survey
+    re-ingested costs its changes, not its size."""
     part = sql.Identifier(partition_name(layer.name))
-    cur.execute(
-        "CREATE TEMP TABLE incoming (row_no int, fid text, properties jsonb, "
-        "geom geometry(Geometry, 4490), geom_3857 geometry(Geometry, 3857), content_hash uuid) "
-        "ON COMMIT DROP"
-    )
-    _copy_rows(cur, sql.SQL("COPY incoming (row_no, fid, properties, geom, geom_3857, content_hash) "
-                            "FROM STDIN"),
-               features, leading, progress)
-    if progress:
-        progress("compare", 0, 1)
-    cur.execute("CREATE INDEX ON incoming (fid)")
-    cur.execute("ANALYZE incoming")
+    cur.execute("CREATE TEMP TABLE incoming_keys (row_no int, fid text, content_hash uuid) ON COMMIT DROP")
+    total = len(features)
+    with cur.copy("COPY incoming_keys (row_no, fid, content_hash) FROM STDIN",
+                  writer=QueuedLibpqWriter(cur)) as copy:
+        for start in range(0, total, COPY_CHUNK):
+            stop = min(start + COPY_CHUNK, total)
+            lines = zip(map(str, features.rows[start:stop]),
+                        (_copy_text(str(f)) for f in features.fids[start:stop]),
+                        features.digests(start, stop))
+            copy.write(("\n".join(map("\t".join, lines)) + "\n").encode("utf-8"))
+            if progress:
+                progress("compare", stop, total)
+    cur.execute("CREATE INDEX ON incoming_keys (fid)")
+    cur.execute("ANALYZE incoming_keys")
     cur.execute(
         sql.SQL(
             """
@@ -291,7 +305,7 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
                    CASE WHEN f.vid IS NULL THEN 'added'
                         WHEN f.content_hash = i.content_hash THEN 'unchanged'
                         ELSE 'changed' END AS status
-            FROM incoming i
+            FROM incoming_keys i
             LEFT JOIN {} f ON f.fid = i.fid AND f.valid_to IS NULL
             """
         ).format(part)
@@ -324,7 +338,7 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
                 INSERT INTO closing
                 SELECT f.vid FROM {} f
                 WHERE f.valid_to IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM incoming i WHERE i.fid = f.fid)
+                  AND NOT EXISTS (SELECT 1 FROM incoming_keys i WHERE i.fid = f.fid)
                   AND NOT (f.fid = ANY(%s))
                 """
             ).format(part),
@@ -333,7 +347,7 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
         result.closed = cur.rowcount
         result.samples["closed"] = [r[0] for r in cur.execute(
             sql.SQL("SELECT f.fid FROM {} f JOIN closing c USING (vid) "
-                    "WHERE NOT EXISTS (SELECT 1 FROM incoming i WHERE i.fid = f.fid) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM incoming_keys i WHERE i.fid = f.fid) "
                     "ORDER BY f.fid LIMIT 5").format(part))]
     cur.execute(
         sql.SQL(
@@ -344,20 +358,19 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
         ).format(part),
         (valid_from, cs_id),
     )
-    cur.execute(
-        sql.SQL(
-            """
-            INSERT INTO features (layer, fid, valid_from, tx_from, changeset_id, properties, geom,
-                                  geom_3857, content_hash)
-            SELECT {}, i.fid, %s, now(), %s, i.properties, i.geom, i.geom_3857, i.content_hash
-            FROM incoming i JOIN classified c USING (row_no)
-            WHERE c.status IN ('added', 'changed')
-            ORDER BY i.row_no
-            """
-        ).format(lit),
-        (valid_from, cs_id),
-    )
-    for name in ("classified", "closing", "incoming"):
+    # The new versions: full rows for added and changed features only, straight into the layer.
+    new_rows = np.array([r[0] for r in cur.execute(
+        "SELECT row_no FROM classified WHERE status IN ('added', 'changed') ORDER BY row_no")], dtype=np.int64)
+    if len(new_rows):
+        position = {int(r): i for i, r in enumerate(features.rows)}
+        subset = features.subset(np.array([position[int(r)] for r in new_rows], dtype=np.int64))
+        n = len(subset)
+        const = [[_copy_text(layer.name)] * n, [valid_from.isoformat()] * n,
+                 [recorded_at.isoformat()] * n, [str(cs_id)] * n, [_copy_text(str(f)) for f in subset.fids]]
+        _copy_rows(cur, sql.SQL(
+            "COPY {} (layer, valid_from, tx_from, changeset_id, fid, properties, geom, geom_3857, content_hash) "
+            "FROM STDIN").format(part), subset, const, progress)
+    for name in ("classified", "closing", "incoming_keys"):
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
 
