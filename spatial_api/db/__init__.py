@@ -46,6 +46,17 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False) -> ps
     )
 
 
+def connect_like(conn: psycopg.Connection, *, autocommit: bool = False) -> psycopg.Connection:
+    """Another connection to the same database, as the same user, with the same search_path."""
+    params = conn.info.get_parameters()
+    params["password"] = conn.info.password or ""
+    for managed in ("application_name", "options"):
+        params.pop(managed, None)
+    search_path = conn.execute("SHOW search_path").fetchone()[0].replace(" ", "")
+    return psycopg.connect(**params, autocommit=autocommit, application_name="geotwin",
+                           options=f"-c search_path={search_path} -c timezone=UTC")
+
+
 @contextmanager
 def transaction(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
     """A connection in one transaction: committed on success, rolled back on any error."""

@@ -275,6 +275,27 @@ def ingest_vector(
     if progress:
         progress("read", 1, 1)
 
+    try:
+        return _write(batch, summary, started, settings, path=path, layer=layer, key=key, mode=mode,
+                      vf=vf, digest=digest, title_zh=title_zh, title_en=title_en,
+                      access_level=access_level, author=author, evolve_schema=evolve_schema,
+                      message=message, progress=progress)
+    except BaseException:
+        # A failed first load may leave its side-built partition behind: remove it now.
+        try:
+            store.drop_orphan_partition(layer, settings=settings)
+        except Exception:  # the original error matters more; the next load cleans up too
+            pass
+        raise
+
+
+def _write(batch: PreparedBatch, summary: IngestSummary, started: float, settings: Settings, *,
+           path, layer: str, key: str | None, mode: str, vf: datetime, digest: str,
+           title_zh: str | None, title_en: str | None, access_level: str | None,
+           author: str | None, evolve_schema: bool, message: str | None,
+           progress: Progress | None) -> IngestSummary:
+    from spatial_api import db, store
+
     with db.transaction(settings) as conn:
         existing = store.get_layer(conn, layer)
         if existing is not None:

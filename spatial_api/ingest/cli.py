@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import Optional
@@ -84,7 +86,7 @@ def ingest_vector_cmd(
         _fail(f"{exc}\nNothing was written: layer {layer!r} is as it was.")
     if as_json:
         print(json.dumps({"ok": True, **summary.to_dict()}, ensure_ascii=False, default=_json_default))
-        return
+        _exit_now()
     if summary.skipped:
         console.print(f"[yellow]●[/] layer {layer!r} already holds what {path} says as of "
                       f"{summary.valid_from[:10]} ({summary.unchanged:,} features): nothing written.")
@@ -101,6 +103,15 @@ def ingest_vector_cmd(
         console.print(f"[yellow]rejected[/] row {r['row']}: {r['reason']}" + (f" (key {r['key']})" if r.get("key") else ""))
     if len(summary.rejected_rows) > 20:
         console.print(f"… and {len(summary.rejected_rows) - 20} more rejected rows (use --json for all)")
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Leave without tearing down the interpreter: the work is committed and the output written,
+    and freeing a large load's geometries one by one costs ~0.2 s per 200,000 features."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @layers_app.command("list")

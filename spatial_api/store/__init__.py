@@ -33,6 +33,7 @@ from spatial_api.store.writer import (
     MODES,
     FeatureRows,
     WriteResult,
+    drop_orphan_partition,
     finish_changeset,
     latest_valid_from,
     matches_state,
@@ -43,6 +44,6 @@ from spatial_api.store.writer import (
 __all__ = [
     "ACCESS_LEVELS", "MODES", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
-    "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
+    "drop_orphan_partition", "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",
 ]

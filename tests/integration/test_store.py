@@ -128,3 +128,26 @@ def test_derived_columns_follow_the_geometry(conn, layer_name):
     assert (x, y) == (pytest.approx(ex, abs=0.01), pytest.approx(ey, abs=0.01))
     idx = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (part,))}
     assert any("gist (geom_3857)" in i for i in idx) and any("gist (geom)" in i for i in idx)
+
+
+def test_orphan_of_a_failed_first_load_is_cleaned_and_live_partitions_never_are(conn, layer_name):
+    part = store.partition_name(layer_name)
+    # what a crash between staging and attaching leaves: a filled, unattached table
+    conn.execute(f"CREATE TABLE {part} (LIKE features INCLUDING DEFAULTS)")
+    conn.commit()
+    r = write(conn, layer_name, V1, new=True)  # the next first load removes it and succeeds
+    assert r.added == 6 and store.count(conn, layer_name) == 6
+    assert store.drop_orphan_partition(layer_name, conn=conn) is False  # attached: untouched
+    conn.commit()
+    assert store.count(conn, layer_name) == 6
+
+
+def test_first_load_indexes_are_the_parents(conn, layer_name):
+    write(conn, layer_name, V1, new=True)
+    part = store.partition_name(layer_name)
+    parent = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'features'::regclass").fetchone()[0]
+    attached = conn.execute(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid "
+        "WHERE x.indrelid = %s::regclass", (part,)).fetchone()[0]
+    total = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", (part,)).fetchone()[0]
+    assert parent == attached == total == 6  # each built once, none duplicated
