@@ -32,6 +32,15 @@ def _json_default(value):
     return str(value)
 
 
+def _local(value: datetime) -> datetime:
+    """A stored instant in the district's time zone (dates are meant there)."""
+    from zoneinfo import ZoneInfo
+
+    from spatial_api.config import get_settings
+
+    return value.astimezone(ZoneInfo(get_settings().timezone))
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(1)
@@ -131,7 +140,7 @@ def layers_list(as_json: bool = typer.Option(False, "--json")) -> None:
         table.add_row(r["name"], " / ".join(t for t in (r["title_zh"], r["title_en"]) if t),
                       r["geometry_family"], r["key_field"] or "", r["access_level"],
                       f"{r['current_features']:,}", str(r["changesets"]),
-                      r["latest_valid_from"].date().isoformat() if r["latest_valid_from"] else "")
+                      _local(r["latest_valid_from"]).date().isoformat() if r["latest_valid_from"] else "")
     console.print(table)
 
 
@@ -161,8 +170,8 @@ def layers_history(name: str, as_json: bool = typer.Option(False, "--json")) -> 
         table.add_column(col)
     for r in rows:
         c = r["counts"] or {}
-        table.add_row(str(r["id"]), r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                      r["valid_from"].date().isoformat(), r["author"], r["mode"],
+        table.add_row(str(r["id"]), _local(r["recorded_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                      _local(r["valid_from"]).date().isoformat(), r["author"], r["mode"],
                       *(f"{c.get(k, 0):,}" for k in ("added", "changed", "unchanged", "closed")),
                       Path(r["source"] or "").name)
     console.print(table)
