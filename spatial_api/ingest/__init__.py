@@ -313,13 +313,15 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
         schema, grown = _reconcile_schema(batch, existing, evolve_schema)
         fids = _keys(batch, key) if key else None
         keep: set[str] = set()
-        if fids is not None and mode == "replace":
-            # A rejected row says nothing reliable about its feature: do not close it.
+        if key:
+            # Name rejected rows by their key where the row's attributes could be read.
             for r in batch.rejected:
                 if r.key is None and r.properties and r.properties.get(key) is not None:
                     r.key = _keys_of([r.properties[key]])[0]
-            keep = {r.key for r in batch.rejected if r.key is not None}
             summary.rejected_rows = [{"row": r.row, "reason": r.reason, "key": r.key} for r in batch.rejected]
+        if fids is not None and mode == "replace":
+            # A rejected row says nothing reliable about its feature: do not close it.
+            keep = {r.key for r in batch.rejected if r.key is not None}
         if mode == "replace" and fids is not None and any(r.key is None for r in batch.rejected):
             raise IngestError(
                 f"{path}: {len(batch.rejected)} row(s) rejected (first: row {batch.rejected[0].row}, "
