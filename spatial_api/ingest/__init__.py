@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time as dtime
 from pathlib import Path
@@ -242,16 +243,22 @@ def ingest_vector(
     src = Path(path)
     if not src.exists():
         raise IngestError(f"{path}: no such file or folder. Check the path.")
-    digest = source_digest(src)
     summary = IngestSummary(layer=layer, source=str(path), mode=mode, valid_from=vf.isoformat())
 
     # Was this very file already loaded as the latest change? Then there is nothing to do.
+    # (The file's sha256 is computed in a thread — hashlib releases the GIL — while the
+    # database is asked; the file is read only if it is needed.)
+    pool = ThreadPoolExecutor(1)
+    hashing = pool.submit(source_digest, src)
+    pool.shutdown(wait=False)
     with db.connect(settings) as conn:
         last = conn.execute(
             "SELECT id, source_hash, valid_from, mode, counts FROM changesets WHERE layer = %s "
             "ORDER BY id DESC LIMIT 1", (layer,)
         ).fetchone()
-        if last and last[1] == digest and last[2] == vf and last[3] == mode:
+        same_date = bool(last) and last[2] == vf and last[3] == mode
+        digest = hashing.result() if same_date else None
+        if same_date and last[1] == digest:
             summary.skipped = True
             summary.changeset_id = last[0]
             summary.unchanged = int((last[4] or {}).get("added", 0)) + int((last[4] or {}).get("changed", 0)) + int((last[4] or {}).get("unchanged", 0))
@@ -274,6 +281,7 @@ def ingest_vector(
                           f"{len(batch.rejected)} row(s) rejected in all.")
     if progress:
         progress("read", 1, 1)
+    digest = digest or hashing.result()
 
     try:
         return _write(batch, summary, started, settings, path=path, layer=layer, key=key, mode=mode,

@@ -71,7 +71,7 @@ class FeatureRows:
         :meth:`text_columns` writes, without building the rest."""
         props = properties_to_json(self.properties.iloc[start:stop])
         wkb = shapely.to_wkb(self.geometry[start:stop], output_dimension=2, byte_order=1)
-        return [md5(g + p.encode("utf-8")).hexdigest() for g, p in zip(wkb, props)]
+        return _digests(wkb, props)
 
     def text_columns(self, start: int, stop: int) -> list[list[str]]:
         """[properties JSON, EWKB 4490, EWKB 3857, content hash] for rows start:stop, as COPY
@@ -81,9 +81,18 @@ class FeatureRows:
         geoms = self.geometry[start:stop]
         wkb = shapely.to_wkb(geoms, output_dimension=2, byte_order=1)
         wkb_3857 = shapely.to_wkb(shapely.transform(geoms, _to_3857), output_dimension=2, byte_order=1)
-        digests = [md5(g + p.encode("utf-8")).hexdigest() for g, p in zip(wkb, props)]
-        return [[_copy_text(p) for p in props], _ewkb_hex(wkb, _SRID_4490),
-                _ewkb_hex(wkb_3857, _SRID_3857), digests]
+        digests = _digests(wkb, props)
+        text = "\n".join(props)
+        if "\\" in text:  # rare: only then is escaping row by row needed
+            props = [_copy_text(p) for p in props]
+        return [props, _ewkb_hex(wkb, _SRID_4490), _ewkb_hex(wkb_3857, _SRID_3857), digests]
+
+
+def _digests(wkb: np.ndarray, props: list[str]) -> list[str]:
+    """md5 of each feature's WKB followed by its properties' JSON (UTF-8). The JSON is encoded
+    in one piece and split (JSON text holds no raw newline), not row by row."""
+    encoded = "\n".join(props).encode("utf-8").split(b"\n") if props else []
+    return [md5(g + p).hexdigest() for g, p in zip(wkb, encoded)]
 
 
 def _srid_hex(srid: int) -> str:
