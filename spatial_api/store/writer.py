@@ -14,9 +14,10 @@ unchanged feature (same geometry and properties, compared by ``content_hash``) k
 from __future__ import annotations
 
 import re
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from hashlib import md5
@@ -73,43 +74,55 @@ class FeatureRows:
         wkb = shapely.to_wkb(self.geometry[start:stop], output_dimension=2, byte_order=1)
         return _digests(wkb, props)
 
-    def text_columns(self, start: int, stop: int) -> list[list[str]]:
-        """[properties JSON, EWKB 4490, EWKB 3857, content hash] for rows start:stop, as COPY
-        text. The derived columns are computed here, on the client, while the server is busy
-        parsing the previous chunk."""
+    def copy_rows(self, start: int, stop: int, prefix: bytes) -> bytes:
+        """Rows start:stop as tuples of PostgreSQL's binary COPY format: ``prefix`` (the field
+        count and the constant leading fields), then fid, properties (jsonb), geom (EWKB 4490),
+        geom_3857 (EWKB 3857) and content_hash (uuid). The derived columns are computed here,
+        on the client, while the server is busy parsing the previous chunk."""
         props = properties_to_json(self.properties.iloc[start:stop])
+        encoded = "\n".join(props).encode("utf-8").split(b"\n") if props else []
         geoms = self.geometry[start:stop]
         wkb = shapely.to_wkb(geoms, output_dimension=2, byte_order=1)
-        wkb_3857 = shapely.to_wkb(shapely.transform(geoms, _to_3857), output_dimension=2, byte_order=1)
-        digests = _digests(wkb, props)
-        text = "\n".join(props)
-        if "\\" in text:  # rare: only then is escaping row by row needed
-            props = [_copy_text(p) for p in props]
-        return [props, _ewkb_hex(wkb, _SRID_4490), _ewkb_hex(wkb_3857, _SRID_3857), digests]
+        merc = shapely.to_wkb(shapely.transform(geoms, _to_3857), output_dimension=2, byte_order=1)
+        fids = [str(f).encode("utf-8") for f in self.fids[start:stop]]
+        pack = _INT32.pack
+        s4490, s3857 = _SRID_4490, _SRID_3857
+        return b"".join([
+            b"".join((prefix, pack(len(f)), f, pack(len(p) + 1), b"\x01", p,
+                      pack(len(g) + 4), g[:4], b"\x20", s4490, g[5:],
+                      pack(len(m) + 4), m[:4], b"\x20", s3857, m[5:],
+                      _UUID_LEN, md5(g + p).digest()))
+            for f, p, g, m in zip(fids, encoded, wkb, merc)
+        ])
 
 
 def _digests(wkb: np.ndarray, props: list[str]) -> list[str]:
-    """md5 of each feature's WKB followed by its properties' JSON (UTF-8). The JSON is encoded
-    in one piece and split (JSON text holds no raw newline), not row by row."""
+    """md5 of each feature's WKB followed by its properties' JSON (UTF-8), as hex. The JSON is
+    encoded in one piece and split (JSON text holds no raw newline), not row by row."""
     encoded = "\n".join(props).encode("utf-8").split(b"\n") if props else []
     return [md5(g + p).hexdigest() for g, p in zip(wkb, encoded)]
 
 
-def _srid_hex(srid: int) -> str:
-    return srid.to_bytes(4, "little").hex()
+_INT32 = struct.Struct(">i")
+_UUID_LEN = _INT32.pack(16)
+# Little-endian WKB → EWKB with an SRID: the type word's high byte gets the SRID flag (0x20) and
+# the SRID follows it. GEOS would need every geometry cloned with an SRID to write this itself.
+_SRID_4490, _SRID_3857 = struct.pack("<I", 4490), struct.pack("<I", 3857)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_EPOCH_2000 = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
-_SRID_4490, _SRID_3857 = _srid_hex(4490), _srid_hex(3857)
+def _copy_prefix(layer: str, valid_from: datetime, recorded_at: datetime, cs_id: int) -> bytes:
+    """Field count and the four constant leading fields of every tuple, binary-encoded."""
+    name = layer.encode("utf-8")
 
+    def micros(t: datetime) -> int:
+        return (t - _EPOCH_2000) // timedelta(microseconds=1)
 
-def _ewkb_hex(wkb: np.ndarray, srid_hex: str) -> list[str]:
-    """Little-endian WKB → hex EWKB with an SRID: set the SRID flag (0x20000000) of the type
-    word and insert the SRID after it. Cheaper than giving every geometry an SRID in GEOS."""
-    out = []
-    for b in wkb:
-        h = b.hex()
-        out.append(h[:8] + "20" + srid_hex + h[10:])
-    return out
+    return (struct.pack(">h", 9) + _INT32.pack(len(name)) + name
+            + struct.pack(">iq", 8, micros(valid_from)) + struct.pack(">iq", 8, micros(recorded_at))
+            + struct.pack(">iq", 8, cs_id))
 
 
 # EPSG:3857 (Popular Visualisation Pseudo-Mercator) is a closed formula on the sphere of the
@@ -144,18 +157,22 @@ def _copy_text(value: str) -> str:
     return value
 
 
-def _copy_rows(cur: psycopg.Cursor, statement: sql.Composable, features: FeatureRows,
-               leading: list[list[str]], progress: Progress | None) -> None:
-    """COPY ``leading`` columns + properties + geometry in PostgreSQL's text format, chunk by
-    chunk; a writer thread sends each chunk, so the server parses one while the next is built."""
+def _copy_rows(cur: psycopg.Cursor, part: str, features: FeatureRows, prefix: bytes,
+               progress: Progress | None) -> None:
+    """Binary COPY of full feature versions into a layer's partition, chunk by chunk; a writer
+    thread sends each chunk, so the server parses one while the next is built."""
     total = len(features)
+    statement = sql.SQL(
+        "COPY {} (layer, valid_from, tx_from, changeset_id, fid, properties, geom, geom_3857, "
+        "content_hash) FROM STDIN (FORMAT binary)").format(sql.Identifier(part))
     with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
+        copy.write(_COPY_HEADER)
         for start in range(0, total, COPY_CHUNK):
             stop = min(start + COPY_CHUNK, total)
-            parts = [c[start:stop] for c in leading] + features.text_columns(start, stop)
-            copy.write(("\n".join(map("\t".join, zip(*parts))) + "\n").encode("utf-8"))
+            copy.write(features.copy_rows(start, stop, prefix))
             if progress:
                 progress("store", stop, total)
+        copy.write(_COPY_TRAILER)
 
 
 def _lock_layer(conn: psycopg.Connection, layer: str) -> None:
@@ -307,17 +324,13 @@ def _stage_partition(conn: psycopg.Connection, layer: Layer, features: FeatureRo
 
     part = partition_name(layer.name)
     drop_orphan_partition(layer.name, conn=conn)
-    n = len(features)
-    const = [[_copy_text(layer.name)] * n, [valid_from.isoformat()] * n,
-             [recorded_at.isoformat()] * n, [str(cs_id)] * n, [_copy_text(str(f)) for f in features.fids]]
     with connect_like(conn) as stage:
         with stage.cursor() as cur:
             cur.execute(sql.SQL(
                 "CREATE TABLE {} (LIKE features INCLUDING DEFAULTS INCLUDING CONSTRAINTS, CHECK (layer = {}))"
             ).format(sql.Identifier(part), sql.Literal(layer.name)))
-            _copy_rows(cur, sql.SQL(
-                "COPY {} (layer, valid_from, tx_from, changeset_id, fid, properties, geom, geom_3857, "
-                "content_hash) FROM STDIN").format(sql.Identifier(part)), features, const, progress)
+            _copy_rows(cur, part, features, _copy_prefix(layer.name, valid_from, recorded_at, cs_id),
+                       progress)
             groups, after = _partition_index_ddl(stage, part)
         stage.commit()
         if progress:
@@ -454,12 +467,8 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
     if len(new_rows):
         position = {int(r): i for i, r in enumerate(features.rows)}
         subset = features.subset(np.array([position[int(r)] for r in new_rows], dtype=np.int64))
-        n = len(subset)
-        const = [[_copy_text(layer.name)] * n, [valid_from.isoformat()] * n,
-                 [recorded_at.isoformat()] * n, [str(cs_id)] * n, [_copy_text(str(f)) for f in subset.fids]]
-        _copy_rows(cur, sql.SQL(
-            "COPY {} (layer, valid_from, tx_from, changeset_id, fid, properties, geom, geom_3857, content_hash) "
-            "FROM STDIN").format(part), subset, const, progress)
+        _copy_rows(cur, partition_name(layer.name), subset,
+                   _copy_prefix(layer.name, valid_from, recorded_at, cs_id), progress)
     for name in ("classified", "closing", "incoming_keys"):
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
