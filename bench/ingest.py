@@ -160,7 +160,7 @@ def main() -> None:
         f"| `ogr2ogr -f PostgreSQL -t_srs EPSG:4490 --config PG_USE_COPY YES` (plain table + GiST) | "
         f"{med(ogr_times):.2f} | {', '.join(f'{t:.2f}' for t in ogr_times)} | 1.00× |",
         f"| `geotwin ingest vector` new layer: validate/repair, key check, versioned store, "
-        f"Web Mercator copy, content hash, 6 indexes | {med(gt_times):.2f} | "
+        f"Web Mercator copy, content hash, 5 indexes | {med(gt_times):.2f} | "
         f"{', '.join(f'{t:.2f}' for t in gt_times)} | {ratio:.2f}× |",
         f"| — of which inside `ingest_vector` (no interpreter start-up) | {med(gt_inner):.2f} | "
         f"{', '.join(f'{t:.2f}' for t in gt_inner)} | {med(gt_inner) / med(ogr_times):.2f}× |",

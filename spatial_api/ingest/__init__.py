@@ -196,7 +196,10 @@ def _keys(batch: PreparedBatch, key: str) -> np.ndarray:
             f"{batch.source}: row {int(batch.rows[pos])}: key field {key!r} is empty. "
             "Every feature needs a key value; fill it in or choose another --key."
         )
-    values = pd.Series(_keys_of(col.tolist()), index=col.index)
+    if pd.api.types.infer_dtype(col, skipna=True) == "string":
+        values = col.astype(object)
+    else:
+        values = pd.Series(_keys_of(col.tolist()), index=col.index)
     dup = values.duplicated(keep=False).to_numpy()
     if dup.any():
         first = values[dup].iloc[0]

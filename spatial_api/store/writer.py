@@ -86,11 +86,11 @@ class FeatureRows:
         merc = shapely.to_wkb(shapely.transform(geoms, _to_3857), output_dimension=2, byte_order=1)
         fids = [str(f).encode("utf-8") for f in self.fids[start:stop]]
         pack = _INT32.pack
-        s4490, s3857 = _SRID_4490, _SRID_3857
+        h4490, h3857 = _EWKB_HEAD[4490], _EWKB_HEAD[3857]
         return b"".join([
             b"".join((prefix, pack(len(f)), f, pack(len(p) + 1), b"\x01", p,
-                      pack(len(g) + 4), g[:4], b"\x20", s4490, g[5:],
-                      pack(len(m) + 4), m[:4], b"\x20", s3857, m[5:],
+                      pack(len(g) + 4), h4490[g[1]], memoryview(g)[5:],
+                      pack(len(m) + 4), h3857[m[1]], memoryview(m)[5:],
                       _UUID_LEN, md5(g + p).digest()))
             for f, p, g, m in zip(fids, encoded, wkb, merc)
         ])
@@ -107,7 +107,10 @@ _INT32 = struct.Struct(">i")
 _UUID_LEN = _INT32.pack(16)
 # Little-endian WKB → EWKB with an SRID: the type word's high byte gets the SRID flag (0x20) and
 # the SRID follows it. GEOS would need every geometry cloned with an SRID to write this itself.
-_SRID_4490, _SRID_3857 = struct.pack("<I", 4490), struct.pack("<I", 3857)
+# Little-endian 2D WKB types are 1..7 in the first type byte; per SRID, the 9-byte EWKB head
+# (byte order, type with the SRID flag, SRID) for each, looked up by that byte.
+_EWKB_HEAD = {srid: [b"\x01" + struct.pack("<II", t | 0x20000000, srid) for t in range(8)]
+              for srid in (4490, 3857)}
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -271,7 +274,7 @@ def write_changeset(
         else:
             _write_incremental(cur, layer, features, mode, valid_from, cs_id, recorded_at,
                                keep_keys or set(), result, progress)
-        result.current_total = cur.execute(
+        result.current_total = result.added if new_layer else cur.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
         ).fetchone()[0]
     return result

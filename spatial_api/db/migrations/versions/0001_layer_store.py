@@ -78,7 +78,6 @@ def upgrade() -> None:
         CREATE INDEX features_fid_idx ON features (layer, fid, valid_from);
         CREATE INDEX features_geom_idx ON features USING gist (geom);
         CREATE INDEX features_geom_3857_idx ON features USING gist (geom_3857);
-        CREATE INDEX features_changeset_idx ON features (layer, changeset_id);
         """
     )
 
