@@ -39,7 +39,7 @@ serve:
 	$(BIN)/geotwin serve --host $(HOST) --port $(PORT)
 
 bench: setup db
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --runs 4
 
 clean-db:
 	-$(BIN)/geotwin db down
