@@ -110,6 +110,11 @@ def _seeds_in(geoms: np.ndarray, counts: np.ndarray, rng: np.random.Generator, i
     rank = np.arange(gi.size) - start[gi]
     keep = rank < counts[gi]
     gi, x, y = gi[keep], x[keep], y[keep]
+    return _seed_empty(geoms, gi, x, y)
+
+
+def _seed_empty(geoms: np.ndarray, gi: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """Give every polygon without a seed one (a point on its surface); seeds sorted by polygon."""
     have = np.bincount(gi, minlength=geoms.size)
     missing = np.flatnonzero(have == 0)
     if missing.size:
@@ -117,9 +122,8 @@ def _seeds_in(geoms: np.ndarray, counts: np.ndarray, rng: np.random.Generator, i
         gi = np.concatenate([gi, missing])
         x = np.concatenate([x, shapely.get_x(p)])
         y = np.concatenate([y, shapely.get_y(p)])
-        o = np.argsort(gi, kind="stable")
-        gi, x, y = gi[o], x[o], y[o]
-    return gi, x, y
+    o = np.argsort(gi, kind="stable")
+    return gi[o], x[o], y[o]
 
 
 def _grid_seeds(geoms: np.ndarray, counts: np.ndarray, aspect: np.ndarray, rng: np.random.Generator,
@@ -151,15 +155,7 @@ def _grid_seeds(geoms: np.ndarray, counts: np.ndarray, aspect: np.ndarray, rng: 
     shapely.prepare(geoms)
     inside = shapely.contains_xy(geoms[gi], x, y)
     gi, x, y = gi[inside], x[inside], y[inside]
-    have = np.bincount(gi, minlength=geoms.size)
-    missing = np.flatnonzero(have == 0)
-    if missing.size:
-        p = shapely.point_on_surface(geoms[missing])
-        gi = np.concatenate([gi, missing])
-        x = np.concatenate([x, shapely.get_x(p)])
-        y = np.concatenate([y, shapely.get_y(p)])
-    o_ = np.argsort(gi, kind="stable")
-    return gi[o_], x[o_], y[o_]
+    return _seed_empty(geoms, gi, x, y)
 
 
 def _voronoi_cut(geoms: np.ndarray, gi: np.ndarray, x: np.ndarray, y: np.ndarray):
