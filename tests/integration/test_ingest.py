@@ -240,3 +240,26 @@ def test_cli_json_summary_and_failure_exit_status(tmp_path, conn, layer_name, da
     diff = _cli("layers", "diff", layer_name, "--from", "2020-01-01", "--to", "2021-01-01", "--json",
                 database=database)
     assert json.loads(diff.stdout)["counts"] == {"added": 10, "changed": 0, "removed": 0}
+
+
+def test_a_local_grid_given_as_proj_string_or_wkt(tmp_path, conn, database):
+    """Shenzhen's own grid is not in EPSG: GIS staff pass its definition. A made-up local
+    transverse Mercator with shifted origin stands in for it."""
+    import pandas as pd
+    from pyproj import CRS
+
+    proj_string = ("+proj=tmerc +lat_0=22.5 +lon_0=114.1 +k=1 +x_0=50000 +y_0=30000 "
+                   "+ellps=GRS80 +units=m +no_defs")
+    local = CRS.from_proj4(proj_string)
+    expected = files.POINTS_LONLAT
+    x, y = Transformer.from_crs(4490, local, always_xy=True).transform(expected[:, 0], expected[:, 1])
+    path = tmp_path / "local_grid.csv"
+    pd.DataFrame({"name": files.POINT_NAMES, "x": x, "y": y}).to_csv(path, index=False)
+    for form, layer in ((proj_string, "t_local_proj"), (local.to_wkt(), "t_local_wkt")):
+        ingest_vector(path, layer=layer, key="name", crs=form, settings=database)
+        rows = stored(conn, layer)
+        for name, (lon, lat) in zip(files.POINT_NAMES, expected):
+            p = shapely.from_wkt(rows[name]["geometry"])
+            ex, ey = TO_4547.transform(lon, lat)
+            gx, gy = TO_4547.transform(p.x, p.y)
+            assert np.hypot(gx - ex, gy - ey) < 0.5, (form[:20], name)
