@@ -42,7 +42,9 @@ def test_db_commands(database):
     import json
 
     info = json.loads(status.stdout)
-    assert info["reachable"] and info["revision"] == info["head_revision"] == "0001"
+    from spatial_api.db.migrations import head_revision
+
+    assert info["reachable"] and info["revision"] == info["head_revision"] == head_revision()
     assert info["postgis"].startswith("3.")
     up = _cli("db", "up", database=database)  # idempotent
-    assert up.returncode == 0 and "revision 0001" in up.stdout
+    assert up.returncode == 0 and f"revision {head_revision()}" in up.stdout

@@ -1,0 +1,600 @@
+"""OGC API – Features endpoints: landing page, conformance, collections, items, a feature, its
+versions, queryables, and the changes of a collection between two times."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from datetime import datetime, timezone
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from spatial_api import db, store
+from spatial_api.config import Settings
+
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+EPSG = "http://www.opengis.net/def/crs/EPSG/0/{}"
+#: Output / bbox CRSs: URI → (SRID, whether the CRS's first axis is northing / latitude).
+CRS_AXES: dict[str, tuple[int, bool]] = {
+    CRS84: (4490, False),  # CGCS2000 ↔ WGS84 is a null shift at metre level (PROJ "ballpark")
+    EPSG.format(4490): (4490, True),
+    EPSG.format(4326): (4326, True),
+    EPSG.format(4547): (4547, True),  # northing, easting
+    EPSG.format(3857): (3857, False),
+}
+STORAGE_CRS = EPSG.format(4490)
+CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/html",
+    "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+]
+GEOJSON = "application/geo+json"
+DEFAULT_LIMIT, MAX_LIMIT = 10, 10_000
+#: Above this many matching rows (planner's estimate) numberMatched is the estimate.
+EXACT_COUNT_MAX = 100_000
+DECIMALS = {4490: 9, 4326: 9, 4547: 3, 3857: 3}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, description: str):
+        super().__init__(description)
+        self.status, self.code, self.description = status, code, description
+
+
+def bad(parameter: str, description: str) -> ApiError:
+    return ApiError(400, "InvalidParameterValue", f"{parameter}: {description}")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _wants_html(request: Request, f: str | None) -> bool:
+    if f:
+        if f not in ("json", "geojson", "html"):
+            raise bad("f", f"unknown format {f!r}; use json or html")
+        return f == "html"
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "json" not in accept.split(",")[0]
+
+
+def _link(href: str, rel: str, type_: str, title: str | None = None) -> dict:
+    link = {"href": href, "rel": rel, "type": type_}
+    if title:
+        link["title"] = title
+    return link
+
+
+def _crs(value: str | None, parameter: str) -> tuple[str, int, bool]:
+    if value is None:
+        return CRS84, *CRS_AXES[CRS84]
+    uri = value.strip().strip("[]")
+    m = re.fullmatch(r"(?i)epsg:(\d+)", uri)
+    if m:
+        uri = EPSG.format(m.group(1))
+    if uri not in CRS_AXES:
+        raise bad(parameter, f"unsupported CRS {value!r}; supported: {', '.join(CRS_AXES)}")
+    return uri, *CRS_AXES[uri]
+
+
+def _instant(text: str, parameter: str = "datetime") -> datetime | None:
+    text = text.strip()
+    if text in ("..", ""):
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad(parameter, f"{text!r} is not an RFC 3339 date-time or date "
+                  "(e.g. 2023-12-31T00:00:00Z or 2023-12-31)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _datetime(value: str | None) -> tuple[datetime | None, datetime | None, bool] | None:
+    """None (current state) or (start, end, is_interval)."""
+    if value is None:
+        return None
+    if "/" in value:
+        a, b = value.split("/", 1)
+        start, end = _instant(a), _instant(b)
+        if start and end and start > end:
+            raise bad("datetime", f"interval {value!r} ends before it starts")
+        return start, end, True
+    t = _instant(value)
+    if t is None:
+        raise bad("datetime", "an instant cannot be open ('..'); use an interval like ../2023-12-31")
+    return t, t, False
+
+
+def _temporal(dt) -> tuple[sql.Composable, list]:
+    if dt is None:
+        return sql.SQL("f.valid_to IS NULL"), []
+    start, end, interval = dt
+    if not interval:
+        return store.temporal_filter(start, None)
+    parts, params = [], []
+    if end is not None:
+        parts.append(sql.SQL("f.valid_from <= %s"))
+        params.append(end)
+    if start is not None:
+        parts.append(sql.SQL("(f.valid_to IS NULL OR f.valid_to > %s)"))
+        params.append(start)
+    return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")), params
+
+
+def _bbox(value: str | None, bbox_crs: str | None) -> tuple[sql.Composable, list] | None:
+    if value is None:
+        return None
+    try:
+        nums = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise bad("bbox", f"{value!r} is not four (or six) comma-separated numbers") from None
+    if len(nums) == 6:
+        nums = [nums[0], nums[1], nums[3], nums[4]]
+    if len(nums) != 4:
+        raise bad("bbox", f"{value!r}: give minx,miny,maxx,maxy (four numbers)")
+    _, srid, flipped = _crs(bbox_crs, "bbox-crs")
+    a, b, c, d = nums
+    if flipped:  # given in the CRS's axis order: (lat, lon) / (northing, easting)
+        a, b, c, d = b, a, d, c
+    if a > c or (srid in (4490, 4326) and b > d):
+        raise bad("bbox", f"{value!r}: lower corner is above or right of the upper corner")
+    if srid in (4490, 4326) and not (-180 <= a <= 180 and -180 <= c <= 180 and -90 <= b <= 90 and -90 <= d <= 90):
+        raise bad("bbox", f"{value!r} is out of range for longitude / latitude")
+    env = sql.SQL("ST_MakeEnvelope(%s, %s, %s, %s, %s)")
+    if srid != 4490:
+        env = sql.SQL("ST_Transform({}, 4490)").format(env)
+    return sql.SQL("f.geom && {env} AND ST_Intersects(f.geom, {env})").format(env=env), [a, b, c, d, srid] * 2
+
+
+def _geometry_sql(srid: int, flipped: bool) -> sql.Composable:
+    g = sql.SQL("f.geom") if srid == 4490 else sql.SQL("ST_Transform(f.geom, {})").format(sql.Literal(srid))
+    if flipped:
+        g = sql.SQL("ST_FlipCoordinates({})").format(g)
+    return sql.SQL("ST_AsGeoJSON({}, {}, 0)").format(g, sql.Literal(DECIMALS.get(srid, 9)))
+
+
+class Collections:
+    """Layers visible through the API, with per-changeset cached extents."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._extent_cache: dict[tuple[str, int], dict] = {}
+
+    def visible(self, conn) -> list[dict]:
+        return [r for r in store.list_layers(conn) if r["access_level"] == "public"]
+
+    def get(self, conn, name: str) -> dict:
+        for r in self.visible(conn):
+            if r["name"] == name:
+                return r
+        raise ApiError(404, "NotFound", f"collection {name!r} does not exist; see /collections")
+
+    def extent(self, conn, layer: dict) -> dict:
+        latest = conn.execute("SELECT coalesce(max(id), 0) FROM changesets WHERE layer = %s",
+                              (layer["name"],)).fetchone()[0]
+        key = (layer["name"], latest)
+        if key not in self._extent_cache:
+            part = sql.Identifier(store.partition_name(layer["name"]))
+            box, first, last_to, open_ = conn.execute(sql.SQL(
+                "SELECT ST_Extent(geom) FILTER (WHERE valid_to IS NULL), min(valid_from), max(valid_to), "
+                "bool_or(valid_to IS NULL) FROM {}").format(part)).fetchone()
+            bbox = None
+            if box:
+                nums = [float(v) for v in re.findall(r"-?[\d.]+(?:e-?\d+)?", box)]
+                bbox = [nums[0], nums[1], nums[2], nums[3]]
+            self._extent_cache[key] = {
+                "spatial": {"bbox": [bbox] if bbox else [], "crs": CRS84},
+                "temporal": {"interval": [[first.isoformat() if first else None,
+                                           None if open_ else (last_to.isoformat() if last_to else None)]],
+                             "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"},
+            }
+        return self._extent_cache[key]
+
+    def document(self, conn, layer: dict, base: str) -> dict:
+        name = layer["name"]
+        url = f"{base}/collections/{name}"
+        return {
+            "id": name,
+            "title": layer["title_zh"] or layer["title_en"] or name,
+            "description": " / ".join(t for t in (layer["title_zh"], layer["title_en"]) if t) or name,
+            "itemType": "feature",
+            "extent": self.extent(conn, layer),
+            "crs": list(CRS_AXES),
+            "storageCrs": STORAGE_CRS,
+            "links": [
+                _link(url, "self", "application/json", "this collection"),
+                _link(f"{url}?f=html", "alternate", "text/html", "this collection as HTML"),
+                _link(f"{url}/items", "items", GEOJSON, "the features"),
+                _link(f"{url}/items?f=html", "items", "text/html", "the features as HTML"),
+                _link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables",
+                      "application/schema+json", "queryable properties"),
+                _link(f"{url}/changes", "changes", GEOJSON, "changes between two times (?from=&to=)"),
+            ],
+            "geotwin:geometryType": layer["geometry_family"],
+            "geotwin:features": layer["current_features"],
+        }
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+
+
+def _html_page(title: str, doc: dict) -> HTMLResponse:
+    e = html.escape
+    parts = [f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{e(title)}</title>"
+             "<style>body{font-family:sans-serif;margin:1.5em;max-width:80em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}</style></head><body>",
+             f"<h1>{e(title)}</h1>"]
+    if doc.get("description"):
+        parts.append(f"<p>{e(str(doc['description']))}</p>")
+    links = [ln for ln in doc.get("links", []) if ln.get("type") != "text/html" or ln.get("rel") != "self"]
+    if links:
+        parts.append("<ul>" + "".join(
+            f"<li><a href='{e(ln['href'])}'>{e(ln.get('title') or ln['rel'])}</a> ({e(ln['type'])})</li>"
+            for ln in links) + "</ul>")
+    if "collections" in doc:
+        parts.append("<table><tr><th>id</th><th>title</th><th>features</th></tr>" + "".join(
+            f"<tr><td><a href='{e(c['id'])}?f=html'>{e(c['id'])}</a></td><td>{e(c['title'])}</td>"
+            f"<td>{c.get('geotwin:features', '')}</td></tr>" for c in doc["collections"]) + "</table>")
+    if "conformsTo" in doc:
+        parts.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in doc["conformsTo"]) + "</ul>")
+    features = doc.get("features") or ([doc] if doc.get("type") == "Feature" else [])
+    if features:
+        keys: list[str] = []
+        for feat in features:
+            keys += [k for k in (feat.get("properties") or {}) if k not in keys]
+        parts.append("<table><tr><th>id</th>" + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
+        for feat in features:
+            props = feat.get("properties") or {}
+            parts.append(f"<tr><td>{e(str(feat.get('id')))}</td>" + "".join(
+                f"<td>{e('' if props.get(k) is None else str(props.get(k)))}</td>" for k in keys) + "</tr>")
+        parts.append("</table>")
+    if "extent" in doc:
+        parts.append(f"<pre>{e(json.dumps(doc['extent'], ensure_ascii=False, indent=1))}</pre>")
+    parts.append("</body></html>")
+    return HTMLResponse("".join(parts))
+
+
+def _respond(request: Request, f: str | None, doc: dict, title: str, media: str = "application/json",
+             headers: dict | None = None) -> Response:
+    if _wants_html(request, f):
+        return _html_page(title, doc)
+    return Response(json.dumps(doc, ensure_ascii=False, default=str), media_type=media, headers=headers)
+
+
+# -- the router -----------------------------------------------------------------------------------
+
+
+def router(settings: Settings) -> APIRouter:
+    api = APIRouter()
+    cols = Collections(settings)
+
+    def connect():
+        return db.connect(settings)
+
+    @api.get("/", tags=["OGC API"], summary="Landing page")
+    def landing(request: Request, f: str | None = None):
+        base = _base(request)
+        with connect() as conn:
+            layers = cols.visible(conn)
+        doc = {
+            "title": "geotwin — 龙岗区时空信息平台",
+            "description": "Spatio-temporal layers of Longgang district: OGC API – Features with time travel",
+            "links": [
+                _link(f"{base}/", "self", "application/json", "this document"),
+                _link(f"{base}/?f=html", "alternate", "text/html", "this document as HTML"),
+                _link(f"{base}/api", "service-desc", "application/vnd.oai.openapi+json;version=3.0", "the API definition"),
+                _link(f"{base}/docs", "service-doc", "text/html", "the API documentation"),
+                _link(f"{base}/conformance", "conformance", "application/json", "conformance classes"),
+                _link(f"{base}/collections", "data", "application/json", "the collections"),
+            ],
+            # kept for scripts written against the first landing page
+            "layers": [
+                {"name": r["name"], "title_zh": r["title_zh"], "title_en": r["title_en"],
+                 "geometry": r["geometry_family"], "features": r["current_features"],
+                 "latest_valid_from": r["latest_valid_from"].isoformat() if r["latest_valid_from"] else None}
+                for r in layers
+            ],
+        }
+        return _respond(request, f, doc, "geotwin")
+
+    @api.get("/conformance", tags=["OGC API"], summary="Conformance classes")
+    def conformance(request: Request, f: str | None = None):
+        return _respond(request, f, {"conformsTo": CONFORMANCE + list(request.app.state.extra_conformance)},
+                        "Conformance")
+
+    @api.get("/api", tags=["OGC API"], summary="The API definition (OpenAPI 3)", include_in_schema=False)
+    def api_definition(request: Request):
+        return JSONResponse(request.app.openapi(), media_type="application/vnd.oai.openapi+json;version=3.0")
+
+    @api.get("/collections", tags=["OGC API"], summary="The collections")
+    def collections(request: Request, f: str | None = None):
+        base = _base(request)
+        with connect() as conn:
+            docs = [cols.document(conn, layer, base) for layer in cols.visible(conn)]
+        doc = {"links": [_link(f"{base}/collections", "self", "application/json", "this document"),
+                         _link(f"{base}/collections?f=html", "alternate", "text/html", "as HTML")],
+               "collections": docs, "crs": list(CRS_AXES)}
+        return _respond(request, f, doc, "Collections")
+
+    @api.get("/collections/{collection_id}", tags=["OGC API"], summary="A collection")
+    def collection(request: Request, collection_id: str, f: str | None = None):
+        with connect() as conn:
+            doc = cols.document(conn, cols.get(conn, collection_id), _base(request))
+        return _respond(request, f, doc, doc["title"])
+
+    @api.get("/collections/{collection_id}/queryables", tags=["OGC API"], summary="Queryable properties")
+    def queryables(request: Request, collection_id: str, f: str | None = None):
+        with connect() as conn:
+            cols.get(conn, collection_id)
+            layer = store.get_layer(conn, collection_id)
+        types = {"string": {"type": "string"}, "integer": {"type": "integer"}, "number": {"type": "number"},
+                 "boolean": {"type": "boolean"}, "date": {"type": "string", "format": "date"},
+                 "datetime": {"type": "string", "format": "date-time"}}
+        geom = {"Point": "point", "LineString": "linestring", "Polygon": "polygon"}[layer.geometry_family]
+        props = {"geometry": {"$ref": f"https://geojson.org/schema/{geom.capitalize()}.json",
+                              "x-ogc-role": "primary-geometry"}}
+        props |= {p["name"]: {"title": p["name"], **types[p["type"]]} for p in layer.properties}
+        doc = {"$schema": "https://json-schema.org/draft/2019-09/schema",
+               "$id": f"{_base(request)}/collections/{collection_id}/queryables",
+               "type": "object", "title": layer.title_zh or collection_id, "properties": props,
+               "additionalProperties": False}
+        return _respond(request, f, doc, f"{collection_id}: queryables", "application/schema+json")
+
+    @api.get("/collections/{collection_id}/items", tags=["OGC API"], summary="Features")
+    def items(
+        request: Request,
+        collection_id: str,
+        f: str | None = None,
+        limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}"),
+        offset: int = Query(0, ge=0),
+        bbox: str | None = None,
+        bbox_crs: str | None = Query(None, alias="bbox-crs"),
+        crs: str | None = None,
+        datetime_: str | None = Query(None, alias="datetime"),
+        properties: str | None = None,
+        sortby: str | None = None,
+    ):
+        started = time.perf_counter()
+        out_crs, srid, flipped = _crs(crs, "crs")
+        dt = _datetime(datetime_)
+        with connect() as conn:
+            cols.get(conn, collection_id)
+            layer = store.get_layer(conn, collection_id)
+            where, params = _temporal(dt)
+            conds, cparams = [where], list(params)
+            spatial = _bbox(bbox, bbox_crs)
+            if spatial:
+                conds.append(spatial[0])
+                cparams += spatial[1]
+            extra = request.app.state.item_filters
+            for hook in extra:  # CQL2 (Part 3) registers itself here
+                cond = hook(request, layer)
+                if cond is not None:
+                    conds.append(cond[0])
+                    cparams += cond[1]
+            where_sql = sql.SQL(" AND ").join(conds)
+            select_props = _properties(layer, properties)
+            order = _sortby(layer, sortby)
+            part = sql.Identifier(store.partition_name(collection_id))
+            distinct = dt is not None and dt[2]  # an interval: the latest version of each feature in it
+            if distinct:
+                base_q = sql.SQL("SELECT DISTINCT ON (f.fid) f.* FROM {part} f WHERE {w} "
+                                 "ORDER BY f.fid, f.valid_from DESC").format(part=part, w=where_sql)
+                source = sql.SQL("({}) f").format(base_q)
+                filt = sql.SQL("TRUE")
+            else:
+                source = sql.SQL("{} f").format(part)
+                filt = where_sql
+            query = sql.SQL(
+                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, {props} AS properties, {geom} AS geometry "
+                "FROM {source} WHERE {filt} ORDER BY {order} LIMIT %s OFFSET %s"
+            ).format(props=select_props, geom=_geometry_sql(srid, flipped), source=source, filt=filt,
+                     order=order)
+            with conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(query, cparams + [limit, offset]).fetchall()
+                matched, estimated = _number_matched(cur, source, filt, cparams)
+        base = _base(request)
+        url = f"{base}/collections/{collection_id}/items"
+        features = [_feature(r, url) for r in rows]
+        q = {k: v for k, v in request.query_params.items() if k not in ("offset", "f")}
+        links = [_link(f"{url}?{urlencode({**q, 'offset': offset})}", "self", GEOJSON, "this page"),
+                 _link(f"{url}?{urlencode({**q, 'offset': offset, 'f': 'html'})}", "alternate", "text/html", "as HTML"),
+                 _link(f"{base}/collections/{collection_id}", "collection", "application/json", "the collection")]
+        if offset + len(rows) < matched or (estimated and len(rows) == limit):
+            links.append(_link(f"{url}?{urlencode({**q, 'offset': offset + limit})}", "next", GEOJSON, "next page"))
+        if offset > 0:
+            links.append(_link(f"{url}?{urlencode({**q, 'offset': max(0, offset - limit)})}", "prev", GEOJSON,
+                               "previous page"))
+        doc = {"type": "FeatureCollection", "features": features, "numberMatched": matched,
+               "numberReturned": len(features), "timeStamp": datetime.now(timezone.utc).isoformat(),
+               "links": links}
+        if estimated:
+            doc["geotwin:numberMatchedIsEstimate"] = True
+        headers = {"Content-Crs": f"<{out_crs}>",
+                   "Server-Timing": f"db;dur={(time.perf_counter() - started) * 1000:.1f}"}
+        return _respond(request, f, doc, f"{collection_id}: features", GEOJSON, headers)
+
+    @api.get("/collections/{collection_id}/items/{feature_id}", tags=["OGC API"], summary="A feature")
+    def item(request: Request, collection_id: str, feature_id: str, f: str | None = None,
+             crs: str | None = None, datetime_: str | None = Query(None, alias="datetime")):
+        out_crs, srid, flipped = _crs(crs, "crs")
+        dt = _datetime(datetime_)
+        if dt is not None and dt[2]:
+            raise bad("datetime", "give an instant for a single feature; its versions are at .../versions")
+        with connect() as conn:
+            cols.get(conn, collection_id)
+            where, params = _temporal(dt)
+            query = sql.SQL(
+                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.properties, {geom} AS geometry "
+                "FROM {part} f WHERE f.fid = %s AND {w}"
+            ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)),
+                     w=where)
+            with conn.cursor(row_factory=dict_row) as cur:
+                row = cur.execute(query, [feature_id, *params]).fetchone()
+        if row is None:
+            when = f" at {datetime_}" if datetime_ else ""
+            raise ApiError(404, "NotFound", f"feature {feature_id!r} does not exist in {collection_id!r}{when}")
+        url = f"{_base(request)}/collections/{collection_id}/items"
+        doc = _feature(row, url)
+        doc["links"] = [_link(f"{url}/{feature_id}", "self", GEOJSON, "this feature"),
+                        _link(f"{url}/{feature_id}?f=html", "alternate", "text/html", "as HTML"),
+                        _link(f"{url}/{feature_id}/versions", "version-history", GEOJSON, "all versions"),
+                        _link(f"{_base(request)}/collections/{collection_id}", "collection", "application/json",
+                              "the collection")]
+        return _respond(request, f, doc, f"{collection_id} / {feature_id}", GEOJSON,
+                        {"Content-Crs": f"<{out_crs}>", "ETag": f'"{row["vid"]}"'})
+
+    @api.get("/collections/{collection_id}/items/{feature_id}/versions", tags=["time travel"],
+             summary="Every version of a feature, oldest first")
+    def versions(request: Request, collection_id: str, feature_id: str, f: str | None = None,
+                 crs: str | None = None):
+        out_crs, srid, flipped = _crs(crs, "crs")
+        with connect() as conn:
+            cols.get(conn, collection_id)
+            query = sql.SQL(
+                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by, "
+                "f.properties, {geom} AS geometry FROM {part} f WHERE f.fid = %s ORDER BY f.valid_from, f.vid"
+            ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)))
+            with conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(query, [feature_id]).fetchall()
+        if not rows:
+            raise ApiError(404, "NotFound", f"feature {feature_id!r} does not exist in {collection_id!r}")
+        url = f"{_base(request)}/collections/{collection_id}/items"
+        feats = []
+        for r in rows:
+            feat = _feature(r, url)
+            feat["geotwin:version"] = {"changeset": r["changeset_id"], "closedBy": r["closed_by"],
+                                       "recorded": r["tx_from"].isoformat(),
+                                       "superseded": r["tx_to"].isoformat() if r["tx_to"] else None}
+            feats.append(feat)
+        doc = {"type": "FeatureCollection", "features": feats, "numberMatched": len(feats),
+               "numberReturned": len(feats),
+               "links": [_link(f"{url}/{feature_id}/versions", "self", GEOJSON, "these versions"),
+                         _link(f"{url}/{feature_id}", "latest-version", GEOJSON, "the current version")]}
+        return _respond(request, f, doc, f"{collection_id} / {feature_id}: versions", GEOJSON,
+                        {"Content-Crs": f"<{out_crs}>"})
+
+    @api.get("/collections/{collection_id}/changes", tags=["time travel"],
+             summary="Features added, changed and removed between two valid times")
+    def changes(request: Request, collection_id: str, from_: str = Query(..., alias="from"),
+                to: str = Query(...), f: str | None = None, crs: str | None = None):
+        out_crs, srid, flipped = _crs(crs, "crs")
+        t1, t2 = _instant(from_, "from"), _instant(to, "to")
+        if t1 is None or t2 is None:
+            raise bad("from/to", "give two instants")
+        with connect() as conn:
+            cols.get(conn, collection_id)
+            d = store.diff(conn, collection_id, t1, t2)
+            part = sql.Identifier(store.partition_name(collection_id))
+            feats = []
+            for status, fids, at in (("added", d.added, t2), ("changed", d.changed, t2), ("removed", d.removed, t1)):
+                if not fids:
+                    continue
+                cond, params = store.temporal_filter(at, None)
+                query = sql.SQL(
+                    "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.properties, {geom} AS geometry "
+                    "FROM {part} f WHERE f.fid = ANY(%s) AND {cond} ORDER BY f.fid"
+                ).format(geom=_geometry_sql(srid, flipped), part=part, cond=cond)
+                with conn.cursor(row_factory=dict_row) as cur:
+                    for r in cur.execute(query, [fids, *params]):
+                        feat = _feature(r, f"{_base(request)}/collections/{collection_id}/items")
+                        feat["geotwin:change"] = status
+                        feats.append(feat)
+        doc = {"type": "FeatureCollection", "features": feats, "numberMatched": len(feats),
+               "numberReturned": len(feats), "geotwin:counts": d.counts(),
+               "geotwin:from": t1.isoformat(), "geotwin:to": t2.isoformat(), "links": []}
+        return _respond(request, f, doc, f"{collection_id}: changes", GEOJSON, {"Content-Crs": f"<{out_crs}>"})
+
+    return api
+
+
+def _feature(row: dict, items_url: str) -> dict:
+    return {
+        "type": "Feature",
+        "id": row["fid"],
+        "geometry": json.loads(row["geometry"]) if row.get("geometry") else None,
+        "properties": row["properties"] or {},
+        "time": {"interval": [row["valid_from"].isoformat(),
+                              row["valid_to"].isoformat() if row["valid_to"] else ".."]},
+        "links": [_link(f"{items_url}/{row['fid']}", "self", GEOJSON)],
+    }
+
+
+def _properties(layer: store.Layer, value: str | None) -> sql.Composable:
+    if value is None:
+        return sql.SQL("f.properties")
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    unknown = [n for n in names if n not in layer.schema]
+    if unknown:
+        raise bad("properties", f"unknown propert{'y' if len(unknown) == 1 else 'ies'} "
+                  f"{', '.join(map(repr, unknown))}; the layer has: {', '.join(layer.schema)}")
+    if not names:
+        return sql.SQL("'{}'::jsonb")
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+        sql.SQL("{}, f.properties -> {}").format(sql.Literal(n), sql.Literal(n)) for n in names))
+
+
+_CASTS = {"string": "text", "integer": "bigint", "number": "double precision", "boolean": "boolean",
+          "date": "date", "datetime": "timestamptz"}
+
+
+def _sortby(layer: store.Layer, value: str | None) -> sql.Composable:
+    if not value:
+        return sql.SQL("f.fid")
+    keys = []
+    for term in value.split(","):
+        term = term.strip()
+        desc = term.startswith("-")
+        name = term.lstrip("+-")
+        if name == "id":
+            expr = sql.SQL("f.fid")
+        elif name in layer.schema:
+            expr = sql.SQL("(f.properties ->> {})::{}").format(sql.Literal(name), sql.SQL(_CASTS[layer.schema[name]]))
+        else:
+            raise bad("sortby", f"unknown property {name!r}; sort by id or one of: {', '.join(layer.schema)}")
+        keys.append(expr + sql.SQL(" DESC NULLS LAST" if desc else " ASC NULLS LAST"))
+    return sql.SQL(", ").join(keys + [sql.SQL("f.fid")])
+
+
+def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list) -> tuple[int, bool]:
+    """An exact count, or the planner's estimate when counting would mean reading > 100k rows."""
+    count_q = sql.SQL("SELECT 1 FROM {} WHERE {}").format(source, filt)
+    plan = cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + count_q, params).fetchone()
+    plan = plan["QUERY PLAN"] if isinstance(plan, dict) else plan[0]
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if estimate > EXACT_COUNT_MAX:
+        return estimate, True
+    row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(source, filt), params).fetchone()
+    return int(row["n"] if isinstance(row, dict) else row[0]), False
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount the OGC API and answer errors with the standard's exception JSON."""
+    app.state.extra_conformance = []
+    app.state.item_filters = []
+    app.include_router(router(settings))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse({"code": exc.code, "description": exc.description}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', [])[1:]) or 'request'}: {err.get('msg')}"
+            for err in exc.errors())
+        return JSONResponse({"code": "InvalidParameterValue", "description": problems}, status_code=400)
+
