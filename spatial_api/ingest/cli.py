@@ -154,6 +154,31 @@ def _layer_or_fail(conn, name: str):
     return layer
 
 
+@layers_app.command("set")
+def layers_set(
+    name: str,
+    title_zh: Optional[str] = typer.Option(None, "--title-zh"),
+    title_en: Optional[str] = typer.Option(None, "--title-en"),
+    access: Optional[str] = typer.Option(None, "--access", help="public | internal | restricted"),
+    editable: Optional[bool] = typer.Option(None, "--editable/--read-only",
+                                            help="Whether the API may create, replace, update and delete features."),
+) -> None:
+    """Change a layer's registry entry (titles, access level, editability). Features are untouched."""
+    from spatial_api import db, store
+
+    changes = {k: v for k, v in {"title_zh": title_zh, "title_en": title_en, "access_level": access,
+                                 "editable": editable}.items() if v is not None}
+    if not changes:
+        _fail("nothing to change: give --title-zh, --title-en, --access or --editable/--read-only")
+    try:
+        with db.transaction() as conn:
+            _layer_or_fail(conn, name)
+            store.update_layer(conn, name, **changes)
+    except IngestError as exc:
+        _fail(str(exc))
+    console.print(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
+
+
 @layers_app.command("history")
 def layers_history(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """The changesets of a layer: who, when, valid from, source, counts."""

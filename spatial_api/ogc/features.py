@@ -43,6 +43,8 @@ DEFAULT_LIMIT, MAX_LIMIT = 10, 10_000
 #: Above this many matching rows (planner's estimate) numberMatched is the estimate.
 EXACT_COUNT_MAX = 100_000
 DECIMALS = {4490: 9, 4326: 9, 4547: 3, 3857: 3}
+RESERVED_PARAMETERS = {"f", "limit", "offset", "bbox", "bbox-crs", "crs", "datetime", "properties", "sortby",
+                       "filter", "filter-lang", "filter-crs"}
 
 
 class ApiError(Exception):
@@ -366,6 +368,10 @@ def router(settings: Settings) -> APIRouter:
         datetime_: str | None = Query(None, alias="datetime"),
         properties: str | None = None,
         sortby: str | None = None,
+        filter_: str | None = Query(None, alias="filter", description="a CQL2 expression"),
+        filter_lang: str = Query("cql2-text", alias="filter-lang",
+                                 description="cql2-text or cql2-json (draft names cql-text / cql-json accepted)"),
+        filter_crs: str | None = Query(None, alias="filter-crs", description="CRS of geometry literals"),
     ):
         started = time.perf_counter()
         out_crs, srid, flipped = _crs(crs, "crs")
@@ -379,12 +385,15 @@ def router(settings: Settings) -> APIRouter:
             if spatial:
                 conds.append(spatial[0])
                 cparams += spatial[1]
-            extra = request.app.state.item_filters
-            for hook in extra:  # CQL2 (Part 3) registers itself here
-                cond = hook(request, layer)
-                if cond is not None:
-                    conds.append(cond[0])
-                    cparams += cond[1]
+            if filter_ is not None:
+                cond = _cql2(filter_, filter_lang, filter_crs, layer)
+                conds.append(cond[0])
+                cparams += cond[1]
+            for name, value in request.query_params.items():  # queryables as query parameters
+                if name in layer.schema and name not in RESERVED_PARAMETERS:
+                    conds.append(sql.SQL("(f.properties ->> {})::{} = %s::{}").format(
+                        sql.Literal(name), sql.SQL(_CASTS[layer.schema[name]]), sql.SQL(_CASTS[layer.schema[name]])))
+                    cparams.append(value)
             where_sql = sql.SQL(" AND ").join(conds)
             select_props = _properties(layer, properties)
             order = _sortby(layer, sortby)
@@ -569,6 +578,17 @@ def _sortby(layer: store.Layer, value: str | None) -> sql.Composable:
     return sql.SQL(", ").join(keys + [sql.SQL("f.fid")])
 
 
+def _cql2(text: str, lang: str, filter_crs: str | None, layer: store.Layer) -> tuple[sql.Composable, list]:
+    from spatial_api.ogc import cql2
+
+    if lang not in cql2.FILTER_LANGS:
+        raise bad("filter-lang", f"{lang!r}: use cql2-text or cql2-json")
+    try:
+        return cql2.to_sql(cql2.parse(text, lang), layer, filter_crs=filter_crs)
+    except cql2.FilterError as exc:
+        raise bad("filter", str(exc)) from None
+
+
 def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list) -> tuple[int, bool]:
     """An exact count, or the planner's estimate when counting would mean reading > 100k rows."""
     count_q = sql.SQL("SELECT 1 FROM {} WHERE {}").format(source, filt)
@@ -583,9 +603,17 @@ def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: l
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the OGC API and answer errors with the standard's exception JSON."""
-    app.state.extra_conformance = []
-    app.state.item_filters = []
+    from spatial_api.ogc import transactions
+
+    from spatial_api.ogc import cql2
+
+    app.state.extra_conformance = list(transactions.CONFORMANCE) + [
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    ] + list(cql2.CONFORMANCE)
     app.include_router(router(settings))
+    app.include_router(transactions.router(settings))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):

@@ -31,6 +31,8 @@ from spatial_api.store.registry import (
 )
 from spatial_api.store.writer import (
     MODES,
+    VersionConflict,
+    close_features,
     FeatureRows,
     WriteResult,
     drop_orphan_partition,
@@ -42,7 +44,7 @@ from spatial_api.store.writer import (
 )
 
 __all__ = [
-    "ACCESS_LEVELS", "MODES", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
+    "ACCESS_LEVELS", "MODES", "VersionConflict", "close_features", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
     "drop_orphan_partition", "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",

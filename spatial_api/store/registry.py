@@ -28,6 +28,7 @@ class Layer:
     title_en: str | None = None
     access_level: str = "public"
     description: str | None = None
+    editable: bool = False  # may be edited through the API (create / replace / update / delete)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -108,7 +109,7 @@ def create_layer(conn: psycopg.Connection, layer: Layer, *, with_partition: bool
 
 def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
     """Change registry metadata (titles, access level, added properties). Never touches features."""
-    allowed = {"title_zh", "title_en", "access_level", "description", "properties", "key_field"}
+    allowed = {"title_zh", "title_en", "access_level", "description", "properties", "key_field", "editable"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot change {unknown}")

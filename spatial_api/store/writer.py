@@ -178,6 +178,50 @@ def _copy_rows(cur: psycopg.Cursor, part: str, features: FeatureRows, prefix: by
         copy.write(_COPY_TRAILER)
 
 
+class VersionConflict(Exception):
+    """A write expected another current version of a feature (optimistic locking: If-Match)."""
+
+    def __init__(self, fid: str, expected: int | None, current: int | None):
+        self.fid, self.expected, self.current = fid, expected, current
+        state = "does not exist" if current is None else f"is at version {current}"
+        super().__init__(f"feature {fid!r} {state}, not {expected if expected is not None else 'absent'}: "
+                         "it was changed meanwhile. Fetch it again, reapply your edit, and send the new ETag.")
+
+
+def _check_versions(conn: psycopg.Connection, layer: str, expect: dict[str, int | None]) -> None:
+    current = dict(conn.execute(
+        sql.SQL("SELECT fid, vid FROM {} WHERE valid_to IS NULL AND fid = ANY(%s)").format(
+            sql.Identifier(partition_name(layer))), (list(expect),)).fetchall())
+    for fid, expected in expect.items():
+        if current.get(fid) != expected:
+            raise VersionConflict(fid, expected, current.get(fid))
+
+
+def close_features(conn: psycopg.Connection, layer: Layer, fids: list[str], *, valid_from: datetime,
+                   author: str, source: str | None, expect_versions: dict[str, int | None] | None = None,
+                   message: str | None = None) -> WriteResult:
+    """A changeset that ends features (their current versions get ``valid_to``). Nothing is deleted."""
+    _lock_layer(conn, layer.name)
+    latest = latest_valid_from(conn, layer.name)
+    if latest is not None and valid_from < latest:
+        raise IngestError(f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
+                          f"({latest.isoformat()})")
+    if expect_versions:
+        _check_versions(conn, layer.name, expect_versions)
+    cs_id, recorded_at = conn.execute(
+        """
+        INSERT INTO changesets (layer, author, valid_from, mode, source, message)
+        VALUES (%s, %s, %s, 'delete', %s, %s) RETURNING id, recorded_at
+        """, (layer.name, author, valid_from, source, message)).fetchone()
+    cur = conn.execute(
+        sql.SQL("UPDATE {} SET valid_to = %s, tx_to = now(), closed_by = %s "
+                "WHERE valid_to IS NULL AND fid = ANY(%s)").format(sql.Identifier(partition_name(layer.name))),
+        (valid_from, cs_id, list(fids)))
+    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at, closed=cur.rowcount)
+    finish_changeset(conn, cs_id, {"closed": result.closed})
+    return result
+
+
 def _lock_layer(conn: psycopg.Connection, layer: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geotwin.layer.{layer}",))
 
@@ -224,6 +268,7 @@ def write_changeset(
     keep_keys: set[str] | None = None,
     message: str | None = None,
     progress: Progress | None = None,
+    expect_versions: dict[str, int | None] | None = None,
 ) -> WriteResult:
     """Write one changeset into ``layer`` inside the caller's transaction.
 
@@ -238,6 +283,8 @@ def write_changeset(
             "(a field whose value identifies a feature, e.g. BSM or parcel_id)."
         )
     _lock_layer(conn, layer.name)  # held until the caller's transaction ends
+    if expect_versions and not new_layer:
+        _check_versions(conn, layer.name, expect_versions)
     if not new_layer:
         latest = latest_valid_from(conn, layer.name)
         if latest is not None and valid_from < latest:

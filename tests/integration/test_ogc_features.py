@@ -207,3 +207,46 @@ def test_gdal_oapif_driver_counts_match_sql(server, layers, conn):
     got = len(re.findall(r"^OGRFeature", out.stdout, flags=re.M))
     assert got == sql_count(conn, layer, "ST_Intersects(f.geom, ST_MakeEnvelope(114.2480,22.7185,114.2510,22.7210,4490))")
 
+
+
+def test_cql2_filters_text_json_and_queryable_parameters(server, layers, conn):
+    url = f"{server}/collections/{layers['plain']}/items"
+    expected = sql_count(conn, layers["plain"], "(f.properties->>'dlbm') = '0701' AND (f.properties->>'floors')::int >= 3")
+    text = get(url, filter="dlbm = '0701' AND floors >= 3", limit=100).json()
+    as_json = get(url, limit=100, **{"filter-lang": "cql2-json", "filter": (
+        '{"op":"and","args":[{"op":"=","args":[{"property":"dlbm"},"0701"]},'
+        '{"op":">=","args":[{"property":"floors"},3]}]}')}).json()
+    assert text["numberMatched"] == as_json["numberMatched"] == expected > 0
+    spatial = get(url, filter="S_INTERSECTS(geometry, BBOX(114.2480, 22.7185, 114.2510, 22.7210))", limit=100).json()
+    assert spatial["numberMatched"] == sql_count(
+        conn, layers["plain"], "ST_Intersects(f.geom, ST_MakeEnvelope(114.2480,22.7185,114.2510,22.7210,4490))")
+    assert get(url, dlbm="0701", limit=100).json()["numberMatched"] == sql_count(
+        conn, layers["plain"], "(f.properties->>'dlbm') = '0701'")
+    assert "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter" in get(server + "/conformance").json()["conformsTo"]
+
+
+def test_cql2_errors_and_injection_attempts_execute_nothing(server, layers, conn):
+    url = f"{server}/collections/{layers['plain']}/items"
+    before = conn.execute("SELECT count(*) FROM layers").fetchone()[0]
+    bad_syntax = get(url, filter="dlbm = ")
+    assert bad_syntax.status_code == 400 and "position" in bad_syntax.json()["description"]
+    for attempt in ("dlbm = '0701''; DROP TABLE layers; --'", "\"dlbm; DROP TABLE layers\" = 1",
+                    "dlbm = '0701' OR 1=1; DELETE FROM changesets", "nope = 1"):
+        r = get(url, filter=attempt, limit=100)
+        assert r.status_code == 400 or r.json()["numberMatched"] == 0, attempt
+    assert get(url, **{"filter-lang": "sql", "filter": "1=1"}).status_code == 400
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM layers").fetchone()[0] == before
+    assert sql_count(conn, layers["plain"]) == 20
+
+
+def test_clients_send_cql2_owslib_and_gdal_where(server, layers, conn):
+    from owslib.ogcapi.features import Features
+
+    expected = sql_count(conn, layers["plain"], "(f.properties->>'dlbm') = '0701'")
+    items = Features(server).collection_items(layers["plain"], filter="dlbm = '0701'", limit=100)
+    assert items["numberMatched"] == expected
+    out = subprocess.run(["ogrinfo", "-ro", "-al", "-q", f"OAPIF:{server}", layers["plain"], "-where", "dlbm = '0701'"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(re.findall(r"^OGRFeature", out.stdout, flags=re.M)) == expected

@@ -1,0 +1,238 @@
+"""OGC API – Features Part 4: create, replace, update (JSON merge patch) and delete features of
+editable layers. Each write is a changeset of the store with its author; nothing is deleted (a
+deleted feature's version is closed). Optimistic locking: every feature carries an ``ETag``
+(its version id); replace, update and delete need ``If-Match`` with the current one — a stale
+one gets 412 and changes nothing, a missing one 428.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import shapely
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pyproj import Transformer
+from shapely.geometry import shape
+
+from spatial_api import db, store
+from spatial_api.config import Settings
+from spatial_api.ingest import prepare_properties
+from spatial_api.ingest.types import IngestError, PreparedBatch
+from spatial_api.ogc.features import GEOJSON, ApiError, Collections, _crs, _instant, bad
+
+CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/create-replace-delete",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/update",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
+]
+FAMILY = {"Point": "Point", "MultiPoint": "Point", "LineString": "LineString",
+          "MultiLineString": "LineString", "Polygon": "Polygon", "MultiPolygon": "Polygon"}
+
+
+def _author(request: Request) -> str:
+    # Until access control (issue 8) authenticates callers, the client names its user.
+    return (request.headers.get("x-geotwin-user") or "api").strip()[:200] or "api"
+
+
+async def _body(request: Request) -> dict:
+    try:
+        doc = json.loads(await request.body())
+    except ValueError as exc:
+        raise bad("body", f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise bad("body", "expected a GeoJSON Feature object")
+    return doc
+
+
+def _if_match(request: Request) -> str:
+    value = request.headers.get("if-match")
+    if not value:
+        raise ApiError(428, "PreconditionRequired",
+                       "If-Match is required: send the ETag you got with the feature (GET .../items/{id}) "
+                       "so that a concurrent edit is not silently overwritten.")
+    return value.strip()
+
+
+def _expected(value: str, fid: str, current: int | None) -> dict[str, int | None]:
+    if value == "*":
+        if current is None:
+            raise ApiError(412, "PreconditionFailed", f"feature {fid!r} does not exist")
+        return {fid: current}
+    tag = value.removeprefix("W/").strip('"')
+    try:
+        return {fid: int(tag)}
+    except ValueError:
+        raise bad("If-Match", f"{value!r} is not an ETag of this server") from None
+
+
+def _input_transformer(request: Request):
+    uri, srid, flipped = _crs(request.headers.get("content-crs", "").strip("<>") or None, "Content-Crs")
+    tr = None if srid == 4490 else Transformer.from_crs(srid, 4490, always_xy=True)
+
+    def fn(coords: np.ndarray) -> np.ndarray:
+        xy = coords[:, ::-1] if flipped else coords
+        if tr is None:
+            return np.array(xy, dtype=float)
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return fn
+
+
+def _rows(layer: store.Layer, feature: dict, fid: str | None, request: Request,
+          stored_geometry: bool = False) -> store.FeatureRows:
+    """Store-ready rows for one incoming feature, checked like an ingested file would be. Its
+    geometry is in the request's Content-Crs, or already in storage CRS (``stored_geometry``)."""
+    if feature.get("type") != "Feature":
+        raise bad("body", "expected a GeoJSON Feature (type: Feature)")
+    try:
+        geom = shape(feature["geometry"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise bad("geometry", f"not a GeoJSON geometry ({exc})") from None
+    if geom.is_empty:
+        raise bad("geometry", "empty")
+    if FAMILY.get(geom.geom_type) != layer.geometry_family:
+        raise bad("geometry", f"{geom.geom_type} given, layer {layer.name!r} holds {layer.geometry_family}s")
+    geom = shapely.force_2d(geom)
+    if not stored_geometry:
+        geom = shapely.transform(geom, _input_transformer(request))
+    if not geom.is_valid:
+        raise bad("geometry", f"invalid: {shapely.is_valid_reason(geom)}")
+    props = dict(feature.get("properties") or {})
+    unknown = [k for k in props if k not in layer.schema]
+    if unknown:
+        raise bad("properties", f"{', '.join(map(repr, unknown))} not in the layer schema "
+                  f"({', '.join(layer.schema)})")
+    if layer.key_field:
+        key = props.get(layer.key_field)
+        if fid is None:
+            if key in (None, ""):
+                raise bad("properties", f"the key {layer.key_field!r} is required")
+            fid = str(key)
+        elif key is not None and str(key) != fid:
+            raise bad("properties", f"{layer.key_field}={key!r} does not match the feature id {fid!r}")
+        props[layer.key_field] = props.get(layer.key_field, fid)
+    batch = PreparedBatch(source="request body", source_layer=None, source_crs="", geometry_family=layer.geometry_family,
+                          schema=layer.schema, properties=pd.DataFrame([props], columns=list(layer.schema)),
+                          geometry=np.array([geom], dtype=object), rows=np.array([1]))
+    try:
+        frame = prepare_properties(batch, layer.schema)
+    except IngestError as exc:
+        raise bad("properties", str(exc).replace("request body: row 1: ", "")) from None
+    return store.FeatureRows(rows=np.array([1]), fids=None if fid is None else np.array([fid], dtype=object),
+                             geometry=batch.geometry, properties=frame)
+
+
+def router(settings: Settings) -> APIRouter:
+    api = APIRouter(tags=["OGC API — transactions"])
+    cols = Collections(settings)
+
+    def editable_layer(conn, collection_id: str) -> store.Layer:
+        cols.get(conn, collection_id)
+        layer = store.get_layer(conn, collection_id)
+        if not layer.editable:
+            raise ApiError(405, "MethodNotAllowed", f"collection {collection_id!r} is not editable through the API "
+                           "(GIS staff: `geotwin layers set NAME --editable`)")
+        return layer
+
+    def current_vid(conn, layer: str, fid: str) -> int | None:
+        from psycopg import sql
+
+        row = conn.execute(sql.SQL("SELECT vid FROM {} WHERE fid = %s AND valid_to IS NULL").format(
+            sql.Identifier(store.partition_name(layer))), (fid,)).fetchone()
+        return row[0] if row else None
+
+    def valid_from(request: Request) -> datetime:
+        value = request.query_params.get("valid_from")
+        return (_instant(value, "valid_from") if value else None) or datetime.now(timezone.utc)
+
+    def write(conn, layer, rows, request, expect, source) -> tuple[str, int]:
+        try:
+            res = store.write_changeset(conn, layer, rows, mode="upsert", valid_from=valid_from(request),
+                                        author=_author(request), source=source, expect_versions=expect)
+        except store.VersionConflict as exc:
+            raise ApiError(409 if source == "api:create" else 412,
+                           "Conflict" if source == "api:create" else "PreconditionFailed", str(exc)) from None
+        except IngestError as exc:
+            raise bad("body", str(exc)) from None
+        store.finish_changeset(conn, res.changeset_id, {"added": res.added, "changed": res.changed,
+                                                        "unchanged": res.unchanged})
+        fid = str(rows.fids[0]) if rows.fids is not None else f"{res.changeset_id}-1"
+        return fid, current_vid(conn, layer.name, fid)
+
+    def done(request: Request, collection_id: str, fid: str, vid: int, status: int) -> Response:
+        url = f"{str(request.base_url).rstrip('/')}/collections/{collection_id}/items/{fid}"
+        return Response(status_code=status, headers={"Location": url, "ETag": f'"{vid}"'})
+
+    @api.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature")
+    async def create(request: Request, collection_id: str):
+        feature = await _body(request)
+        with db.connect(settings) as conn:
+            layer = editable_layer(conn, collection_id)
+            rows = _rows(layer, feature, None, request)
+            expect = {str(rows.fids[0]): None} if rows.fids is not None else None
+            fid, vid = write(conn, layer, rows, request, expect, "api:create")
+            conn.commit()
+        return done(request, collection_id, fid, vid, 201)
+
+    @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
+    async def replace(request: Request, collection_id: str, feature_id: str):
+        feature = await _body(request)
+        tag = _if_match(request)
+        with db.connect(settings) as conn:
+            layer = editable_layer(conn, collection_id)
+            expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
+            rows = _rows(layer, feature, feature_id, request)
+            fid, vid = write(conn, layer, rows, request, expect, "api:replace")
+            conn.commit()
+        return done(request, collection_id, fid, vid, 200)
+
+    @api.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)")
+    async def update(request: Request, collection_id: str, feature_id: str):
+        patch = await _body(request)
+        tag = _if_match(request)
+        with db.connect(settings) as conn:
+            layer = editable_layer(conn, collection_id)
+            expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
+            from psycopg import sql
+
+            current = conn.execute(sql.SQL(
+                "SELECT properties, ST_AsGeoJSON(geom, 15, 0) FROM {} WHERE fid = %s AND valid_to IS NULL"
+            ).format(sql.Identifier(store.partition_name(collection_id))), (feature_id,)).fetchone()
+            if current is None:
+                raise ApiError(404, "NotFound", f"feature {feature_id!r} does not exist in {collection_id!r}")
+            props = dict(current[0])
+            for k, v in (patch.get("properties") or {}).items():
+                if v is None:
+                    props.pop(k, None)
+                else:
+                    props[k] = v
+            merged = {"type": "Feature", "properties": props,
+                      "geometry": patch.get("geometry") or json.loads(current[1])}
+            rows = _rows(layer, merged, feature_id, request, stored_geometry=not patch.get("geometry"))
+            fid, vid = write(conn, layer, rows, request, expect, "api:update")
+            conn.commit()
+        return done(request, collection_id, fid, vid, 200)
+
+    @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature")
+    def delete(request: Request, collection_id: str, feature_id: str):
+        tag = _if_match(request)
+        with db.connect(settings) as conn:
+            layer = editable_layer(conn, collection_id)
+            expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
+            try:
+                store.close_features(conn, layer, [feature_id], valid_from=valid_from(request),
+                                     author=_author(request), source="api:delete", expect_versions=expect)
+            except store.VersionConflict as exc:
+                raise ApiError(412, "PreconditionFailed", str(exc)) from None
+            conn.commit()
+        return Response(status_code=204)
+
+    return api
+
+
+__all__ = ["CONFORMANCE", "GEOJSON", "router"]
