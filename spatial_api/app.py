@@ -1,4 +1,5 @@
-"""create_app(settings): builds the FastAPI application and mounts every package's router."""
+"""create_app(settings): builds the FastAPI application and mounts every package's router:
+the OGC API (features, transactions) and place-name / address search."""
 
 from __future__ import annotations
 
@@ -29,4 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     ogc.install(app, settings)
+    from spatial_api import geocode
+
+    app.include_router(geocode.router(settings))
     return app

@@ -4,6 +4,7 @@ and schema migrations (Alembic)."""
 from __future__ import annotations
 
 import re
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -44,6 +45,26 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False) -> ps
         options=f"-c search_path={schema},public -c timezone=UTC",
         application_name="geotwin",
     )
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool(settings: Settings | None = None):
+    """A connection pool for the HTTP server (one per database URL and schema, opened lazily)."""
+    from psycopg_pool import ConnectionPool
+
+    settings = settings or get_settings()
+    key = (database_url(settings), schema_name(settings))
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ConnectionPool(
+                key[0], min_size=1, max_size=16, open=True, name="geotwin",
+                kwargs={"options": f"-c search_path={key[1]},public -c timezone=UTC",
+                        "application_name": "geotwin-api"},
+            )
+        return _POOLS[key]
 
 
 def connect_like(conn: psycopg.Connection, *, autocommit: bool = False) -> psycopg.Connection:

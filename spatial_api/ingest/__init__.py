@@ -392,6 +392,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             "added": summary.added, "changed": summary.changed, "unchanged": summary.unchanged,
             "closed": summary.closed, "repaired": summary.repaired, "rejected": summary.rejected,
             "seconds": summary.seconds, "source_crs": summary.source_crs,
+            "current": summary.current_total,
         })
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary

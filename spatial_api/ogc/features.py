@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -40,8 +41,10 @@ CONFORMANCE = [
 ]
 GEOJSON = "application/geo+json"
 DEFAULT_LIMIT, MAX_LIMIT = 10, 10_000
-#: Above this many matching rows (planner's estimate) numberMatched is the estimate.
+#: Above this many matching rows (planner's estimate) numberMatched is the estimate, and so it is
+#: when counting takes longer than this many milliseconds.
 EXACT_COUNT_MAX = 100_000
+COUNT_BUDGET_MS = 30
 DECIMALS = {4490: 9, 4326: 9, 4547: 3, 3857: 3}
 RESERVED_PARAMETERS = {"f", "limit", "offset", "bbox", "bbox-crs", "crs", "datetime", "properties", "sortby",
                        "filter", "filter-lang", "filter-crs"}
@@ -178,11 +181,12 @@ class Collections:
     def visible(self, conn) -> list[dict]:
         return [r for r in store.list_layers(conn) if r["access_level"] == "public"]
 
-    def get(self, conn, name: str) -> dict:
-        for r in self.visible(conn):
-            if r["name"] == name:
-                return r
-        raise ApiError(404, "NotFound", f"collection {name!r} does not exist; see /collections")
+    def get(self, conn, name: str) -> store.Layer:
+        """The layer behind a visible collection (one registry row; no counting)."""
+        layer = store.get_layer(conn, name) if store.LAYER_NAME_RE.match(name) else None
+        if layer is None or layer.access_level != "public":
+            raise ApiError(404, "NotFound", f"collection {name!r} does not exist; see /collections")
+        return layer
 
     def extent(self, conn, layer: dict) -> dict:
         latest = conn.execute("SELECT coalesce(max(id), 0) FROM changesets WHERE layer = %s",
@@ -283,8 +287,10 @@ def router(settings: Settings) -> APIRouter:
     api = APIRouter()
     cols = Collections(settings)
 
+    pool = db.pool(settings)
+
     def connect():
-        return db.connect(settings)
+        return pool.connection()
 
     @api.get("/", tags=["OGC API"], summary="Landing page")
     def landing(request: Request, f: str | None = None):
@@ -334,14 +340,15 @@ def router(settings: Settings) -> APIRouter:
     @api.get("/collections/{collection_id}", tags=["OGC API"], summary="A collection")
     def collection(request: Request, collection_id: str, f: str | None = None):
         with connect() as conn:
-            doc = cols.document(conn, cols.get(conn, collection_id), _base(request))
+            cols.get(conn, collection_id)
+            row = next(r for r in cols.visible(conn) if r["name"] == collection_id)
+            doc = cols.document(conn, row, _base(request))
         return _respond(request, f, doc, doc["title"])
 
     @api.get("/collections/{collection_id}/queryables", tags=["OGC API"], summary="Queryable properties")
     def queryables(request: Request, collection_id: str, f: str | None = None):
         with connect() as conn:
-            cols.get(conn, collection_id)
-            layer = store.get_layer(conn, collection_id)
+            layer = cols.get(conn, collection_id)
         types = {"string": {"type": "string"}, "integer": {"type": "integer"}, "number": {"type": "number"},
                  "boolean": {"type": "boolean"}, "date": {"type": "string", "format": "date"},
                  "datetime": {"type": "string", "format": "date-time"}}
@@ -377,10 +384,9 @@ def router(settings: Settings) -> APIRouter:
         out_crs, srid, flipped = _crs(crs, "crs")
         dt = _datetime(datetime_)
         with connect() as conn:
-            cols.get(conn, collection_id)
-            layer = store.get_layer(conn, collection_id)
+            layer = cols.get(conn, collection_id)
             where, params = _temporal(dt)
-            conds, cparams = [where], list(params)
+            conds, cparams = [_in_layer(collection_id), where], list(params)
             spatial = _bbox(bbox, bbox_crs)
             if spatial:
                 conds.append(spatial[0])
@@ -408,16 +414,16 @@ def router(settings: Settings) -> APIRouter:
                 source = sql.SQL("{} f").format(part)
                 filt = where_sql
             query = sql.SQL(
-                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, {props} AS properties, {geom} AS geometry "
+                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, ({props})::text AS properties, {geom} AS geometry "
                 "FROM {source} WHERE {filt} ORDER BY {order} LIMIT %s OFFSET %s"
             ).format(props=select_props, geom=_geometry_sql(srid, flipped), source=source, filt=filt,
                      order=order)
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(query, cparams + [limit, offset]).fetchall()
-                matched, estimated = _number_matched(cur, source, filt, cparams)
+                matched, estimated = _number_matched(cur, source, filt, cparams, offset=offset,
+                                                     returned=len(rows), limit=limit)
         base = _base(request)
         url = f"{base}/collections/{collection_id}/items"
-        features = [_feature(r, url) for r in rows]
         q = {k: v for k, v in request.query_params.items() if k not in ("offset", "f")}
         links = [_link(f"{url}?{urlencode({**q, 'offset': offset})}", "self", GEOJSON, "this page"),
                  _link(f"{url}?{urlencode({**q, 'offset': offset, 'f': 'html'})}", "alternate", "text/html", "as HTML"),
@@ -427,14 +433,20 @@ def router(settings: Settings) -> APIRouter:
         if offset > 0:
             links.append(_link(f"{url}?{urlencode({**q, 'offset': max(0, offset - limit)})}", "prev", GEOJSON,
                                "previous page"))
-        doc = {"type": "FeatureCollection", "features": features, "numberMatched": matched,
-               "numberReturned": len(features), "timeStamp": datetime.now(timezone.utc).isoformat(),
-               "links": links}
+        doc = {"type": "FeatureCollection", "numberMatched": matched, "numberReturned": len(rows),
+               "timeStamp": datetime.now(timezone.utc).isoformat(), "links": links}
         if estimated:
             doc["geotwin:numberMatchedIsEstimate"] = True
         headers = {"Content-Crs": f"<{out_crs}>",
                    "Server-Timing": f"db;dur={(time.perf_counter() - started) * 1000:.1f}"}
-        return _respond(request, f, doc, f"{collection_id}: features", GEOJSON, headers)
+        if _wants_html(request, f):
+            doc["features"] = [json.loads(_feature_json(r, url)) for r in rows]
+            return _html_page(f"{collection_id}: features", doc)
+        # The features are assembled as text: the database's GeoJSON and jsonb text go out as they
+        # are, instead of being parsed into Python objects and serialised again.
+        head = json.dumps(doc, ensure_ascii=False)[:-1]
+        body = head + ', "features": [' + ",".join(_feature_json(r, url) for r in rows) + "]}"
+        return Response(body, media_type=GEOJSON, headers=headers)
 
     @api.get("/collections/{collection_id}/items/{feature_id}", tags=["OGC API"], summary="A feature")
     def item(request: Request, collection_id: str, feature_id: str, f: str | None = None,
@@ -448,9 +460,9 @@ def router(settings: Settings) -> APIRouter:
             where, params = _temporal(dt)
             query = sql.SQL(
                 "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.properties, {geom} AS geometry "
-                "FROM {part} f WHERE f.fid = %s AND {w}"
+                "FROM {part} f WHERE {in_layer} AND f.fid = %s AND {w}"
             ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)),
-                     w=where)
+                     in_layer=_in_layer(collection_id), w=where)
             with conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(query, [feature_id, *params]).fetchone()
         if row is None:
@@ -475,8 +487,9 @@ def router(settings: Settings) -> APIRouter:
             cols.get(conn, collection_id)
             query = sql.SQL(
                 "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by, "
-                "f.properties, {geom} AS geometry FROM {part} f WHERE f.fid = %s ORDER BY f.valid_from, f.vid"
-            ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)))
+                "f.properties, {geom} AS geometry FROM {part} f WHERE {in_layer} AND f.fid = %s ORDER BY f.valid_from, f.vid"
+            ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)),
+                     in_layer=_in_layer(collection_id))
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(query, [feature_id]).fetchall()
         if not rows:
@@ -515,8 +528,8 @@ def router(settings: Settings) -> APIRouter:
                 cond, params = store.temporal_filter(at, None)
                 query = sql.SQL(
                     "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.properties, {geom} AS geometry "
-                    "FROM {part} f WHERE f.fid = ANY(%s) AND {cond} ORDER BY f.fid"
-                ).format(geom=_geometry_sql(srid, flipped), part=part, cond=cond)
+                    "FROM {part} f WHERE {in_layer} AND f.fid = ANY(%s) AND {cond} ORDER BY f.fid"
+                ).format(geom=_geometry_sql(srid, flipped), part=part, cond=cond, in_layer=_in_layer(collection_id))
                 with conn.cursor(row_factory=dict_row) as cur:
                     for r in cur.execute(query, [fids, *params]):
                         feat = _feature(r, f"{_base(request)}/collections/{collection_id}/items")
@@ -528,6 +541,22 @@ def router(settings: Settings) -> APIRouter:
         return _respond(request, f, doc, f"{collection_id}: changes", GEOJSON, {"Content-Crs": f"<{out_crs}>"})
 
     return api
+
+
+def _in_layer(name: str) -> sql.Composable:
+    """The partition key as a condition: every index of a partition leads with it."""
+    return sql.SQL("f.layer = {}").format(sql.Literal(name))
+
+
+def _feature_json(row: dict, items_url: str) -> str:
+    """A GeoJSON feature as text from a row whose properties and geometry are JSON text."""
+    fid = json.dumps(row["fid"], ensure_ascii=False)
+    until = json.dumps(row["valid_to"].isoformat() if row["valid_to"] else "..")
+    link = json.dumps(f"{items_url}/{row['fid']}", ensure_ascii=False)
+    return (f'{{"type": "Feature", "id": {fid}, "geometry": {row["geometry"] or "null"}, '
+            f'"properties": {row["properties"] or "{}"}, '
+            f'"time": {{"interval": ["{row["valid_from"].isoformat()}", {until}]}}, '
+            f'"links": [{{"href": {link}, "rel": "self", "type": "{GEOJSON}"}}]}}')
 
 
 def _feature(row: dict, items_url: str) -> dict:
@@ -589,15 +618,30 @@ def _cql2(text: str, lang: str, filter_crs: str | None, layer: store.Layer) -> t
         raise bad("filter", str(exc)) from None
 
 
-def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list) -> tuple[int, bool]:
-    """An exact count, or the planner's estimate when counting would mean reading > 100k rows."""
+def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list, *, offset: int,
+                    returned: int, limit: int) -> tuple[int, bool]:
+    """numberMatched: exact when it is known or cheap, else the planner's estimate (said so).
+
+    A short page is the last one, so the count is offset + what it holds. Otherwise the rows are
+    counted under a time budget (COUNT_BUDGET_MS); a count the planner expects to exceed
+    EXACT_COUNT_MAX rows, or one that runs out of time, gives way to the planner's estimate."""
+    if returned < limit and (returned or not offset):
+        return offset + returned, False
     count_q = sql.SQL("SELECT 1 FROM {} WHERE {}").format(source, filt)
     plan = cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + count_q, params).fetchone()
     plan = plan["QUERY PLAN"] if isinstance(plan, dict) else plan[0]
-    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    estimate = max(int(plan[0]["Plan"]["Plan Rows"]), offset + returned)
     if estimate > EXACT_COUNT_MAX:
         return estimate, True
-    row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(source, filt), params).fetchone()
+    cur.execute("SAVEPOINT geotwin_count")
+    cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{COUNT_BUDGET_MS}ms")))
+    try:
+        row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(source, filt), params).fetchone()
+    except psycopg.errors.QueryCanceled:
+        cur.execute("ROLLBACK TO SAVEPOINT geotwin_count")
+        return estimate, True
+    cur.execute("RELEASE SAVEPOINT geotwin_count")
+    cur.execute("SET LOCAL statement_timeout = 0")
     return int(row["n"] if isinstance(row, dict) else row[0]), False
 
 

@@ -21,6 +21,7 @@ from spatial_api.store.queries import (
 )
 from spatial_api.store.registry import (
     ACCESS_LEVELS,
+    LAYER_NAME_RE,
     Layer,
     check_layer_name,
     create_layer,
@@ -44,7 +45,7 @@ from spatial_api.store.writer import (
 )
 
 __all__ = [
-    "ACCESS_LEVELS", "MODES", "VersionConflict", "close_features", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
+    "ACCESS_LEVELS", "LAYER_NAME_RE", "MODES", "VersionConflict", "close_features", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
     "drop_orphan_partition", "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",

@@ -57,7 +57,7 @@ def features(
     valid_from, valid_to, changeset_id, properties, geometry (WKT / GeoJSON text in EPSG:4490)."""
     cond, params = temporal_filter(at, known_at)
     geom_sql = {"wkt": "ST_AsText(f.geom)", "geojson": "ST_AsGeoJSON(f.geom, 9)"}[geometry]
-    where = [cond]
+    where = [sql.SQL("f.layer = {}").format(sql.Literal(layer)), cond]
     if bbox is not None:
         where.append(sql.SQL("f.geom && ST_MakeEnvelope(%s, %s, %s, %s, 4490)"))
         params.extend(bbox)
@@ -75,8 +75,8 @@ def features(
 def count(conn: psycopg.Connection, layer: str, *, at: datetime | None = None,
           known_at: datetime | None = None) -> int:
     cond, params = temporal_filter(at, known_at)
-    query = sql.SQL("SELECT count(*) FROM {} f WHERE {}").format(
-        sql.Identifier(partition_name(layer)), cond)
+    query = sql.SQL("SELECT count(*) FROM {} f WHERE f.layer = {} AND {}").format(
+        sql.Identifier(partition_name(layer)), sql.Literal(layer), cond)
     return conn.execute(query, params).fetchone()[0]
 
 
@@ -86,9 +86,9 @@ def feature_history(conn: psycopg.Connection, layer: str, fid: str) -> list[dict
         """
         SELECT f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by,
                f.properties, ST_AsText(f.geom) AS geometry
-        FROM {} f WHERE f.fid = %s ORDER BY f.valid_from, f.vid
+        FROM {} f WHERE f.layer = {} AND f.fid = %s ORDER BY f.valid_from, f.vid
         """
-    ).format(sql.Identifier(partition_name(layer)))
+    ).format(sql.Identifier(partition_name(layer)), sql.Literal(layer))
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, (fid,)).fetchall()
 

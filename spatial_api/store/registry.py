@@ -66,8 +66,8 @@ def list_layers(conn: psycopg.Connection) -> list[dict]:
         return cur.execute(
             """
             SELECT l.*,
-                   (SELECT count(*) FROM features f WHERE f.layer = l.name AND f.valid_to IS NULL)
-                       AS current_features,
+                   coalesce((SELECT (c.counts ->> 'current')::bigint FROM changesets c
+                             WHERE c.layer = l.name ORDER BY c.id DESC LIMIT 1), 0) AS current_features,
                    (SELECT count(*) FROM changesets c WHERE c.layer = l.name) AS changesets,
                    (SELECT max(c.valid_from) FROM changesets c WHERE c.layer = l.name) AS latest_valid_from,
                    (SELECT max(c.recorded_at) FROM changesets c WHERE c.layer = l.name) AS latest_recorded_at

@@ -524,8 +524,15 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
 
 
 def finish_changeset(conn: psycopg.Connection, changeset_id: int, counts: dict) -> None:
+    """Record a changeset's counts, with the layer's number of current features after it
+    (``current``: read by the registry listing instead of counting a large layer each time)."""
     import json
 
+    if "current" not in counts:
+        layer = conn.execute("SELECT layer FROM changesets WHERE id = %s", (changeset_id,)).fetchone()[0]
+        counts = {**counts, "current": conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE layer = %s AND valid_to IS NULL").format(
+                sql.Identifier(partition_name(layer))), (layer,)).fetchone()[0]}
     conn.execute(
         "UPDATE changesets SET counts = %s::jsonb WHERE id = %s",
         (json.dumps(counts, ensure_ascii=False), changeset_id),
