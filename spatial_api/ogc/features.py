@@ -45,6 +45,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 10, 10_000
 #: when counting takes longer than this many milliseconds.
 EXACT_COUNT_MAX = 100_000
 COUNT_BUDGET_MS = 30
+SAMPLE_PERCENT = 2  # of a partition's pages, for an estimate of numberMatched
 DECIMALS = {4490: 9, 4326: 9, 4547: 3, 3857: 3}
 RESERVED_PARAMETERS = {"f", "limit", "offset", "bbox", "bbox-crs", "crs", "datetime", "properties", "sortby",
                        "filter", "filter-lang", "filter-crs"}
@@ -421,7 +422,8 @@ def router(settings: Settings) -> APIRouter:
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(query, cparams + [limit, offset]).fetchall()
                 matched, estimated = _number_matched(cur, source, filt, cparams, offset=offset,
-                                                     returned=len(rows), limit=limit)
+                                                     returned=len(rows), limit=limit,
+                                                     table=None if distinct else part)
         base = _base(request)
         url = f"{base}/collections/{collection_id}/items"
         q = {k: v for k, v in request.query_params.items() if k not in ("offset", "f")}
@@ -619,30 +621,45 @@ def _cql2(text: str, lang: str, filter_crs: str | None, layer: store.Layer) -> t
 
 
 def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list, *, offset: int,
-                    returned: int, limit: int) -> tuple[int, bool]:
-    """numberMatched: exact when it is known or cheap, else the planner's estimate (said so).
+                    returned: int, limit: int, table: sql.Composable | None = None) -> tuple[int, bool]:
+    """numberMatched: exact when it is known or cheap, else an estimate (said so).
 
     A short page is the last one, so the count is offset + what it holds. Otherwise the rows are
-    counted under a time budget (COUNT_BUDGET_MS); a count the planner expects to exceed
-    EXACT_COUNT_MAX rows, or one that runs out of time, gives way to the planner's estimate."""
+    counted under a time budget (COUNT_BUDGET_MS) unless the planner expects more than
+    EXACT_COUNT_MAX. Failing that, the estimate comes from counting a sample of the table's pages
+    (``table``: the partition, when the query reads it directly) scaled up, or, when the sample
+    finds nothing, from the planner (whose guess for a jsonb expression can be far off)."""
     if returned < limit and (returned or not offset):
         return offset + returned, False
     count_q = sql.SQL("SELECT 1 FROM {} WHERE {}").format(source, filt)
     plan = cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + count_q, params).fetchone()
     plan = plan["QUERY PLAN"] if isinstance(plan, dict) else plan[0]
-    estimate = max(int(plan[0]["Plan"]["Plan Rows"]), offset + returned)
-    if estimate > EXACT_COUNT_MAX:
-        return estimate, True
+    floor = offset + returned + (1 if returned == limit else 0)
+    estimate = max(int(plan[0]["Plan"]["Plan Rows"]), floor)
     cur.execute("SAVEPOINT geotwin_count")
     cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{COUNT_BUDGET_MS}ms")))
     try:
-        row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(source, filt), params).fetchone()
+        if estimate <= EXACT_COUNT_MAX:
+            row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(source, filt), params).fetchone()
+            cur.execute("RELEASE SAVEPOINT geotwin_count")
+            cur.execute("SET LOCAL statement_timeout = 0")
+            return int(row["n"] if isinstance(row, dict) else row[0]), False
+        raise psycopg.errors.QueryCanceled("planner expects too many rows to count")
     except psycopg.errors.QueryCanceled:
         cur.execute("ROLLBACK TO SAVEPOINT geotwin_count")
-        return estimate, True
-    cur.execute("RELEASE SAVEPOINT geotwin_count")
+    if table is not None:
+        cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{COUNT_BUDGET_MS}ms")))
+        try:
+            row = cur.execute(sql.SQL("SELECT count(*) AS n FROM {} f TABLESAMPLE SYSTEM ({}) REPEATABLE (1) "
+                                      "WHERE {}").format(table, sql.Literal(SAMPLE_PERCENT), filt), params).fetchone()
+            sampled = int(row["n"] if isinstance(row, dict) else row[0])
+            cur.execute("RELEASE SAVEPOINT geotwin_count")
+            if sampled:
+                estimate = max(round(sampled * 100 / SAMPLE_PERCENT), floor)
+        except psycopg.errors.QueryCanceled:
+            cur.execute("ROLLBACK TO SAVEPOINT geotwin_count")
     cur.execute("SET LOCAL statement_timeout = 0")
-    return int(row["n"] if isinstance(row, dict) else row[0]), False
+    return estimate, True
 
 
 def install(app: FastAPI, settings: Settings) -> None:
