@@ -3,6 +3,7 @@ GDAL's OAPIF driver (ogrinfo) and OWSLib, plus the time-travel resources."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -263,3 +264,48 @@ def test_number_matched_is_an_estimate_when_counting_is_slow(server, layers, mon
     page = get(url, limit=5).json()
     assert page["geotwin:numberMatchedIsEstimate"] is True and page["numberMatched"] >= 5
     assert any(ln["rel"] == "next" for ln in page["links"])
+
+
+@pytest.fixture(scope="module")
+def demo_land_use(database, tmp_path_factory):
+    """The small demo district's two land-use surveys (2020, 2023), loaded as GIS staff would."""
+    from data.demo import build_files
+
+    out = tmp_path_factory.mktemp("demo")
+    manifest = build_files(out, size="small")
+    doc = json.loads((out / "manifest.json").read_text())
+    name = f"t_demo_lu_{uuid.uuid4().hex[:6]}"
+    for entry in (e for e in doc["layers"] if e["layer"] == "land_use"):
+        ingest_vector(out / entry["path"], layer=name, key=entry["key"], valid_from=entry["valid_from"],
+                      settings=database)
+    assert manifest
+    return name, doc["land_use_changes"]
+
+
+def test_time_travel_on_the_demo_districts_two_surveys(server, demo_land_use, conn):
+    name, changes = demo_land_use
+    url = f"{server}/collections/{name}"
+    col = get(url).json()
+    assert col["extent"]["temporal"]["interval"][0][0].startswith("2020-12-30T16:00")  # 2020-12-31 +08:00
+    y2021 = get(url + "/items", datetime="2021-06-30T00:00:00Z", limit=1).json()
+    y2024 = get(url + "/items", datetime="2024-06-30T00:00:00Z", limit=1).json()
+    before = get(url + "/items", datetime="2019-06-30T00:00:00Z", limit=1).json()
+    assert (y2021["numberMatched"], y2024["numberMatched"]) == (changes["features_2020"], changes["features_2023"])
+    assert "geotwin:numberMatchedIsEstimate" not in y2021 and "geotwin:numberMatchedIsEstimate" not in y2024
+    assert before["numberMatched"] == 0 and before["features"] == []
+    diff = get(url + "/changes", **{"from": "2021-06-30T00:00:00Z", "to": "2024-06-30T00:00:00Z"}).json()
+    assert diff["geotwin:counts"] == {"added": changes["added"], "changed": changes["changed"],
+                                      "removed": changes["removed"]}
+    # a parcel whose class changed: two versions, each found at its own date
+    fid = next(f["id"] for f in diff["features"] if f["geotwin:change"] == "changed")
+    versions = get(f"{url}/items/{fid}/versions").json()["features"]
+    assert len(versions) == 2 and versions[0]["properties"] != versions[1]["properties"]
+    assert get(f"{url}/items/{fid}", datetime="2021-06-30").json()["properties"] == versions[0]["properties"]
+    assert get(f"{url}/items/{fid}", datetime="2024-06-30").json()["properties"] == versions[1]["properties"]
+    # CQL2 on the past: farmland (01xx) in 2021 vs 2024, equal to SQL over the stored versions
+    for when in ("2021-06-30T00:00:00Z", "2024-06-30T00:00:00Z"):
+        got = get(url + "/items", datetime=when, filter="dlbm LIKE '01%'", limit=10000).json()
+        sql_n = conn.execute(
+            f"SELECT count(*) FROM {store.partition_name(name)} WHERE properties->>'dlbm' LIKE '01%%' "
+            "AND valid_from <= %s AND (valid_to IS NULL OR valid_to > %s)", (when, when)).fetchone()[0]
+        assert got["numberReturned"] == sql_n > 0
