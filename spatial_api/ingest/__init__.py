@@ -300,6 +300,19 @@ def ingest_vector(
         raise
 
 
+def _create_or_explain(conn, layer, *, with_partition: bool) -> None:
+    """Register a new layer; another load registering the same name meanwhile is a clear error."""
+    import psycopg
+
+    from spatial_api import store
+
+    try:
+        store.create_layer(conn, layer, with_partition=with_partition)
+    except psycopg.errors.UniqueViolation:
+        raise IngestError(f"layer {layer.name!r} was created by another load meanwhile: run the command "
+                          "again to load this file as its next version.") from None
+
+
 def _write(batch: PreparedBatch, summary: IngestSummary, started: float, settings: Settings, *,
            path, layer: str, key: str | None, mode: str, vf: datetime, digest: str,
            title_zh: str | None, title_en: str | None, access_level: str | None,
@@ -354,7 +367,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
                 summary.seconds = round(time.perf_counter() - started, 3)
                 return summary
         if new_layer:
-            store.create_layer(conn, store.Layer(
+            _create_or_explain(conn, store.Layer(
                 name=layer, geometry_family=batch.geometry_family,
                 properties=[{"name": n, "type": t} for n, t in schema.items()], key_field=key,
                 title_zh=title_zh, title_en=title_en, access_level=access_level or "public",

@@ -263,3 +263,24 @@ def test_a_local_grid_given_as_proj_string_or_wkt(tmp_path, conn, database):
             ex, ey = TO_4547.transform(lon, lat)
             gx, gy = TO_4547.transform(p.x, p.y)
             assert np.hypot(gx - ex, gy - ey) < 0.5, (form[:20], name)
+
+
+def test_two_first_loads_of_one_new_layer_at_once(tmp_path, conn, layer_name, database):
+    """One wins; the other is told to run again; the winner's data is whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = files.gpkg(tmp_path / "a"), files.gpkg(tmp_path / "b")
+
+    def load(path):
+        try:
+            return ingest_vector(path, layer=layer_name, key="code", valid_from="2024-01-01", settings=database)
+        except IngestError as exc:
+            return exc
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(load, [a, b]))
+    errors = [r for r in results if isinstance(r, IngestError)]
+    wins = [r for r in results if not isinstance(r, IngestError)]
+    # both may also succeed one after the other (the second then finds nothing to change)
+    assert len(wins) >= 1 and all("created by another load meanwhile" in str(e) for e in errors)
+    assert store.count(conn, layer_name) == 20 and len(store.changesets(conn, layer_name)) == 1
