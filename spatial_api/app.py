@@ -33,4 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from spatial_api import geocode
 
     app.include_router(geocode.router(settings))
+    from tiling import routes as tiles
+
+    app.include_router(tiles.router(settings))
+    app.state.extra_conformance += tiles.CONFORMANCE
     return app
