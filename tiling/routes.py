@@ -22,6 +22,7 @@ from spatial_api.ogc.features import ApiError, Collections, _instant, _link, bad
 from tiling.vector import GRIDS, TMS, TileError, TileRequest, render
 
 MVT = "application/vnd.mapbox-vector-tile"
+_TILEJSON_TYPES = {"integer": "Number", "number": "Number", "boolean": "Boolean"}
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
@@ -81,6 +82,31 @@ def router(settings: Settings) -> APIRouter:
         with pool.connection() as conn:
             cols.get(conn, collection_id)
         return tileset(request, collection_id, tms_id)
+
+    @api.get("/tiles/{layers}/tilejson.json", summary="TileJSON 3 for XYZ vector tiles of one or more layers")
+    def tilejson(request: Request, layers: str, datetime_: str | None = Query(None, alias="datetime")):
+        names = [n for n in layers.split(",") if n]
+        if not names:
+            raise bad("layers", "name at least one layer")
+        with pool.connection() as conn:
+            found = [cols.get(conn, n) for n in names]
+            rows = {r["name"]: r for r in cols.visible(conn)}
+            extents = [cols.extent(conn, rows[n])["spatial"]["bbox"] for n in names]
+        boxes = [b[0] for b in extents if b]
+        bounds = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                   max(b[3] for b in boxes)] if boxes else [-180, -85.0511, 180, 85.0511])
+        query = f"?datetime={datetime_}" if datetime_ else ""
+        tms = TMS.get("WebMercatorQuad")
+        return {
+            "tilejson": "3.0.0", "name": ",".join(names), "scheme": "xyz", "format": "pbf",
+            "tiles": [f"{base(request)}/tiles/{layers}/{{z}}/{{x}}/{{y}}.mvt{query}"],
+            "minzoom": tms.minzoom, "maxzoom": min(tms.maxzoom, 22), "bounds": bounds,
+            "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
+            "vector_layers": [{"id": layer.name, "description": layer.title_zh or layer.title_en or "",
+                               "fields": {"fid": "String", **{p["name"]: _TILEJSON_TYPES.get(p["type"], "String")
+                                                             for p in layer.properties}}}
+                              for layer in found],
+        }
 
     def tile(layer_ids: list[str], req: TileRequest, datetime_: str | None, properties: str | None) -> Response:
         at = _instant(datetime_) if datetime_ else None

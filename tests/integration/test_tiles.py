@@ -108,3 +108,13 @@ def test_tile_errors(tiles):
     assert c.get(f"{base}/WebMercatorQuad/15/0/0").status_code == 204  # inside the matrix, empty
     assert c.get(f"{base}/WebMercatorQuad/15/0/0", params={"datetime": "soon"}).status_code == 400
     assert c.get("/collections/nope/tiles/WebMercatorQuad/1/0/0").status_code == 404
+
+
+def test_tilejson_describes_the_xyz_tiles(tiles):
+    doc = tiles["client"].get(f"/tiles/{tiles['plain']}/tilejson.json", params={"datetime": "2024-01-01"}).json()
+    assert doc["tilejson"] == "3.0.0" and doc["tiles"][0].endswith(".mvt?datetime=2024-01-01")
+    minx, miny, maxx, maxy = doc["bounds"]
+    assert 114.2 < minx < maxx < 114.3 and 22.6 < miny < maxy < 22.8
+    fields = doc["vector_layers"][0]["fields"]
+    assert fields["floors"] == "Number" and fields["code"] == "String"
+    assert tiles["client"].get("/tiles/nope/tilejson.json").status_code == 404
