@@ -308,6 +308,8 @@ def router(settings: Settings) -> APIRouter:
                 _link(f"{base}/docs", "service-doc", "text/html", "the API documentation"),
                 _link(f"{base}/conformance", "conformance", "application/json", "conformance classes"),
                 _link(f"{base}/collections", "data", "application/json", "the collections"),
+                _link(f"{base}/tileMatrixSets", "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes",
+                      "application/json", "tile matrix sets (vector tiles)"),
             ],
             # kept for scripts written against the first landing page
             "layers": [

@@ -95,6 +95,8 @@ def test_cgcs2000_grid_and_multi_layer_tiles(tiles):
 
     both = mapbox_vector_tile.decode(c.get(f"/tiles/{tiles['plain']},{tiles['versioned']}/{t.z}/{t.x}/{t.y}.mvt").content)
     assert set(both) == {tiles["plain"], tiles["versioned"]}
+    landing = c.get("/").json()["links"]
+    assert any(ln["rel"] == "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes" and ln["type"] for ln in landing)
     links = c.get(f"/collections/{tiles['plain']}/tiles/WebMercatorQuad").json()["links"]
     assert all(ln.get("type") for ln in links)
     assert any(ln["rel"] == "item" and ln["type"] == "application/vnd.mapbox-vector-tile" for ln in links)
