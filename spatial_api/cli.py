@@ -13,7 +13,7 @@ from rich.table import Table
 from spatial_api.ingest.cli import ingest_app, layers_app
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
 
 app = typer.Typer(
     name="geotwin",

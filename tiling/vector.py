@@ -2,9 +2,10 @@
 
 The statement filters with the index operator ``&&`` on the stored Web Mercator copy
 (``geom_3857``, WebMercatorQuad) or on ``geom`` (the CGCS2000 grid), clips and quantises with
-``ST_AsMVTGeom`` and encodes with ``ST_AsMVT``. Features are those valid at the requested time
-(current by default). Per zoom, geometries are simplified to about a pixel and the number of
-features is capped; attributes are the layer's properties (or a chosen subset).
+``ST_AsMVTGeom`` (which snaps to the tile grid and drops what collapses) and encodes with
+``ST_AsMVT``. Features are those valid at the requested time (current by default); attributes are
+the layer's properties (or a chosen subset). A per-geometry ST_SimplifyPreserveTopology was tried
+and cost 4x in tiles/s (bench/tiles.py).
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def tile_bounds(req: TileRequest) -> tuple[float, float, float, float, int]:
 def tile_sql(layer: store.Layer, srid: int, *, properties: list[str] | None = None,
              at: datetime | None = None) -> tuple[sql.Composable, int]:
     """The statement for one layer's tile, and how many temporal parameters it takes (0 or 2).
-    Parameters, in order: minx, miny, maxx, maxy, simplification tolerance, [valid time ×2],
-    feature cap."""
-    names = layer.schema if properties is None else {n: layer.schema[n] for n in properties}
+    Parameters, in order: minx, miny, maxx, maxy, [valid time ×2], feature cap. ``fid`` goes
+    into the tile when all properties are asked for, or when ``properties`` names it."""
+    names = layer.schema if properties is None else {n: layer.schema[n] for n in properties if n != "fid"}
     col = "geom_3857" if srid == 3857 else "geom"
-    attrs = sql.SQL("").join(
-        sql.SQL(", (f.properties ->> {})::{} AS {}").format(sql.Literal(n), sql.SQL(_MVT_TYPES.get(t, "text")),
-                                                          sql.Identifier(n))
-        for n, t in names.items())
+    items = [sql.SQL("f.fid")] if properties is None or "fid" in properties else []
+    items += [sql.SQL("(f.properties ->> {})::{} AS {}").format(sql.Literal(n), sql.SQL(_MVT_TYPES.get(t, "text")),
+                                                                sql.Identifier(n))
+              for n, t in names.items()]
+    attrs = sql.SQL("").join(item + sql.SQL(", ") for item in items)
     if at is None:
         temporal, n_temporal = sql.SQL("f.valid_to IS NULL"), 0
     else:
@@ -82,9 +84,8 @@ def tile_sql(layer: store.Layer, srid: int, *, properties: list[str] | None = No
         """
         WITH bounds AS (SELECT ST_MakeEnvelope(%s, %s, %s, %s, {srid}) AS env)
         SELECT ST_AsMVT(t, {name}, {extent}, 'geom') FROM (
-            SELECT f.fid{attrs},
-                   ST_AsMVTGeom(ST_SimplifyPreserveTopology(f.{geom}, %s), bounds.env, {extent}, {buffer}, true)
-                       AS geom
+            SELECT {attrs}
+                   ST_AsMVTGeom(f.{geom}, bounds.env, {extent}, {buffer}, true) AS geom
             FROM {part} f, bounds
             WHERE f.layer = {layer_lit} AND {temporal}
               AND f.{geom} && ST_Expand(bounds.env, (ST_XMax(bounds.env) - ST_XMin(bounds.env)) * {margin})
@@ -102,11 +103,10 @@ def render(conn, layers: list[store.Layer], req: TileRequest, *, at: datetime | 
     """One MVT holding a layer per requested layer (each its own statement; bytes concatenated —
     MVT layers are independent protobuf messages, so concatenation is a valid multi-layer tile)."""
     minx, miny, maxx, maxy, srid = tile_bounds(req)
-    tolerance = (maxx - minx) / EXTENT / 2  # half a tile pixel
     out = b""
     for layer in layers:
         query, n_temporal = tile_sql(layer, srid, properties=properties, at=at)
-        params = [minx, miny, maxx, maxy, tolerance] + ([at, at] if n_temporal else []) + [MAX_FEATURES]
+        params = [minx, miny, maxx, maxy] + ([at, at] if n_temporal else []) + [MAX_FEATURES]
         row = conn.execute(query, params, prepare=True).fetchone()
         if row and row[0]:
             out += bytes(row[0])

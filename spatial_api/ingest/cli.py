@@ -17,7 +17,7 @@ from rich.table import Table
 from spatial_api.ingest.types import IngestError
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
 
 ingest_app = typer.Typer(help="Load files into layers (every load is a changeset).", no_args_is_help=True)
 layers_app = typer.Typer(help="The layer registry and each layer's history.", no_args_is_help=True)
