@@ -8,14 +8,21 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup system venv db demo-data serve bench clean-db
+.PHONY: demo test setup system venv assets db demo-data serve bench clean-db
 
 demo: setup db demo-data serve
 
 test: setup db
 	$(BIN)/python -m pytest -q tests
 
-setup: system venv
+setup: system venv assets
+
+# Browser libraries and node tools from npm, pinned by package-lock.json; served or run locally.
+assets: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 system:
 	@bash scripts/setup-system.sh

@@ -20,6 +20,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 have_cmd ogr2ogr || need+=(gdal-bin)
 have_cmd psql || need+=(postgresql-client)
+# Node.js + npm: browser libraries and node tools (style validator, glTF validator) from npm.
+have_cmd node || need+=(nodejs)
+have_cmd npm || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"
