@@ -35,6 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(geocode.router(settings))
     from tiling import routes as tiles
 
-    app.include_router(tiles.router(settings))
+    tile_router = tiles.router(settings)
+    app.include_router(tile_router)
+    app.state.tile_cache, app.state.tile_invalidator = tile_router.tile_cache, tile_router.tile_invalidator
+    from tiling import wmts
+
+    app.include_router(wmts.router(settings))
     app.state.extra_conformance += tiles.CONFORMANCE
     return app

@@ -48,6 +48,13 @@ class Settings:
     db_schema: str = field(default_factory=lambda: _env("DB_SCHEMA", "geotwin"))
     #: Dates without a time of day (``--valid-from 2023-12-31``) mean midnight in this zone.
     timezone: str = field(default_factory=lambda: _env("TIMEZONE", "Asia/Shanghai"))
+    #: Vector-tile cache in memory, in MiB (0: no cache).
+    tile_cache_mb: int = field(default_factory=lambda: _env_int("TILE_CACHE_MB", 256))
+    #: Optional on-disk tile cache folder (kept across restarts, invalidated like the memory one).
+    tile_cache_dir: Path | None = field(default_factory=lambda: Path(_env("TILE_CACHE_DIR")) if _env("TILE_CACHE_DIR") else None)
+    #: ``Cache-Control: max-age`` of tiles, in seconds. 0 (default): clients revalidate with the
+    #: ETag every time, so an edit shows at once; a 304 costs no rendering.
+    tile_max_age: int = field(default_factory=lambda: _env_int("TILE_MAX_AGE", 0))
 
     def __post_init__(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

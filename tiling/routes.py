@@ -13,13 +13,17 @@ outside the matrix is 404; bad parameters are 400 — all with the OGC exception
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from spatial_api import db
 from spatial_api.config import Settings
 from spatial_api.ogc.features import ApiError, Collections, _instant, _link, bad
-from tiling.vector import GRIDS, TMS, TileError, TileRequest, render
+from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
+from tiling.vector import GRIDS, TMS, TileError, TileRequest, render, tile_bounds, zoom_range
 
 MVT = "application/vnd.mapbox-vector-tile"
 _TILEJSON_TYPES = {"integer": "Number", "number": "Number", "boolean": "Boolean"}
@@ -31,6 +35,25 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt",
     "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
 ]
+
+
+def tms_document(tms_id: str) -> dict:
+    """The OGC 2D-TMS 2.0 JSON of a grid, plus the members of its 1.0 encoding (``identifier``,
+    ``supportedCRS``, ``boundingBox``, per matrix ``identifier`` and ``topLeftCorner``) that older
+    clients still read — GDAL 3.6 (Debian 12) recognises a tile matrix set only by them. Extra
+    members are allowed by the 2.0 schema, so newer clients are unaffected."""
+    tms = TMS.get(tms_id)
+    doc = tms.model_dump(exclude_none=True, mode="json")
+    b = tms.xy_bbox  # in x / y order
+    lower, upper = [b.left, b.bottom], [b.right, b.top]
+    if tms._invert_axis:  # the CRS's own axis order (latitude first for EPSG:4490)
+        lower, upper = lower[::-1], upper[::-1]
+    doc.update({"identifier": tms_id, "supportedCRS": doc["crs"],
+                "boundingBox": {"type": "BoundingBoxType", "crs": doc["crs"], "lowerCorner": lower,
+                                "upperCorner": upper}})
+    for m in doc["tileMatrices"]:
+        m["identifier"], m["topLeftCorner"] = m["id"], m["pointOfOrigin"]
+    return doc
 
 
 def router(settings: Settings) -> APIRouter:
@@ -53,11 +76,27 @@ def router(settings: Settings) -> APIRouter:
     def tile_matrix_set(tms_id: str):
         if tms_id not in GRIDS:
             raise ApiError(404, "NotFound", f"tile matrix set {tms_id!r} does not exist; use {', '.join(GRIDS)}")
-        return JSONResponse(TMS.get(tms_id).model_dump(exclude_none=True, mode="json"))
+        return JSONResponse(tms_document(tms_id))
 
-    def tileset(request: Request, collection_id: str, tms_id: str) -> dict:
+    def limits(conn, layer, tms_id: str) -> list[dict]:
+        """tileMatrixSetLimits: per zoom of the layer, the rows and columns its extent covers."""
+        row = next((r for r in cols.visible(conn) if r["name"] == layer.name), None)
+        boxes = cols.extent(conn, row)["spatial"]["bbox"] if row else []
+        if not boxes:
+            return []
+        w, s_, e, n = boxes[0]
+        tms = TMS.get(tms_id)
+        lo, hi = zoom_range(layer, tms_id)
+        out = []
+        for z in range(lo, hi + 1):
+            nw, se = tms.tile(w, n, z), tms.tile(e, s_, z)
+            out.append({"tileMatrix": str(z), "minTileRow": nw.y, "maxTileRow": se.y,
+                        "minTileCol": nw.x, "maxTileCol": se.x})
+        return out
+
+    def tileset(request: Request, collection_id: str, tms_id: str, tm_limits: list[dict] | None = None) -> dict:
         url = f"{base(request)}/collections/{collection_id}/tiles/{tms_id}"
-        return {
+        doc = {
             "title": f"{collection_id} ({tms_id})", "dataType": "vector", "crs": TMS.get(tms_id).crs.root,
             "tileMatrixSetURI": f"{base(request)}/tileMatrixSets/{tms_id}",
             "links": [
@@ -67,6 +106,9 @@ def router(settings: Settings) -> APIRouter:
                 {**_link(url + "/{tileMatrix}/{tileRow}/{tileCol}", "item", MVT, "a tile"), "templated": True},
             ],
         }
+        if tm_limits:
+            doc["tileMatrixSetLimits"] = tm_limits
+        return doc
 
     @api.get("/collections/{collection_id}/tiles", summary="Vector tilesets of a collection")
     def tilesets(request: Request, collection_id: str):
@@ -80,8 +122,9 @@ def router(settings: Settings) -> APIRouter:
         if tms_id not in GRIDS:
             raise ApiError(404, "NotFound", f"tile matrix set {tms_id!r} does not exist; use {', '.join(GRIDS)}")
         with pool.connection() as conn:
-            cols.get(conn, collection_id)
-        return tileset(request, collection_id, tms_id)
+            layer = cols.get(conn, collection_id)
+            tm_limits = limits(conn, layer, tms_id)
+        return tileset(request, collection_id, tms_id, tm_limits)
 
     @api.get("/tiles/{layers}/tilejson.json", summary="TileJSON 3 for XYZ vector tiles of one or more layers")
     def tilejson(request: Request, layers: str, datetime_: str | None = Query(None, alias="datetime")):
@@ -96,22 +139,39 @@ def router(settings: Settings) -> APIRouter:
         bounds = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                    max(b[3] for b in boxes)] if boxes else [-180, -85.0511, 180, 85.0511])
         query = f"?datetime={datetime_}" if datetime_ else ""
-        tms = TMS.get("WebMercatorQuad")
+        ranges = [zoom_range(layer) for layer in found]
         return {
             "tilejson": "3.0.0", "name": ",".join(names), "scheme": "xyz", "format": "pbf",
             "tiles": [f"{base(request)}/tiles/{layers}/{{z}}/{{x}}/{{y}}.mvt{query}"],
-            "minzoom": tms.minzoom, "maxzoom": min(tms.maxzoom, 22), "bounds": bounds,
+            "minzoom": min(r[0] for r in ranges), "maxzoom": min(max(r[1] for r in ranges), 22), "bounds": bounds,
             "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
             "vector_layers": [{"id": layer.name, "description": layer.title_zh or layer.title_en or "",
+                               "minzoom": r[0], "maxzoom": min(r[1], 22),
                                "fields": {"fid": "String", **{p["name"]: _TILEJSON_TYPES.get(p["type"], "String")
                                                              for p in layer.properties}}}
-                              for layer in found],
+                              for layer, r in zip(found, ranges)],
         }
 
-    def tile(layer_ids: list[str], req: TileRequest, datetime_: str | None, properties: str | None) -> Response:
+    cache = TileCache(settings.tile_cache_mb << 20, settings.tile_cache_dir) if settings.tile_cache_mb > 0 else None
+    invalidator = Invalidator(cache, settings) if cache else None
+    started = threading.Lock()
+    cache_control = f"public, max-age={settings.tile_max_age}, must-revalidate"
+
+    def ensure_listening() -> None:
+        if invalidator is not None and not invalidator.connected.is_set():
+            with started:
+                invalidator.start()
+
+    def render_entry(key: TileKey, req: TileRequest, datetime_: str | None, properties: str | None) -> Entry:
+        try:
+            tile_bounds(req)
+        except TileError as exc:
+            raise ApiError(404, "NotFound", str(exc)) from None
+        ensure_listening()
         at = _instant(datetime_) if datetime_ else None
+        generation = cache.generation(key.layers) if cache else 0
         with pool.connection() as conn:
-            layers = [cols.get(conn, name) for name in layer_ids]
+            layers = [cols.get(conn, name) for name in key.layers]
             names = None
             if properties is not None:
                 names = [p for p in properties.split(",") if p]
@@ -119,26 +179,55 @@ def router(settings: Settings) -> APIRouter:
                     unknown = [n for n in names if n not in layer.schema]
                     if unknown:
                         raise bad("properties", f"{unknown} not in {layer.name!r} ({', '.join(layer.schema)})")
+            if len(layers) == 1:
+                lo, hi = zoom_range(layers[0], req.tms)
+                if not lo <= req.z <= hi:
+                    raise ApiError(404, "NotFound", f"{layers[0].name!r} has tiles at zooms {lo}–{hi} only "
+                                   f"(tile matrix {req.z} requested)")
             try:
                 body = render(conn, layers, req, at=at, properties=names)
             except TileError as exc:
                 raise ApiError(404, "NotFound", str(exc)) from None
-        if not body:
-            return Response(status_code=204, media_type=MVT)
-        return Response(body, media_type=MVT)
+        if cache is None:
+            return Entry(body, etag_of(body))
+        return cache.put(key, body, generation=generation)
+
+    def respond(request: Request, entry: Entry) -> Response:
+        headers = {"ETag": entry.etag, "Cache-Control": cache_control}
+        if request.headers.get("if-none-match") == entry.etag:
+            return Response(status_code=304, headers=headers)
+        if not entry.body:
+            return Response(status_code=204, headers=headers)
+        return Response(entry.body, media_type=MVT, headers=headers)
+
+    async def tile(request: Request, layer_ids: list[str], req: TileRequest, datetime_: str | None,
+                   properties: str | None) -> Response:
+        """Cached tiles are answered on the event loop without touching the database; a miss is
+        rendered in the thread pool."""
+        key = TileKey(tuple(layer_ids), req.tms, req.z, req.x, req.y, variant(datetime_, properties))
+        entry = cache.get(key) if cache is not None and invalidator.connected.is_set() else None
+        if entry is None:
+            entry = await run_in_threadpool(render_entry, key, req, datetime_, properties)
+        return respond(request, entry)
+
+    api.tile_cache, api.tile_invalidator = cache, invalidator  # app.state exposes them (shutdown, tests)
+
+    @api.get("/tiles/cache", summary="Tile cache statistics", include_in_schema=False)
+    def cache_stats():
+        return {**cache.stats(), "listening": invalidator.connected.is_set()} if cache else {"enabled": False}
 
     @api.get("/collections/{collection_id}/tiles/{tms_id}/{z}/{row}/{col}", summary="A vector tile")
-    def ogc_tile(collection_id: str, tms_id: str, z: int, row: int, col: int,
-                 datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
-        return tile([collection_id], TileRequest(tms_id, z, col, row), datetime_, properties)
+    async def ogc_tile(request: Request, collection_id: str, tms_id: str, z: int, row: int, col: int,
+                       datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
+        return await tile(request, [collection_id], TileRequest(tms_id, z, col, row), datetime_, properties)
 
     @api.get("/tiles/{layers}/{z}/{x}/{y}.mvt", summary="XYZ vector tile (WebMercatorQuad); layers comma-separated")
-    def xyz_tile(layers: str, z: int, x: int, y: int,
-                 datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
+    async def xyz_tile(request: Request, layers: str, z: int, x: int, y: int,
+                       datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
         names = [n for n in layers.split(",") if n]
         if not names:
             raise bad("layers", "name at least one layer")
-        return tile(names, TileRequest("WebMercatorQuad", z, x, y), datetime_, properties)
+        return await tile(request, names, TileRequest("WebMercatorQuad", z, x, y), datetime_, properties)
 
     return api
 

@@ -63,11 +63,41 @@ def tile_bounds(req: TileRequest) -> tuple[float, float, float, float, int]:
     return b.left, b.bottom, b.right, b.top, GRIDS[req.tms]
 
 
+def zoom_range(layer: store.Layer, tms_id: str = "WebMercatorQuad") -> tuple[int, int]:
+    """The zooms at which the layer has tiles: its tile options within the grid's own range."""
+    tms = TMS.get(tms_id)
+    opts = layer.tile_options or {}
+    return max(tms.minzoom, opts.get("minzoom", tms.minzoom)), min(tms.maxzoom, opts.get("maxzoom", tms.maxzoom))
+
+
+def feature_limit(layer: store.Layer, z: int) -> int | None:
+    """The layer's feature cap at zoom ``z``: ``max_features`` {"10": 500, "13": 5000} caps zooms
+    ≤ 10 at 500 and 11–13 at 5,000; deeper zooms have no cap (beyond the MAX_FEATURES guard)."""
+    limits = (layer.tile_options or {}).get("max_features") or {}
+    caps = sorted((int(k), n) for k, n in limits.items() if int(k) >= z)
+    return caps[0][1] if caps else None
+
+
+def _priority(layer: store.Layer, geom: sql.Composable) -> sql.Composable:
+    """What a feature cap keeps first: the ``priority`` property (largest first), else the largest
+    geometries (area, length), else — points without priority — a stable order by fid."""
+    prop = (layer.tile_options or {}).get("priority")
+    if prop and prop in layer.schema:
+        cast = "double precision" if layer.schema[prop] in ("integer", "number") else "text"
+        return sql.SQL("(f.properties ->> {})::{} DESC NULLS LAST, f.fid").format(sql.Literal(prop), sql.SQL(cast))
+    if layer.geometry_family == "Polygon":
+        return sql.SQL("ST_Area(f.{}) DESC, f.fid").format(geom)
+    if layer.geometry_family == "LineString":
+        return sql.SQL("ST_Length(f.{}) DESC, f.fid").format(geom)
+    return sql.SQL("f.fid")
+
+
 def tile_sql(layer: store.Layer, srid: int, *, properties: list[str] | None = None,
-             at: datetime | None = None) -> tuple[sql.Composable, int]:
+             at: datetime | None = None, capped: bool = False) -> tuple[sql.Composable, int]:
     """The statement for one layer's tile, and how many temporal parameters it takes (0 or 2).
     Parameters, in order: minx, miny, maxx, maxy, [valid time ×2], feature cap. ``fid`` goes
-    into the tile when all properties are asked for, or when ``properties`` names it."""
+    into the tile when all properties are asked for, or when ``properties`` names it. ``capped``:
+    the layer's per-zoom limit applies, so the features kept first are chosen (see _priority)."""
     names = layer.schema if properties is None else {n: layer.schema[n] for n in properties if n != "fid"}
     col = "geom_3857" if srid == 3857 else "geom"
     items = [sql.SQL("f.fid")] if properties is None or "fid" in properties else []
@@ -89,10 +119,12 @@ def tile_sql(layer: store.Layer, srid: int, *, properties: list[str] | None = No
             FROM {part} f, bounds
             WHERE f.layer = {layer_lit} AND {temporal}
               AND f.{geom} && ST_Expand(bounds.env, (ST_XMax(bounds.env) - ST_XMin(bounds.env)) * {margin})
+            {order}
             LIMIT %s
         ) t WHERE t.geom IS NOT NULL
         """
-    ).format(srid=sql.Literal(srid), name=sql.Literal(layer.name), extent=sql.Literal(EXTENT),
+    ).format(order=sql.SQL("ORDER BY {}").format(_priority(layer, sql.Identifier(col))) if capped else sql.SQL(""),
+             srid=sql.Literal(srid), name=sql.Literal(layer.name), extent=sql.Literal(EXTENT),
              attrs=attrs, geom=geom, buffer=sql.Literal(BUFFER), part=sql.Identifier(store.partition_name(layer.name)),
              layer_lit=sql.Literal(layer.name), temporal=temporal, margin=sql.Literal(BUFFER / EXTENT))
     return query, n_temporal
@@ -105,8 +137,12 @@ def render(conn, layers: list[store.Layer], req: TileRequest, *, at: datetime | 
     minx, miny, maxx, maxy, srid = tile_bounds(req)
     out = b""
     for layer in layers:
-        query, n_temporal = tile_sql(layer, srid, properties=properties, at=at)
-        params = [minx, miny, maxx, maxy] + ([at, at] if n_temporal else []) + [MAX_FEATURES]
+        lo, hi = zoom_range(layer, req.tms)
+        if not lo <= req.z <= hi:
+            continue  # outside the layer's zooms: the layer is absent from the tile
+        cap = feature_limit(layer, req.z)
+        query, n_temporal = tile_sql(layer, srid, properties=properties, at=at, capped=cap is not None)
+        params = [minx, miny, maxx, maxy] + ([at, at] if n_temporal else []) + [cap or MAX_FEATURES]
         row = conn.execute(query, params, prepare=True).fetchone()
         if row and row[0]:
             out += bytes(row[0])

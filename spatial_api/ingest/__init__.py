@@ -407,5 +407,9 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             "seconds": summary.seconds, "source_crs": summary.source_crs,
             "current": summary.current_total,
         })
+    # Committed: this process's caches drop what the changeset touched (others hear the NOTIFY).
+    from spatial_api import events
+
+    events.committed(settings.db_schema, layer, summary.changeset_id)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary

@@ -162,17 +162,44 @@ def layers_set(
     access: Optional[str] = typer.Option(None, "--access", help="public | internal | restricted"),
     editable: Optional[bool] = typer.Option(None, "--editable/--read-only",
                                             help="Whether the API may create, replace, update and delete features."),
+    minzoom: Optional[int] = typer.Option(None, "--minzoom", help="Vector tiles: no tiles below this zoom."),
+    maxzoom: Optional[int] = typer.Option(None, "--maxzoom", help="Vector tiles: no tiles above this zoom "
+                                          "(clients overzoom the last level)."),
+    max_features: Optional[list[str]] = typer.Option(
+        None, "--max-features", help="Vector tiles: ZOOM:N caps tiles at zoom ≤ ZOOM (down to the previous "
+        "entry) at N features, keeping the largest (or --priority) first; repeatable, e.g. 10:500 --max-features 13:5000."),
+    priority: Optional[str] = typer.Option(None, "--priority", help="Vector tiles: property whose largest "
+                                           "values are kept first when --max-features cuts."),
+    clear_tile_options: bool = typer.Option(False, "--clear-tile-options", help="Forget all tile options."),
 ) -> None:
-    """Change a layer's registry entry (titles, access level, editability). Features are untouched."""
+    """Change a layer's registry entry (titles, access level, editability, tile options). Features are untouched."""
     from spatial_api import db, store
 
     changes = {k: v for k, v in {"title_zh": title_zh, "title_en": title_en, "access_level": access,
                                  "editable": editable}.items() if v is not None}
-    if not changes:
-        _fail("nothing to change: give --title-zh, --title-en, --access or --editable/--read-only")
+    tile_changes: dict = {k: v for k, v in {"minzoom": minzoom, "maxzoom": maxzoom, "priority": priority}.items()
+                          if v is not None}
+    if max_features:
+        limits = {}
+        for spec in max_features:
+            z, _, n = spec.partition(":")
+            if not (z.strip().isdigit() and n.strip().isdigit()):
+                _fail(f"--max-features {spec!r}: write ZOOM:N, e.g. --max-features 12:2000")
+            limits[z.strip()] = int(n)
+        tile_changes["max_features"] = limits
+    if not changes and not tile_changes and not clear_tile_options:
+        _fail("nothing to change: give --title-zh, --title-en, --access, --editable/--read-only or a tile option "
+              "(--minzoom, --maxzoom, --max-features, --priority, --clear-tile-options)")
     try:
         with db.transaction() as conn:
-            _layer_or_fail(conn, name)
+            layer = _layer_or_fail(conn, name)
+            if tile_changes or clear_tile_options:
+                opts = {} if clear_tile_options else dict(layer.tile_options or {})
+                opts.update(tile_changes)
+                if opts.get("priority") and opts["priority"] not in layer.schema:
+                    _fail(f"--priority {opts['priority']!r} is not a property of {name!r} "
+                          f"({', '.join(layer.schema)})")
+                changes["tile_options"] = opts
             store.update_layer(conn, name, **changes)
     except IngestError as exc:
         _fail(str(exc))

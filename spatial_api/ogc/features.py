@@ -229,6 +229,8 @@ class Collections:
                 _link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables",
                       "application/schema+json", "queryable properties"),
                 _link(f"{url}/changes", "changes", GEOJSON, "changes between two times (?from=&to=)"),
+                _link(f"{url}/tiles", "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", "application/json",
+                      "vector tilesets (Mapbox Vector Tiles)"),
             ],
             "geotwin:geometryType": layer["geometry_family"],
             "geotwin:features": layer["current_features"],

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pyproj import Transformer
 from shapely.geometry import shape
 
-from spatial_api import db, store
+from spatial_api import db, events, store
 from spatial_api.config import Settings
 from spatial_api.ingest import prepare_properties
 from spatial_api.ingest.types import IngestError, PreparedBatch
@@ -150,7 +150,7 @@ def router(settings: Settings) -> APIRouter:
         value = request.query_params.get("valid_from")
         return (_instant(value, "valid_from") if value else None) or datetime.now(timezone.utc)
 
-    def write(conn, layer, rows, request, expect, source) -> tuple[str, int]:
+    def write(conn, layer, rows, request, expect, source) -> tuple[str, int, int]:
         try:
             res = store.write_changeset(conn, layer, rows, mode="upsert", valid_from=valid_from(request),
                                         author=_author(request), source=source, expect_versions=expect)
@@ -162,7 +162,11 @@ def router(settings: Settings) -> APIRouter:
         store.finish_changeset(conn, res.changeset_id, {"added": res.added, "changed": res.changed,
                                                         "unchanged": res.unchanged})
         fid = str(rows.fids[0]) if rows.fids is not None else f"{res.changeset_id}-1"
-        return fid, current_vid(conn, layer.name, fid)
+        return fid, current_vid(conn, layer.name, fid), res.changeset_id
+
+    def committed(layer: str, changeset_id: int) -> None:
+        # This process's caches drop what the edit touched before the response leaves.
+        events.committed(settings.db_schema, layer, changeset_id)
 
     def done(request: Request, collection_id: str, fid: str, vid: int, status: int) -> Response:
         url = f"{str(request.base_url).rstrip('/')}/collections/{collection_id}/items/{fid}"
@@ -175,8 +179,9 @@ def router(settings: Settings) -> APIRouter:
             layer = editable_layer(conn, collection_id)
             rows = _rows(layer, feature, None, request)
             expect = {str(rows.fids[0]): None} if rows.fids is not None else None
-            fid, vid = write(conn, layer, rows, request, expect, "api:create")
+            fid, vid, cs = write(conn, layer, rows, request, expect, "api:create")
             conn.commit()
+        committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 201)
 
     @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
@@ -187,8 +192,9 @@ def router(settings: Settings) -> APIRouter:
             layer = editable_layer(conn, collection_id)
             expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
             rows = _rows(layer, feature, feature_id, request)
-            fid, vid = write(conn, layer, rows, request, expect, "api:replace")
+            fid, vid, cs = write(conn, layer, rows, request, expect, "api:replace")
             conn.commit()
+        committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 200)
 
     @api.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)")
@@ -214,8 +220,9 @@ def router(settings: Settings) -> APIRouter:
             merged = {"type": "Feature", "properties": props,
                       "geometry": patch.get("geometry") or json.loads(current[1])}
             rows = _rows(layer, merged, feature_id, request, stored_geometry=not patch.get("geometry"))
-            fid, vid = write(conn, layer, rows, request, expect, "api:update")
+            fid, vid, cs = write(conn, layer, rows, request, expect, "api:update")
             conn.commit()
+        committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 200)
 
     @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature")
@@ -225,11 +232,12 @@ def router(settings: Settings) -> APIRouter:
             layer = editable_layer(conn, collection_id)
             expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
             try:
-                store.close_features(conn, layer, [feature_id], valid_from=valid_from(request),
-                                     author=_author(request), source="api:delete", expect_versions=expect)
+                res = store.close_features(conn, layer, [feature_id], valid_from=valid_from(request),
+                                           author=_author(request), source="api:delete", expect_versions=expect)
             except store.VersionConflict as exc:
                 raise ApiError(412, "PreconditionFailed", str(exc)) from None
             conn.commit()
+        committed(layer.name, res.changeset_id)
         return Response(status_code=204)
 
     return api

@@ -29,6 +29,8 @@ class Layer:
     access_level: str = "public"
     description: str | None = None
     editable: bool = False  # may be edited through the API (create / replace / update / delete)
+    #: vector tiles: {"minzoom": int, "maxzoom": int, "max_features": {"<zoom>": n}, "priority": prop}
+    tile_options: dict = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -109,7 +111,8 @@ def create_layer(conn: psycopg.Connection, layer: Layer, *, with_partition: bool
 
 def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
     """Change registry metadata (titles, access level, added properties). Never touches features."""
-    allowed = {"title_zh", "title_en", "access_level", "description", "properties", "key_field", "editable"}
+    allowed = {"title_zh", "title_en", "access_level", "description", "properties", "key_field", "editable",
+               "tile_options"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot change {unknown}")
@@ -119,6 +122,8 @@ def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
         raise IngestError(f"--access {changes['access_level']!r}: choose one of {', '.join(ACCESS_LEVELS)}")
     if "properties" in changes:
         changes["properties"] = json.dumps(changes["properties"], ensure_ascii=False)
+    if "tile_options" in changes:
+        changes["tile_options"] = json.dumps(check_tile_options(changes["tile_options"]))
     assignments = sql.SQL(", ").join(
         sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes
     )
@@ -126,3 +131,44 @@ def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
         sql.SQL("UPDATE layers SET {}, updated_at = now() WHERE name = %s").format(assignments),
         [*changes.values(), name],
     )
+    # Caches in every process drop what they hold of this layer (delivered on commit).
+    notify(conn, name, None)
+
+
+def notify(conn: psycopg.Connection, layer: str, changeset_id: int | None) -> None:
+    """NOTIFY the other processes (see spatial_api.events) — delivered when the transaction commits."""
+    from spatial_api.events import CHANNEL
+
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(
+        {"schema": schema, "layer": layer, "changeset": changeset_id})))
+
+
+def check_tile_options(opts: dict) -> dict:
+    """Validate vector-tile options: ``minzoom`` / ``maxzoom`` (0–24), ``max_features`` per zoom
+    (``{"10": 500}``: at zoom 10 and below until the next entry … see tiling.vector), ``priority``
+    (a property kept first when a limit cuts, larger values first; default: larger geometries)."""
+    out: dict = {}
+    for k in ("minzoom", "maxzoom"):
+        if opts.get(k) is not None:
+            v = opts[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 24:
+                raise IngestError(f"tile option {k}={v!r}: give a whole zoom level 0–24")
+            out[k] = v
+    if "minzoom" in out and "maxzoom" in out and out["minzoom"] > out["maxzoom"]:
+        raise IngestError(f"tile options: minzoom {out['minzoom']} is above maxzoom {out['maxzoom']}")
+    limits = opts.get("max_features") or {}
+    checked = {}
+    for z, n in limits.items():
+        try:
+            zi = int(z)
+        except (TypeError, ValueError):
+            raise IngestError(f"tile option max_features: zoom {z!r} is not a whole number") from None
+        if not 0 <= zi <= 24 or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise IngestError(f"tile option max_features {z}:{n!r}: give ZOOM:N with zoom 0–24 and N ≥ 1")
+        checked[str(zi)] = n
+    if checked:
+        out["max_features"] = checked
+    if opts.get("priority"):
+        out["priority"] = str(opts["priority"])
+    return out

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from spatial_api.ingest.types import IngestError
-from spatial_api.store.registry import Layer, partition_name
+from spatial_api.store.registry import notify, Layer, partition_name
 
 MODES = ("replace", "append", "upsert")
 COPY_CHUNK = 10000
@@ -533,7 +533,8 @@ def finish_changeset(conn: psycopg.Connection, changeset_id: int, counts: dict) 
         counts = {**counts, "current": conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE layer = %s AND valid_to IS NULL").format(
                 sql.Identifier(partition_name(layer))), (layer,)).fetchone()[0]}
-    conn.execute(
-        "UPDATE changesets SET counts = %s::jsonb WHERE id = %s",
+    layer = conn.execute(
+        "UPDATE changesets SET counts = %s::jsonb WHERE id = %s RETURNING layer",
         (json.dumps(counts, ensure_ascii=False), changeset_id),
-    )
+    ).fetchone()[0]
+    notify(conn, layer, changeset_id)  # caches in every process hear of it when this commits
