@@ -279,6 +279,9 @@ class Invalidator:
         self.settings = settings
         self.schema = settings.db_schema
         self._done: set[int] = set()
+        self._inflight: dict[int, threading.Event] = {}
+        self._work = None  # connection for the invalidation's reads (not the LISTEN one)
+        self._work_lock = threading.Lock()
         self._high = 0  # every changeset id ≤ this has been applied
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -309,17 +312,39 @@ class Invalidator:
 
     # -- applying -----------------------------------------------------------------------------
 
-    def on_event(self, schema: str, layer: str, changeset_id: int | None) -> None:
+    def on_event(self, schema: str, layer: str, changeset_id: int | None, conn=None) -> None:
+        """Apply one change. The same changeset is heard twice (in-process event, then NOTIFY):
+        the second hearer waits for the first to finish instead of working again, so when an
+        API edit's response leaves, its invalidation is complete whoever did it."""
         if schema != self.schema:
             return
+        if changeset_id is not None:
+            with self._lock:
+                if changeset_id <= self._high or changeset_id in self._done:
+                    return
+                running = self._inflight.get(changeset_id)
+                if running is None:
+                    self._inflight[changeset_id] = threading.Event()
+            if running is not None:
+                running.wait(timeout=30)
+                return
         self.cache.begin_change(layer)
         try:
             if changeset_id is None:
                 self.cache.drop_layer(layer)
             else:
-                self.apply(layer, changeset_id)
+                self.apply(layer, changeset_id, conn)
         finally:
             self.cache.end_change(layer)
+            if changeset_id is not None:
+                with self._lock:
+                    done = self._inflight.pop(changeset_id, None)
+                if done is not None:
+                    done.set()
+
+    def applied(self, changeset_id: int) -> bool:
+        with self._lock:
+            return changeset_id <= self._high or changeset_id in self._done
 
     def apply(self, layer: str, changeset_id: int, conn=None) -> None:
         with self._lock:
@@ -334,29 +359,45 @@ class Invalidator:
                 self._done.discard(self._high)
         self._save_high()
 
-    def _drop_for(self, layer: str, changeset_id: int, conn=None) -> None:
+    def _query(self, conn, query, params) -> list:
+        """Run a read on ``conn`` or, without one, on the invalidator's own work connection (kept
+        open: a new connection per changeset would cost more than the invalidation itself)."""
         from spatial_api import db
 
+        if conn is not None:
+            return conn.execute(query, params).fetchall()
+        with self._work_lock:
+            for attempt in (1, 2):
+                if self._work is None or self._work.closed:
+                    self._work = db.connect(self.settings, autocommit=True)
+                try:
+                    return self._work.execute(query, params).fetchall()
+                except Exception:
+                    if attempt == 2:
+                        raise
+                    try:
+                        self._work.close()
+                    except Exception:
+                        pass
+                    self._work = None
+        return []
+
+    def _drop_for(self, layer: str, changeset_id: int, conn=None) -> None:
         part = sql.Identifier(store.partition_name(layer))
-        own = conn is None
-        conn = conn or db.connect(self.settings, autocommit=True)
         try:
-            n = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE changeset_id = %s OR closed_by = %s").format(part),
-                             (changeset_id, changeset_id)).fetchone()[0]
+            n = self._query(conn, sql.SQL("SELECT count(*) FROM {} WHERE changeset_id = %s OR closed_by = %s").format(part),
+                            (changeset_id, changeset_id))[0][0]
             if n > WHOLE_LAYER_ABOVE:
                 self.cache.drop_layer(layer)
                 return
-            rows = conn.execute(sql.SQL(
+            rows = self._query(conn, sql.SQL(
                 "SELECT ST_AsBinary(geom_3857), ST_AsBinary(geom) FROM {} "
-                "WHERE changeset_id = %s OR closed_by = %s").format(part), (changeset_id, changeset_id)).fetchall()
+                "WHERE changeset_id = %s OR closed_by = %s").format(part), (changeset_id, changeset_id))
         except Exception:  # the layer's partition is gone, or a bug: never keep a tile we cannot vouch for
             log.exception("tile cache: could not read changeset %s of %s; dropping the layer's tiles",
                           changeset_id, layer)
             self.cache.drop_layer(layer)
             return
-        finally:
-            if own:
-                conn.close()
         if not rows:
             return
         wm = shapely.from_wkb([bytes(r[0]) for r in rows])
@@ -411,6 +452,10 @@ class Invalidator:
         events.unsubscribe(self.on_event)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._work_lock:
+            if self._work is not None:
+                self._work.close()
+                self._work = None
 
     def _run(self, conn) -> None:
         from spatial_api import db

@@ -114,12 +114,18 @@ def test_a_changeset_from_another_process_reaches_the_cache(site, database):
     url_a = tile_url(name, *SITES[0], 16)
     assert props(c.get(url_c).content, name)["C"]["name"] == "丙"
     c.get(url_a)
-    hits = stats(c)["hits"]
+    before = stats(c)
     v2 = parcels_file(tmp / "v2.geojson", names=("甲", "乙", "丙二"))
     env = {**os.environ, "GEOTWIN_DB_SCHEMA": database.db_schema}
     out = subprocess.run([sys.executable, "-m", "spatial_api", "ingest", "vector", str(v2), "--layer", name,
                           "--valid-from", "2025-01-01"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
+    # The other process's changeset arrives by NOTIFY (delivered at its commit): wait until it has
+    # been applied — within 5 s — then C's tile is fresh and A's is still cached.
+    deadline = time.time() + 5
+    while stats(c)["dropped"] == before["dropped"] and time.time() < deadline:
+        time.sleep(0.01)
+    hits = stats(c)["hits"]
     assert props(c.get(url_c).content, name)["C"]["name"] == "丙二"
     assert props(c.get(url_a).content, name)["A"]["name"] == "甲"
     assert stats(c)["hits"] == hits + 1  # A's tile survived the other process's changeset
