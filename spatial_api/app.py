@@ -30,6 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     ogc.install(app, settings)
+    from spatial_api.security import routes as security_routes
+
+    security_routes.install(app, settings)
     from spatial_api import geocode
 
     app.include_router(geocode.router(settings))

@@ -26,6 +26,9 @@ db_app = typer.Typer(help="The database: the project-local PostGIS cluster and s
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(layers_app, name="layers")
+from spatial_api.security.cli import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
 
 
 def _demo_app() -> typer.Typer:

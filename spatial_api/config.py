@@ -55,6 +55,16 @@ class Settings:
     #: ``Cache-Control: max-age`` of tiles, in seconds. 0 (default): clients revalidate with the
     #: ETag every time, so an edit shows at once; a 304 costs no rendering.
     tile_max_age: int = field(default_factory=lambda: _env_int("TILE_MAX_AGE", 0))
+    #: Role of callers without a key or token (see spatial_api.security): "public" by default.
+    anonymous_role: str = field(default_factory=lambda: _env("ANONYMOUS_ROLE", "public"))
+    #: Requests per minute per client address for callers without a key (0: unlimited).
+    anonymous_rate_per_min: int = field(default_factory=lambda: _env_int("ANONYMOUS_RATE_PER_MIN", 0))
+    #: OIDC: the identity provider's JWKS (a local file or an intranet URL); unset = no OIDC.
+    oidc_jwks: str | None = field(default_factory=lambda: _env("OIDC_JWKS") or None)
+    oidc_issuer: str | None = field(default_factory=lambda: _env("OIDC_ISSUER") or None)
+    oidc_audience: str | None = field(default_factory=lambda: _env("OIDC_AUDIENCE") or None)
+    #: The token claim naming the caller's geotwin role(s) (a string or a list).
+    oidc_role_claim: str = field(default_factory=lambda: _env("OIDC_ROLE_CLAIM", "geotwin_roles"))
 
     def __post_init__(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -64,6 +74,10 @@ class Settings:
         except (ZoneInfoNotFoundError, ValueError):
             raise SettingsError(f"GEOTWIN_TIMEZONE={self.timezone!r} is not a time zone name "
                                 "(e.g. Asia/Shanghai)") from None
+        from spatial_api.security.roles import ROLES
+
+        if self.anonymous_role not in ROLES:
+            raise SettingsError(f"GEOTWIN_ANONYMOUS_ROLE={self.anonymous_role!r}: choose one of {', '.join(ROLES)}")
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -50,3 +50,21 @@ def conn(database):
 def layer_name():
     """A layer name no other test uses."""
     return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def api_keys(database):
+    """One API key per role in the test schema: {role: key}."""
+    from spatial_api import db
+    from spatial_api.security import ROLES, keys
+
+    with db.connect(database) as conn:
+        made = {role: keys.create(conn, f"test-{role}", role, created_by="pytest") for role in ROLES}
+        conn.commit()
+    return made
+
+
+@pytest.fixture(scope="session")
+def auth(api_keys):
+    """Request headers for a role: auth("gis-staff") → {"Authorization": "Bearer gtk_…"}."""
+    return lambda role: {"Authorization": f"Bearer {api_keys[role]}"}

@@ -58,14 +58,19 @@ class TileKey:
     y: int
     variant: str  # digest of datetime + properties ("" for the plain current tile)
 
-    def relpath(self) -> str:
-        return f"{self.tms}/{','.join(self.layers)}/{self.z}/{self.x}/{self.y}-{self.variant or '0'}.mvt"
+    def relpath(self, level: str) -> str:
+        """Where the tile lives in the disk cache; the file name carries the access level of its
+        layers, so a restarted server knows who may be served it without asking the database."""
+        return f"{self.tms}/{','.join(self.layers)}/{self.z}/{self.x}/{self.y}-{self.variant or '0'}.{level}.mvt"
 
     @classmethod
-    def from_relpath(cls, rel: str) -> "TileKey":
+    def from_relpath(cls, rel: str) -> tuple["TileKey", str]:
         tms, layers, z, x, tail = rel.split("/")
-        y, variant = tail[:-4].split("-", 1)
-        return cls(tuple(layers.split(",")), tms, int(z), int(x), int(y), "" if variant == "0" else variant)
+        stem, level = tail[:-4].rsplit(".", 1)
+        y, variant = stem.split("-", 1)
+        if level not in ("public", "internal", "restricted"):
+            raise ValueError(rel)
+        return cls(tuple(layers.split(",")), tms, int(z), int(x), int(y), "" if variant == "0" else variant), level
 
 
 def variant(datetime_: str | None, properties: str | None) -> str:
@@ -78,6 +83,7 @@ def variant(datetime_: str | None, properties: str | None) -> str:
 class Entry:
     body: bytes
     etag: str
+    level: str = "public"  # the most restricted access level among the tile's layers
 
 
 def etag_of(body: bytes) -> str:
@@ -93,7 +99,7 @@ class TileCache:
         self._mem: OrderedDict[TileKey, Entry] = OrderedDict()
         self._mem_bytes = 0
         self._by_layer: dict[str, set[TileKey]] = {}  # memory and disk keys, per layer
-        self._on_disk: set[TileKey] = set()
+        self._on_disk: dict[TileKey, str] = {}  # key → access level
         self._changing: dict[str, int] = {}  # layer → nesting count of invalidations under way
         self._all_changing = 0  # the listener is disconnected: nothing may be trusted
         self._generations: dict[str, int] = {}
@@ -104,10 +110,10 @@ class TileCache:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
             for path in self.disk_dir.rglob("*.mvt"):
                 try:
-                    key = TileKey.from_relpath(path.relative_to(self.disk_dir).as_posix())
+                    key, level = TileKey.from_relpath(path.relative_to(self.disk_dir).as_posix())
                 except ValueError:
                     continue
-                self._on_disk.add(key)
+                self._on_disk[key] = level
                 self._index(key)
 
     # -- lookups ------------------------------------------------------------------------------
@@ -126,35 +132,35 @@ class TileCache:
                 self._mem.move_to_end(key)
                 self.hits += 1
                 return entry
-            on_disk = key in self._on_disk
-        if on_disk:
+            level = self._on_disk.get(key)
+        if level is not None:
             try:
-                body = (self.disk_dir / key.relpath()).read_bytes()
+                body = (self.disk_dir / key.relpath(level)).read_bytes()
             except FileNotFoundError:
                 body = None
             if body is not None and self.usable(key.layers):
-                entry = Entry(body, etag_of(body))
+                entry = Entry(body, etag_of(body), level)
                 self._remember(key, entry)
                 self.hits += 1
                 return entry
         self.misses += 1
         return None
 
-    def put(self, key: TileKey, body: bytes, *, generation: int) -> Entry:
+    def put(self, key: TileKey, body: bytes, *, generation: int, level: str = "public") -> Entry:
         """Cache a tile rendered while the cache was at ``generation`` (see :meth:`generation`):
         if an invalidation of one of its layers started since, the tile is returned but not kept."""
-        entry = Entry(body, etag_of(body))
+        entry = Entry(body, etag_of(body), level)
         with self._lock:
             if generation != self.generation(key.layers) or not self.usable(key.layers):
                 return entry
             self._remember(key, entry)
             if self.disk_dir:
-                path = self.disk_dir / key.relpath()
+                path = self.disk_dir / key.relpath(level)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
                 tmp.write_bytes(body)
                 os.replace(tmp, path)
-                self._on_disk.add(key)
+                self._on_disk[key] = level
         return entry
 
     def _remember(self, key: TileKey, entry: Entry) -> None:
@@ -226,11 +232,11 @@ class TileCache:
                 entry = self._mem.pop(key, None)
                 if entry is not None:
                     self._mem_bytes -= len(entry.body)
-                on_disk = key in self._on_disk
+                level = self._on_disk.pop(key, None)
+                on_disk = level is not None
                 if on_disk:
-                    self._on_disk.discard(key)
                     try:
-                        (self.disk_dir / key.relpath()).unlink()
+                        (self.disk_dir / key.relpath(level)).unlink()
                     except FileNotFoundError:
                         pass
                 if entry is not None or on_disk:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from spatial_api import db
+from spatial_api import db, security
 from spatial_api.config import Settings
 from spatial_api.ogc.features import ApiError, Collections, _instant, _link, bad
 from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
@@ -188,9 +188,11 @@ def router(settings: Settings) -> APIRouter:
                 body = render(conn, layers, req, at=at, properties=names)
             except TileError as exc:
                 raise ApiError(404, "NotFound", str(exc)) from None
+        order = ("public", "internal", "restricted")
+        level = max((layer.access_level for layer in layers), key=order.index)
         if cache is None:
-            return Entry(body, etag_of(body))
-        return cache.put(key, body, generation=generation)
+            return Entry(body, etag_of(body), level)
+        return cache.put(key, body, generation=generation, level=level)
 
     def respond(request: Request, entry: Entry) -> Response:
         headers = {"ETag": entry.etag, "Cache-Control": cache_control}
@@ -206,6 +208,11 @@ def router(settings: Settings) -> APIRouter:
         rendered in the thread pool."""
         key = TileKey(tuple(layer_ids), req.tms, req.z, req.x, req.y, variant(datetime_, properties))
         entry = cache.get(key) if cache is not None and invalidator.connected.is_set() else None
+        if entry is not None and entry.level != "public":
+            if not security.current().sees(entry.level):
+                entry = None  # rendering path answers 404: the layer does not exist for this caller
+            elif entry.level == "restricted":
+                security.note_restricted("tiles:" + ",".join(layer_ids))
         if entry is None:
             entry = await run_in_threadpool(render_entry, key, req, datetime_, properties)
         return respond(request, entry)

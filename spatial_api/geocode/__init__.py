@@ -37,6 +37,7 @@ import psycopg
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from spatial_api import security
 from spatial_api.config import Settings, get_settings
 from spatial_api.geocode import search as _search
 from spatial_api.geocode.index import SOURCE_LAYERS, is_stale, refresh, state
@@ -167,6 +168,12 @@ def router(settings: Settings | None = None) -> APIRouter:
                           f"the geocoding tables are missing ({e.diag.message_primary}): "
                           "run `geotwin db up` to migrate the database")
 
+    def hidden(conn) -> frozenset[str]:
+        """Layers the caller may not see: their names and addresses are not found either."""
+        caller = security.current()
+        return frozenset(name for name, level in conn.execute("SELECT name, access_level FROM layers")
+                         if not caller.sees(level))
+
     def collection(kind: str, q: str, p: ParsedQuery, rows: list[dict], started: float) -> dict:
         return {
             "type": "FeatureCollection",
@@ -187,7 +194,7 @@ def router(settings: Settings | None = None) -> APIRouter:
             text, n = _query_text(q), _limit(limit, 10)
         except ParameterError as e:
             return _error(400, "InvalidParameterValue", str(e))
-        return run(lambda conn: collection("search", text, *_search.search(conn, text, n), started))
+        return run(lambda conn: collection("search", text, *_search.search(conn, text, n, hidden(conn)), started))
 
     @api.get("/autocomplete", summary="Suggestions while typing (prefix first)")
     def autocomplete_endpoint(
@@ -200,7 +207,7 @@ def router(settings: Settings | None = None) -> APIRouter:
         except ParameterError as e:
             return _error(400, "InvalidParameterValue", str(e))
         return run(lambda conn: collection("autocomplete", text,
-                                           *_search.autocomplete(conn, text, n), started))
+                                           *_search.autocomplete(conn, text, n, hidden(conn)), started))
 
     @api.get("/reverse", summary="Nearest address and the street / community containing a point")
     def reverse_endpoint(
@@ -213,7 +220,7 @@ def router(settings: Settings | None = None) -> APIRouter:
             return _error(400, "InvalidParameterValue", str(e))
 
         def answer(conn):
-            found = _search.reverse(conn, x, y)
+            found = _search.reverse(conn, x, y, hidden(conn))
             a = found["address"]
             return {
                 "query": {"lon": x, "lat": y, "crs": CRS_URI},

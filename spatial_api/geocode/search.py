@@ -110,10 +110,13 @@ def _candidates(conn: psycopg.Connection, p: ParsedQuery, n: int) -> list[dict]:
         return cur.execute(" UNION ALL ".join(parts), params).fetchall()
 
 
-def _unique(rows: list[dict]) -> list[dict]:
+def _unique(rows: list[dict], hidden: frozenset[str] = frozenset()) -> list[dict]:
+    """Distinct candidates, without those of layers the caller may not see (each candidate path
+    has its own limit, so the visible paths still fill the page)."""
     seen: dict[tuple[str, str], dict] = {}
     for r in rows:
-        seen.setdefault((r["layer"], r["fid"]), r)
+        if r["layer"] not in hidden:
+            seen.setdefault((r["layer"], r["fid"]), r)
     return list(seen.values())
 
 
@@ -128,25 +131,27 @@ def rank(p: ParsedQuery, rows: list[dict], limit: int) -> list[dict]:
 GOOD_SCORE = 0.6
 
 
-def search(conn: psycopg.Connection, q: str, limit: int) -> tuple[ParsedQuery, list[dict]]:
+def search(conn: psycopg.Connection, q: str, limit: int,
+           hidden: frozenset[str] = frozenset()) -> tuple[ParsedQuery, list[dict]]:
     p = parse_query(q)
     if not p.text:
         return p, []
-    rows = rank(p, _unique(_candidates(conn, p, limit)), limit)
+    rows = rank(p, _unique(_candidates(conn, p, limit), hidden), limit)
     if sum(r["score"] >= GOOD_SCORE for r in rows) < limit:
-        rows = rank(p, _unique(rows + _fuzzy_candidates(conn, p, limit)), limit)
+        rows = rank(p, _unique(rows + _fuzzy_candidates(conn, p, limit), hidden), limit)
     return p, rows
 
 
-def autocomplete(conn: psycopg.Connection, q: str, limit: int) -> tuple[ParsedQuery, list[dict]]:
+def autocomplete(conn: psycopg.Connection, q: str, limit: int,
+                 hidden: frozenset[str] = frozenset()) -> tuple[ParsedQuery, list[dict]]:
     """Prefix, substring and parsed-part paths only (no fuzzy): one round trip."""
     p = parse_query(q)
     if not p.text:
         return p, []
-    return p, rank(p, _unique(_candidates(conn, p, limit)), limit)
+    return p, rank(p, _unique(_candidates(conn, p, limit), hidden), limit)
 
 
-def reverse(conn: psycopg.Connection, lon: float, lat: float) -> dict:
+def reverse(conn: psycopg.Connection, lon: float, lat: float, hidden: frozenset[str] = frozenset()) -> dict:
     """Nearest address (distance on the CGCS2000 ellipsoid, metres) and the street and
     community polygons containing the point. The nearest-in-degrees candidates (GiST KNN) are
     re-ranked by ellipsoidal distance: 1° of longitude is ~8 % shorter than 1° of latitude here,
@@ -174,6 +179,8 @@ def reverse(conn: psycopg.Connection, lon: float, lat: float) -> dict:
         ).fetchall()
     if address:
         address.pop("g", None)
-    street = next((a for a in areas if a["layer"] == "streets"), None)
-    community = next((a for a in areas if a["layer"] == "communities"), None)
+        if "addresses" in hidden:
+            address = None
+    street = next((a for a in areas if a["layer"] == "streets" and "streets" not in hidden), None)
+    community = next((a for a in areas if a["layer"] == "communities" and "communities" not in hidden), None)
     return {"address": address, "street": street, "community": community}

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from spatial_api import db, store
+from spatial_api import db, security, store
 from spatial_api.config import Settings
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -180,13 +180,17 @@ class Collections:
         self._extent_cache: dict[tuple[str, int], dict] = {}
 
     def visible(self, conn) -> list[dict]:
-        return [r for r in store.list_layers(conn) if r["access_level"] == "public"]
+        caller = security.current()
+        return [r for r in store.list_layers(conn) if caller.sees(r["access_level"])]
 
     def get(self, conn, name: str) -> store.Layer:
         """The layer behind a visible collection (one registry row; no counting)."""
         layer = store.get_layer(conn, name) if store.LAYER_NAME_RE.match(name) else None
-        if layer is None or layer.access_level != "public":
+        if layer is None or not security.current().sees(layer.access_level):
+            # A layer the caller may not see does not exist for them.
             raise ApiError(404, "NotFound", f"collection {name!r} does not exist; see /collections")
+        if layer.access_level == "restricted":
+            security.note_restricted(f"layer:{name}")
         return layer
 
     def extent(self, conn, layer: dict) -> dict:

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pyproj import Transformer
 from shapely.geometry import shape
 
-from spatial_api import db, events, store
+from spatial_api import db, events, security, store
 from spatial_api.config import Settings
 from spatial_api.ingest import prepare_properties
 from spatial_api.ingest.types import IngestError, PreparedBatch
@@ -34,8 +34,9 @@ FAMILY = {"Point": "Point", "MultiPoint": "Point", "LineString": "LineString",
 
 
 def _author(request: Request) -> str:
-    # Until access control (issue 8) authenticates callers, the client names its user.
-    return (request.headers.get("x-geotwin-user") or "api").strip()[:200] or "api"
+    """The authenticated caller (key name or OIDC user): who the changeset records."""
+    p = security.current()
+    return f"{p.name} ({p.via}:{p.key_id})" if p.key_id else p.name
 
 
 async def _body(request: Request) -> dict:
@@ -132,7 +133,8 @@ def router(settings: Settings) -> APIRouter:
     cols = Collections(settings)
 
     def editable_layer(conn, collection_id: str) -> store.Layer:
-        cols.get(conn, collection_id)
+        cols.get(conn, collection_id)  # 404 for a layer the caller may not see
+        security.require("features:write")  # 401 / 403
         layer = store.get_layer(conn, collection_id)
         if not layer.editable:
             raise ApiError(405, "MethodNotAllowed", f"collection {collection_id!r} is not editable through the API "

@@ -22,13 +22,16 @@ NAMING_LAYERS = ("streets", "communities", "place_names", "addresses")
 
 
 @pytest.fixture(scope="module")
-def district(database, tmp_path_factory):
+def district(database, tmp_path_factory, auth):
     from data.demo import build_files
     from spatial_api.ingest import ingest_vector
+    from spatial_api.security import routes as security_routes
 
     app = FastAPI()
+    security_routes.install(app, database)  # the caller's role decides which layers are searched
     app.include_router(router(database))
-    client = TestClient(app)
+    client = TestClient(app, headers=auth("land-officer"))  # addresses are 'internal' in the demo
+    public = TestClient(app)
     # before any naming layer exists: the endpoints answer, with nothing found
     empty = {
         "search": client.get("/geocode/search", params={"q": "坂田街道"}),
@@ -41,7 +44,7 @@ def district(database, tmp_path_factory):
             ingest_vector(lf.path, layer=lf.layer, key=lf.key, mode=lf.mode, valid_from=lf.valid_from,
                           crs=lf.crs, encoding=lf.encoding, title_zh=lf.title_zh, title_en=lf.title_en,
                           access_level=lf.access_level, author="pytest", settings=database)
-    return {"client": client, "empty": empty, "settings": database}
+    return {"client": client, "public": public, "empty": empty, "settings": database}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,13 @@ def test_full_address_finds_the_door_number_first(client, district):
     assert found[0]["layer"] == "addresses"
     assert found[0]["door_number"] == p["door_number"] and found[0]["street"] == p["street"]
     assert found[0]["score"] >= found[-1]["score"]
+    # addresses are an internal layer: the public finds the street, never the door number
+    seen = props(district["public"].get("/geocode/search", params={"q": q}))
+    assert seen and all(f["layer"] != "addresses" for f in seen)
+    lon, lat = client.get("/geocode/search", params={"q": q}).json()["features"][0]["geometry"]["coordinates"]
+    assert client.get("/geocode/reverse", params={"lon": lon, "lat": lat}).json()["address"]
+    rev = district["public"].get("/geocode/reverse", params={"lon": lon, "lat": lat})
+    assert rev.status_code == 200 and rev.json()["address"] is None and rev.json()["street"]
     # with the city / district prefix, community and building: exactly that feature, first
     r = client.get("/geocode/search", params={"q": "深圳市龙岗区" + p["street"] + p["community"]
                                               + p["door_number"] + p["building"]})

@@ -43,14 +43,15 @@ def props(body: bytes, layer: str) -> dict:
 
 
 @pytest.fixture()
-def site(database, tmp_path):
+def site(database, tmp_path, auth):
     name = f"t_cache_{uuid.uuid4().hex[:8]}"
     ingest_vector(parcels_file(tmp_path / "v1.geojson"), layer=name, key="code", valid_from="2024-01-01",
                   settings=database)
     with db.connect(database) as conn:
         store.update_layer(conn, name, editable=True)
         conn.commit()
-    yield {"name": name, "client": TestClient(create_app(database)), "tmp": tmp_path}
+    # GIS staff edit; the cache behaves the same for every caller who may see the layer.
+    yield {"name": name, "client": TestClient(create_app(database), headers=auth("gis-staff")), "tmp": tmp_path}
 
 
 def tile_url(name, lon, lat, z):

@@ -19,7 +19,7 @@ WM = morecantile.tms.get("WebMercatorQuad")
 
 
 @pytest.fixture(scope="module")
-def tiles(database, tmp_path_factory):
+def tiles(database, tmp_path_factory, auth):
     tmp = tmp_path_factory.mktemp("tiles")
     suffix = uuid.uuid4().hex[:6]
     plain, versioned = f"t_tile_p_{suffix}", f"t_tile_v_{suffix}"
@@ -27,7 +27,8 @@ def tiles(database, tmp_path_factory):
     v = files.keyed_versions(tmp / "v")
     ingest_vector(v.v1, layer=versioned, key="code", valid_from="2020-12-31", settings=database)
     ingest_vector(v.v2, layer=versioned, valid_from="2023-12-31", settings=database)
-    return {"plain": plain, "versioned": versioned, "v": v, "client": TestClient(create_app(database))}
+    return {"plain": plain, "versioned": versioned, "v": v, "client": TestClient(create_app(database)),
+            "editor": auth("gis-staff")}
 
 
 def sql_count_in_tile(conn, layer, t, where="f.valid_to IS NULL"):
@@ -78,7 +79,7 @@ def test_tiles_as_of_a_date_and_after_an_edit(tiles, conn, tmp_path):
     conn.commit()
     item = tiles["client"].get(f"/collections/{tiles['versioned']}/items/P001")
     r = tiles["client"].patch(f"/collections/{tiles['versioned']}/items/P001", json={"properties": {"dlbm": "0999"}},
-                              headers={"If-Match": item.headers["etag"]})
+                              headers={"If-Match": item.headers["etag"], **tiles["editor"]})
     assert r.status_code == 200
     assert codes()["P001"]["dlbm"] == "0999"  # the next tile shows the edit
 
