@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from datetime import date, datetime
 
 import typer
@@ -135,6 +136,37 @@ def db_url() -> None:
         print(db.database_url())
     except ClusterError as exc:
         _fail(str(exc))
+
+
+@db_app.command("backup")
+def db_backup(path: Path = typer.Argument(..., help="Archive to write (pg_dump custom format)."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Back up the whole store (layers with every version, changesets, catalogue, runs, cases, keys, audit)."""
+    from spatial_api.config import get_settings
+    from spatial_api.db.backup import BackupError, backup
+
+    try:
+        info = backup(get_settings(), path)
+    except BackupError as exc:
+        _fail(str(exc))
+    print(json.dumps(info) if as_json else f"backed up schema {info['schema']} to {info['file']} "
+          f"({info['bytes'] / 1e6:.1f} MB, {info['seconds']} s)")
+
+
+@db_app.command("restore")
+def db_restore(path: Path = typer.Argument(..., help="Archive written by `geotwin db backup`."),
+               yes: bool = typer.Option(False, "--yes", help="Replace the current store without asking.")) -> None:
+    """Replace the store with a backup (all or nothing: a failed restore leaves the store as it was)."""
+    from spatial_api.config import get_settings
+    from spatial_api.db.backup import BackupError, restore
+
+    if not yes and not typer.confirm(f"replace the whole store with {path}?"):
+        raise typer.Exit(1)
+    try:
+        info = restore(get_settings(), path)
+    except BackupError as exc:
+        _fail(str(exc))
+    print(f"restored schema {info['schema']} from {info['file']} ({info['seconds']} s)")
 
 
 @app.command()

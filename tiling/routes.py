@@ -138,7 +138,12 @@ def router(settings: Settings) -> APIRouter:
         boxes = [b[0] for b in extents if b]
         bounds = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                    max(b[3] for b in boxes)] if boxes else [-180, -85.0511, 180, 85.0511])
-        query = f"?datetime={datetime_}" if datetime_ else ""
+        from urllib.parse import quote
+
+        params = [f"datetime={quote(datetime_, safe='')}"] if datetime_ else []  # '+08:00' must survive
+        if request.query_params.get("api_key"):  # a client that authenticates by URL keeps doing so
+            params.append(f"api_key={quote(request.query_params['api_key'], safe='')}")
+        query = "?" + "&".join(params) if params else ""
         ranges = [zoom_range(layer) for layer in found]
         return {
             "tilejson": "3.0.0", "name": ",".join(names), "scheme": "xyz", "format": "pbf",

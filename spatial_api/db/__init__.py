@@ -44,11 +44,17 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False) -> ps
         autocommit=autocommit,
         options=f"-c search_path={schema},public -c timezone=UTC",
         application_name="geotwin",
+        connect_timeout=CONNECT_TIMEOUT,
     )
 
 
 _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
+#: Seconds: a connection attempt, a wait for a pooled connection, an API statement. A request
+#: during a database outage fails fast with 503 instead of hanging; a hostile query is cut off.
+CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 5.0
+API_STATEMENT_TIMEOUT = "30s"
 
 
 def pool(settings: Settings | None = None):
@@ -60,9 +66,12 @@ def pool(settings: Settings | None = None):
     with _POOLS_LOCK:
         if key not in _POOLS:
             _POOLS[key] = ConnectionPool(
-                key[0], min_size=1, max_size=16, open=True, name="geotwin",
-                kwargs={"options": f"-c search_path={key[1]},public -c timezone=UTC",
-                        "application_name": "geotwin-api"},
+                key[0], min_size=1, max_size=16, open=True, name="geotwin", timeout=POOL_TIMEOUT,
+                # a connection broken by a database restart is noticed and replaced, not handed out
+                check=ConnectionPool.check_connection, reconnect_timeout=3600,
+                kwargs={"options": f"-c search_path={key[1]},public -c timezone=UTC "
+                                   f"-c statement_timeout={API_STATEMENT_TIMEOUT}",
+                        "application_name": "geotwin-api", "connect_timeout": CONNECT_TIMEOUT},
             )
         return _POOLS[key]
 

@@ -70,11 +70,14 @@ def connection_pool(settings: Settings):
                              (str(_search.FUZZY_THRESHOLD),))
 
             pool = ConnectionPool(
-                url, min_size=1, max_size=8, open=False, configure=configure,
+                url, min_size=1, max_size=8, open=False, configure=configure, timeout=db.POOL_TIMEOUT,
+                check=ConnectionPool.check_connection, reconnect_timeout=3600,
                 kwargs={"autocommit": True, "application_name": "geotwin-geocode",
-                        "options": f"-c search_path={schema},public -c timezone=UTC"},
+                        "connect_timeout": db.CONNECT_TIMEOUT,
+                        "options": f"-c search_path={schema},public -c timezone=UTC "
+                                   f"-c statement_timeout={db.API_STATEMENT_TIMEOUT}"},
             )
-            pool.open(wait=True, timeout=30)
+            pool.open(wait=True, timeout=db.CONNECT_TIMEOUT * 2)
             atexit.register(pool.close)
             _pools[key] = pool
     return pool

@@ -688,6 +688,23 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def _api_error(request: Request, exc: ApiError):
         return JSONResponse({"code": exc.code, "description": exc.description}, status_code=exc.status)
 
+    from psycopg import OperationalError
+    from psycopg.errors import QueryCanceled
+    from psycopg_pool import PoolTimeout
+
+    @app.exception_handler(QueryCanceled)
+    async def _too_long(request: Request, exc: QueryCanceled):
+        return JSONResponse({"code": "RequestTooExpensive", "description": "the request took longer than the "
+                             f"server allows ({db.API_STATEMENT_TIMEOUT}); narrow it (bbox, filter, limit)"},
+                            status_code=413)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_down(request: Request, exc: Exception):
+        # The database is restarting or unreachable: say so at once (the pool reconnects by itself).
+        return JSONResponse({"code": "ServiceUnavailable", "description": "the database is not reachable right "
+                             "now; retry in a few seconds"}, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         problems = "; ".join(

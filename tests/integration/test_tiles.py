@@ -116,6 +116,9 @@ def test_tile_errors(tiles):
 def test_tilejson_describes_the_xyz_tiles(tiles):
     doc = tiles["client"].get(f"/tiles/{tiles['plain']}/tilejson.json", params={"datetime": "2024-01-01"}).json()
     assert doc["tilejson"] == "3.0.0" and doc["tiles"][0].endswith(".mvt?datetime=2024-01-01")
+    tz = tiles["client"].get(f"/tiles/{tiles['plain']}/tilejson.json", params={"datetime": "2024-01-01T08:00:00+08:00"})
+    url = tz.json()["tiles"][0].replace("{z}/{x}/{y}", "15/26785/14258")
+    assert "%2B08%3A00" in url and tiles["client"].get(url).status_code in (200, 204)  # the '+' survives
     minx, miny, maxx, maxy = doc["bounds"]
     assert 114.2 < minx < maxx < 114.3 and 22.6 < miny < maxy < 22.8
     fields = doc["vector_layers"][0]["fields"]
