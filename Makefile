@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup system venv assets db demo-data serve bench clean-db
+.PHONY: demo test setup system venv assets style-assets db demo-data serve bench clean-db
 
 demo: setup db demo-data serve
 
@@ -18,11 +18,16 @@ test: setup db
 setup: system venv assets
 
 # Browser libraries and node tools from npm, pinned by package-lock.json; served or run locally.
-assets: node_modules/.installed
+assets: node_modules/.installed style-assets
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# Map-style glyphs (fontnik over Debian's Noto Sans) and sprites (maki icons via resvg) into
+# .geotwin/assets; skipped when its inputs are unchanged (styles/assets.py).
+style-assets: node_modules/.installed $(VENV)/.installed
+	$(BIN)/python -m styles.assets build
 
 system:
 	@bash scripts/setup-system.sh

@@ -23,6 +23,8 @@ have_cmd psql || need+=(postgresql-client)
 # Node.js + npm: browser libraries and node tools (style validator, glTF validator) from npm.
 have_cmd node || need+=(nodejs)
 have_cmd npm || need+=(npm)
+# Noto Sans: the Latin glyph ranges of the map styles are generated from it (make assets).
+[ -f /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf ] || need+=(fonts-noto-core)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"

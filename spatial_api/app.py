@@ -45,4 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(wmts.router(settings))
     app.state.extra_conformance += tiles.CONFORMANCE
+    from styles import routes as styles  # MapLibre styles, glyphs and sprites
+
+    app.include_router(styles.router(settings))
+    from land_supervision import routes as supervision  # /supervision/...
+
+    app.include_router(supervision.router(settings))
     return app

@@ -39,6 +39,9 @@ def _demo_app() -> typer.Typer:
 
 
 app.add_typer(_demo_app(), name="demo", help="The demo district: build it and load it.")
+from land_supervision.cli import supervise_app  # noqa: E402
+
+app.add_typer(supervise_app, name="supervise")
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -20,6 +20,7 @@ MAY: dict[str, frozenset[str]] = {
     "features:write": frozenset({"gis-staff", "admin"}),       # OGC API Part 4 edits
     "ingest": frozenset({"gis-staff", "admin"}),               # layers and imagery through the API
     "twin:build": frozenset({"gis-staff", "planner", "admin"}),
+    "supervision:read": frozenset({"planner", "land-officer", "gis-staff", "admin"}),
     "supervision:run": frozenset({"land-officer", "admin"}),
     "cases:write": frozenset({"land-officer", "admin"}),
     "audit:read": frozenset({"admin"}),
