@@ -45,6 +45,7 @@ db:
 
 demo-data:
 	$(BIN)/geotwin demo build --size $(DEMO_SIZE)
+	$(BIN)/geotwin demo keys
 
 serve:
 	@echo "geotwin on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"

@@ -148,3 +148,37 @@ def check(
     if problems:
         raise typer.Exit(1)
     console.print("[green]●[/] every planted case is found, no negative case is, nothing else is")
+
+
+DEMO_ROLES = ("land-officer", "planner", "gis-staff", "admin")
+
+
+@app.command("keys")
+def keys(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Demo API keys, one per staff role (created once, kept in .geotwin/demo-keys.json, mode 600),
+    so the demo's internal and restricted layers can be seen: paste one into the map's key box."""
+    import json
+    import os
+
+    from spatial_api import db
+    from spatial_api.config import get_settings
+    from spatial_api.security import keys as api_keys
+
+    settings = get_settings()
+    path = settings.home / f"demo-keys-{settings.db_schema}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    with db.transaction(settings) as conn:
+        live = {k.key_id for k in api_keys.listing(conn)}
+        for role in DEMO_ROLES:
+            key = stored.get(role)
+            if not key or key.split("_")[1] not in live:
+                stored[role] = api_keys.create(conn, f"demo-{role}", role, created_by="demo")
+    path.write_text(json.dumps(stored, indent=1))
+    os.chmod(path, 0o600)
+    if as_json:
+        print(json.dumps(stored))
+        return
+    table = Table("role", "API key (demo only)", title=f"demo keys (kept in {path})")
+    for role in DEMO_ROLES:
+        table.add_row(role, stored[role])
+    console.print(table)

@@ -425,8 +425,6 @@ class Invalidator:
     def start(self) -> None:
         """Start listening (idempotent). Returns once the first connection is made and the cache
         has caught up, so that nothing committed before is missed."""
-        from spatial_api import db
-
         if self._thread is not None:
             return
         events.subscribe(self.on_event)
@@ -464,8 +462,6 @@ class Invalidator:
                 self._work = None
 
     def _run(self, conn) -> None:
-        from spatial_api import db
-
         while not self._stop.is_set():
             try:
                 for note in conn.notifies(timeout=0.5):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import anyio
 
 from spatial_api import security
-from spatial_api.security import ANONYMOUS, Principal, RequestContext
+from spatial_api.security import Principal, RequestContext
 from spatial_api.security.audit import AuditWriter, Entry
 
 KEY_TTL = 5.0  # seconds a key's lookup is trusted (a revoked key stops working within this)

@@ -5,31 +5,23 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-import threading
-import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 import httpx
 import pytest
 import shapely
-import uvicorn
 from pyproj import Transformer
 
 from spatial_api import store
 from spatial_api.app import create_app
+from tests.fixtures.server import live_server
 from spatial_api.ingest import ingest_vector
 from tests.fixtures import files
 
 CST = timezone(timedelta(hours=8))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +41,8 @@ def layers(database, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(database, layers):
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(database), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(create_app(database)) as url:
+        yield url
 
 
 def get(url: str, **params) -> httpx.Response:

@@ -5,19 +5,16 @@ server, land-use colours of every code in the data evaluated by MapLibre's expre
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import mapbox_vector_tile
 import morecantile
 import pytest
-import uvicorn
 from PIL import Image
 
 from spatial_api import db, store
 from spatial_api.app import create_app
+from tests.fixtures.server import live_server
 from styles import assets, documents, glyphs, palette
 from tests.unit.test_styles import evaluate, rgb, urls, validate_styles
 
@@ -27,11 +24,6 @@ WM = morecantile.tms.get("WebMercatorQuad")
 LEFT_OUT = "approvals"
 DATE = "2026-07-01"  # after every layer's first valid date (buildings: 2026-06-30)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +57,8 @@ def district(database, tmp_path_factory):
         ingest_imagery(m.dem.path, collection="dem", datetime_="2020-01-01", kind="dem", cog_dir=tmp / "cog",
                        author="pytest", settings=database)
     assets.build()  # what `make assets` does; a no-op when up to date
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield {"base": f"http://127.0.0.1:{port}", "manifest": m, "imagery": imagery, "settings": database}
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(app) as url:
+        yield {"base": url, "manifest": m, "imagery": imagery, "settings": database}
 
 
 def get(url: str, **kw) -> httpx.Response:
