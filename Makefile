@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup system venv assets style-assets db demo-data serve bench clean-db
+.PHONY: demo test setup system venv assets style-assets web-assets db demo-data serve bench clean-db
 
 demo: setup db demo-data serve
 
@@ -18,7 +18,7 @@ test: setup db
 setup: system venv assets
 
 # Browser libraries and node tools from npm, pinned by package-lock.json; served or run locally.
-assets: node_modules/.installed style-assets
+assets: node_modules/.installed style-assets web-assets
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -28,6 +28,11 @@ node_modules/.installed: package.json package-lock.json
 # .geotwin/assets; skipped when its inputs are unchanged (styles/assets.py).
 style-assets: node_modules/.installed $(VENV)/.installed
 	$(BIN)/python -m styles.assets build
+
+# The web clients' browser libraries (maplibre-gl, cesium) copied from node_modules into
+# .geotwin/assets/web/vendor, served at /vendor/; skipped when the npm versions are unchanged.
+web-assets: node_modules/.installed $(VENV)/.installed
+	$(BIN)/python -m web build
 
 system:
 	@bash scripts/setup-system.sh

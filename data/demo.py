@@ -401,6 +401,18 @@ def load(manifest: Manifest, *, progress: bool = True) -> list:
             summaries.append(summary)
             if prog:
                 prog.advance(task)
+        # Imagery epochs → collection "ortho" (item = epoch id, dated by acquisition); the DEM →
+        # collection "dem", dated with the first epoch. Idempotent (the same file is not re-registered).
+        from spatial_api.ingest.imagery import ingest_imagery
+
+        for img in manifest.imagery:
+            summaries.append(ingest_imagery(img.path, collection="ortho", datetime_=img.acquired_on, kind="ortho",
+                                            item_id=img.epoch_id, title_zh="正射影像", title_en="Orthophotos",
+                                            author="demo-builder"))
+        dem_date = manifest.dem.acquired_on or min(img.acquired_on for img in manifest.imagery)
+        summaries.append(ingest_imagery(manifest.dem.path, collection="dem", datetime_=dem_date, kind="dem",
+                                        item_id="dem", title_zh="数字高程模型", title_en="Digital elevation model",
+                                        author="demo-builder"))
     finally:
         if prog:
             prog.stop()

@@ -25,6 +25,8 @@ have_cmd node || need+=(nodejs)
 have_cmd npm || need+=(npm)
 # Noto Sans: the Latin glyph ranges of the map styles are generated from it (make assets).
 [ -f /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf ] || need+=(fonts-noto-core)
+# Chromium: the web clients' end-to-end tests drive it headless (Python playwright, no browser download).
+have_cmd chromium || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"

@@ -45,10 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(wmts.router(settings))
     app.state.extra_conformance += tiles.CONFORMANCE
+    from tiling import imagery  # imagery tiles through TiTiler, over the imagery catalogue
+
+    imagery.install(app, settings)
     from styles import routes as styles  # MapLibre styles, glyphs and sprites
 
     app.include_router(styles.router(settings))
     from land_supervision import routes as supervision  # /supervision/...
 
     app.include_router(supervision.router(settings))
+    from cim_builder import routes as twin  # /twin/tilesets: 3D Tiles of the CIM twin
+
+    app.include_router(twin.router(settings))
+    __import__("web").install(app, settings)  # /map, /twin (static web clients), /vendor: last, after every API route
     return app

@@ -42,6 +42,9 @@ app.add_typer(_demo_app(), name="demo", help="The demo district: build it and lo
 from land_supervision.cli import supervise_app  # noqa: E402
 
 app.add_typer(supervise_app, name="supervise")
+from cim_builder.cli import cim_app  # noqa: E402
+
+app.add_typer(cim_app, name="cim")
 
 
 def _fail(message: str, code: int = 1) -> None:

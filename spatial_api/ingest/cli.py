@@ -115,6 +115,30 @@ def ingest_vector_cmd(
     _exit_now()
 
 
+@ingest_app.command("imagery")
+def ingest_imagery_cmd(
+    path: Path = typer.Argument(..., help="A georeferenced GeoTIFF (a COG is copied; anything else is written as one)."),
+    collection: str = typer.Option(..., "--collection", "-c", help="Imagery collection (created if new), e.g. ortho, dem."),
+    datetime_: str = typer.Option(..., "--datetime", help="Acquisition date (YYYY-MM-DD) or ISO date-time."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="ortho | satellite | aerial | dem | dsm | other (new collections: ortho)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Collection title (Chinese → title_zh, else title_en)."),
+    title_zh: Optional[str] = typer.Option(None, "--title-zh", help="Chinese title of the collection."),
+    title_en: Optional[str] = typer.Option(None, "--title-en", help="English title of the collection."),
+    item_id: Optional[str] = typer.Option(None, "--item-id", help="Item id (default: the date, e.g. 2023-11-15)."),
+    cog_dir: Optional[Path] = typer.Option(None, "--cog-dir", help="Where the COG goes (default: .geotwin/imagery/<collection>/)."),
+    access: Optional[str] = typer.Option(None, "--access", help="public | internal | restricted (new collections: public)."),
+    author: Optional[str] = typer.Option(None, "--author", help="Who loads this (default: the login name)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
+) -> None:
+    """Register a GeoTIFF as a dated item of an imagery collection (all or nothing)."""
+    from spatial_api.ingest.imagery import cli_command
+
+    code = cli_command(path, collection, datetime_, kind, title, title_zh, title_en, item_id, cog_dir, access,
+                       author, as_json)
+    if code:
+        raise typer.Exit(code)
+
+
 def _exit_now() -> None:
     """Leave without tearing down the interpreter: the work is committed and the output written,
     and freeing a large load's geometries one by one costs ~0.2 s per 200,000 features."""

@@ -50,3 +50,8 @@ __all__ = [
     "drop_orphan_partition", "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",
 ]
+
+# The imagery catalogue (collections and dated COG items): ``store.imagery.latest_path(conn, "dem")``.
+from spatial_api.store import imagery  # noqa: E402
+
+__all__ += ["imagery"]

@@ -1,0 +1,711 @@
+"""BIM models (IFC2X3, IFC4, IFC4X3 through IfcOpenShell): georeferencing, meshes with
+per-element metadata, and the model registry (table ``cim_models``).
+
+Georeferencing, in this order:
+
+1. the command line (``--at LON,LAT[,H] [--rotation DEG]``): the model's origin (world 0,0,0)
+   goes to that CGCS2000 position, H orthometric; its +X axis turned DEG counter-clockwise
+   from east (east-north-up frame at that point);
+2. ``IfcMapConversion`` (IFC4 / IFC4X3) or IFC2X3's ``ePSet_MapConversion`` /
+   ``ePSet_ProjectedCRS`` property sets on the project: ``E = Eastings + s·(x·cosθ − y·sinθ)``,
+   ``N = Northings + s·(x·sinθ + y·cosθ)``, ``H = OrthogonalHeight + s_z·z`` with
+   θ = atan2(XAxisOrdinate, XAxisAbscissa), ``s = Scale`` (from project units to map units) —
+   in the CRS named by ``IfcProjectedCRS.Name`` (``--crs`` overrides it). Faults found in real
+   files are repaired with a warning that says what was assumed:
+     * no IfcProjectedCRS (or a name PROJ does not know): ``--crs`` or EPSG:4547;
+     * Eastings / Northings outside the CRS's area of use as metres but inside it as
+       millimetres (MapUnit says metre): millimetres assumed;
+     * a Scale that would make the model 10× too large or small (a unit mix-up, e.g. Scale 1
+       with a millimetre project): the unit conversion alone is used;
+3. ``IfcSite`` RefLatitude / RefLongitude / RefElevation at the site's origin, turned by the
+   model context's TrueNorth.
+
+Nothing georeferenced → an error that says to pass ``--at``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from cim_builder.geo import (METRIC_CRS, CimError, Frame, enu_rotation, lonlat_to_ecef, to_ecef,
+                             transformer)
+
+SUPPORTED_SCHEMAS = ("IFC2X3", "IFC4", "IFC4X3")
+SKIP_CLASSES = ("IfcSite", "IfcOpeningElement", "IfcAnnotation", "IfcGrid", "IfcVirtualElement")
+PARALLEL_PRODUCTS = 2000  # mesh on several threads from this many IfcProducts on
+MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SPACE_COLOUR = (0.55, 0.75, 0.95, 0.25)
+ELEMENT_COLOUR = (0.8, 0.8, 0.8)
+
+
+def file_schema(path: Path) -> str | None:
+    """The schema named in the STEP header (read as text, before IfcOpenShell tries)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8192).decode("latin-1", "replace")
+    m = re.search(r"FILE_SCHEMA\s*\(\s*\(\s*'([^']+)'", head, re.I)
+    return m.group(1).upper() if m else None
+
+
+def open_ifc(path: str | Path):
+    import ifcopenshell
+
+    path = Path(path)
+    if not path.is_file():
+        raise CimError(f"{path}: no such file")
+    schema = file_schema(path)
+    supported = ", ".join(SUPPORTED_SCHEMAS)
+    if schema is None:
+        raise CimError(f"{path}: not an IFC-SPF file (no FILE_SCHEMA in its header); "
+                       f"supported schemas: {supported}")
+    try:
+        return ifcopenshell.open(str(path))
+    except ifcopenshell.SchemaError:
+        raise CimError(f"{path}: IFC schema {schema} is not supported (IfcOpenShell {ifcopenshell.version} "
+                       f"reads {supported}); export the model as IFC4 or IFC4X3 and register that file") from None
+    except Exception as exc:
+        raise CimError(f"{path} ({schema}) cannot be read: {exc}") from None
+
+
+def _unit_scale(f) -> float:
+    import ifcopenshell.util.unit
+
+    return float(ifcopenshell.util.unit.calculate_unit_scale(f))
+
+
+def _named_unit_scale(unit) -> float | None:
+    """Metres per unit of an IfcNamedUnit (SI with prefix, or conversion based)."""
+    if unit is None:
+        return None
+    import ifcopenshell.util.unit
+
+    try:
+        if unit.is_a("IfcSIUnit"):
+            return float(ifcopenshell.util.unit.get_prefix_multiplier(unit.Prefix)) if unit.Prefix else 1.0
+        if unit.is_a("IfcConversionBasedUnit"):
+            return float(unit.ConversionFactor.ValueComponent.wrappedValue) * (
+                _named_unit_scale(unit.ConversionFactor.UnitComponent) or 1.0)
+    except Exception:
+        return None
+    return None
+
+
+def _crs_known(name: str | None) -> str | None:
+    from pyproj import CRS
+
+    if not name:
+        return None
+    try:
+        return CRS.from_user_input(name).to_string() and name
+    except Exception:
+        return None
+
+
+def _in_area(crs: str, e: float, n: float) -> bool:
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    aou = c.area_of_use
+    try:
+        lon, lat = transformer(crs, "EPSG:4490").transform(e, n)
+    except Exception:
+        return False
+    if not (np.isfinite(lon) and np.isfinite(lat)):
+        return False
+    if aou is None:
+        return -180 <= lon <= 180 and -90 <= lat <= 90
+    return aou.west - 1 <= lon <= aou.east + 1 and aou.south - 1 <= lat <= aou.north + 1
+
+
+@dataclass
+class Georef:
+    method: str  # "command line", "IfcMapConversion", "ePSet_MapConversion", "IfcSite"
+    crs: str | None = None  # map mode
+    eastings: float = 0.0  # metres
+    northings: float = 0.0
+    height: float = 0.0  # orthometric metres of the model origin
+    rotation_deg: float = 0.0  # model +X from east / grid east, counter-clockwise
+    scale: float = 1.0  # model metres → map metres (horizontal)
+    scale_z: float = 1.0
+    lon: float | None = None  # ENU mode origin
+    lat: float | None = None
+    origin_offset: tuple = (0.0, 0.0, 0.0)  # subtracted from world coords first (IfcSite origin)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["origin_offset"] = list(self.origin_offset)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Georef":
+        d = dict(d)
+        d["origin_offset"] = tuple(d.get("origin_offset", (0, 0, 0)))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_ecef(self, xyz: np.ndarray, geoid_separation: float) -> np.ndarray:
+        """Model world coordinates (metres, IfcOpenShell output) → ECEF."""
+        p = np.asarray(xyz, float) - np.asarray(self.origin_offset, float)
+        t = math.radians(self.rotation_deg)
+        c, s = math.cos(t), math.sin(t)
+        x = p[:, 0] * c - p[:, 1] * s
+        y = p[:, 0] * s + p[:, 1] * c
+        if self.crs is not None:
+            e = self.eastings + self.scale * x
+            n = self.northings + self.scale * y
+            h = self.height + self.scale_z * p[:, 2] + geoid_separation
+            X, Y, Z = to_ecef(self.crs).transform(e, n, h)
+            return np.column_stack([X, Y, Z])
+        origin = lonlat_to_ecef(self.lon, self.lat, self.height + geoid_separation)
+        rot = enu_rotation(self.lon, self.lat)
+        enu = np.column_stack([x, y, p[:, 2]])
+        return origin + enu @ rot
+
+
+def _compound_angle(v) -> float | None:
+    if not v:
+        return None
+    parts = list(v) + [0] * (4 - len(v))
+    sign = -1 if any(x < 0 for x in parts[:4] if x) else 1
+    d, m, s, ms = (abs(x) for x in parts[:4])
+    return sign * (d + m / 60 + (s + ms / 1e6) / 3600)
+
+
+def _pset_map_conversion(f) -> tuple[dict, dict] | None:
+    """IFC2X3 georeferencing through ePSet_MapConversion / ePSet_ProjectedCRS on the project."""
+    import ifcopenshell.util.element
+
+    for project in f.by_type("IfcProject"):
+        psets = ifcopenshell.util.element.get_psets(project)
+        mc = psets.get("ePSet_MapConversion")
+        if mc:
+            return mc, psets.get("ePSet_ProjectedCRS") or {}
+    return None
+
+
+def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | None = None,
+                crs: str | None = None) -> Georef:
+    u_p = _unit_scale(f)
+    if crs is not None and not _crs_known(crs):
+        raise CimError(f"--crs {crs!r}: PROJ does not know this CRS (give EPSG:4547, a PROJ string or WKT)")
+    if at is not None:
+        lon, lat = float(at[0]), float(at[1])
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise CimError(f"--at {at}: give LON,LAT[,H] in degrees (e.g. 114.2514,22.7215,35)")
+        g = Georef("command line", lon=lon, lat=lat, height=float(at[2]) if len(at) > 2 else 0.0,
+                   rotation_deg=float(rotation or 0.0))
+        if f.schema != "IFC2X3" and f.by_type("IfcMapConversion"):
+            g.warnings.append(f"{path.name}: its IfcMapConversion is ignored: --at places the model")
+        return g
+    mc = None
+    if f.schema != "IFC2X3":
+        mcs = [m for m in f.by_type("IfcMapConversion")]
+        mc = mcs[0] if mcs else None
+    if mc is not None:
+        target = mc.TargetCRS
+        name = getattr(target, "Name", None) if target is not None and target.is_a("IfcProjectedCRS") else None
+        u_map = _named_unit_scale(getattr(target, "MapUnit", None)) if name else None
+        values = {"Eastings": mc.Eastings, "Northings": mc.Northings, "OrthogonalHeight": mc.OrthogonalHeight,
+                  "XAxisAbscissa": mc.XAxisAbscissa, "XAxisOrdinate": mc.XAxisOrdinate, "Scale": mc.Scale,
+                  "ScaleY": getattr(mc, "ScaleY", None), "ScaleZ": getattr(mc, "ScaleZ", None)}
+        method = "IfcMapConversion"
+    else:
+        found = _pset_map_conversion(f)
+        if found is not None:
+            pmc, pcrs = found
+            name = pcrs.get("Name")
+            u_map = None
+            mu = pcrs.get("MapUnit")
+            if isinstance(mu, str) and mu.upper().startswith("MILLI"):
+                u_map = 0.001
+            values = {k: pmc.get(k) for k in ("Eastings", "Northings", "OrthogonalHeight", "XAxisAbscissa",
+                                               "XAxisOrdinate", "Scale")}
+            method = "ePSet_MapConversion"
+        else:
+            values = None
+    if values is not None:
+        warnings: list[str] = []
+        target_crs = crs or _crs_known(name)
+        if crs and name and crs != name:
+            warnings.append(f"{path.name}: IfcProjectedCRS {name} overridden by --crs {crs}")
+        if target_crs is None:
+            target_crs = METRIC_CRS
+            what = f"IfcProjectedCRS {name!r} is not a CRS PROJ knows" if name else "no IfcProjectedCRS"
+            warnings.append(f"{path.name}: {what}: assumed {METRIC_CRS} (CGCS2000 / 3-degree GK CM 114E); "
+                            "pass --crs to choose another")
+        u_map = u_map or 1.0
+        e = float(values.get("Eastings") or 0.0) * u_map
+        n = float(values.get("Northings") or 0.0) * u_map
+        h = float(values.get("OrthogonalHeight") or 0.0) * u_map
+        if not _in_area(target_crs, e, n):
+            if _in_area(target_crs, e / 1000, n / 1000):
+                warnings.append(f"{path.name}: {method} Eastings/Northings ({e:.0f}, {n:.0f}) lie outside "
+                                f"{target_crs} as metres but inside it as millimetres: assumed millimetres "
+                                "(the file's MapUnit says metre)")
+                e, n = e / 1000, n / 1000
+                if abs(h) > 10000:
+                    h /= 1000
+            else:
+                raise CimError(f"{path}: {method} places the model at ({e:.1f}, {n:.1f}) in {target_crs}, "
+                               "outside that CRS's area of use: fix the file or pass --at LON,LAT[,H]")
+        xa = float(values.get("XAxisAbscissa") if values.get("XAxisAbscissa") is not None else 1.0)
+        xo = float(values.get("XAxisOrdinate") or 0.0)
+        scale = float(values.get("Scale") or 1.0)
+        scale_z = float(values.get("ScaleZ") or scale)
+        # geometry comes out of IfcOpenShell in metres: s converts project units → map units
+        k = scale * u_map / u_p
+        kz = scale_z * u_map / u_p
+        if not 0.1 <= k <= 10:
+            warnings.append(f"{path.name}: {method} Scale {scale} with a project unit of {u_p} m and a map unit of "
+                            f"{u_map} m would make the model {k:g} times its size: assumed the Scale only "
+                            "converts units (grid scale 1)")
+            k, kz = 1.0, 1.0
+        rot = math.degrees(math.atan2(xo, xa))
+        if rotation is not None:
+            warnings.append(f"{path.name}: --rotation {rotation} replaces the file's rotation {rot:.4f}°")
+            rot = float(rotation)
+        return Georef(method, crs=target_crs, eastings=e, northings=n, height=h, rotation_deg=rot,
+                      scale=k, scale_z=kz, warnings=warnings)
+    # IfcSite
+    for site in f.by_type("IfcSite"):
+        lat, lon = _compound_angle(site.RefLatitude), _compound_angle(site.RefLongitude)
+        if lat is None or lon is None:
+            continue
+        warnings = [f"{path.name}: no IfcMapConversion: placed by IfcSite RefLatitude/RefLongitude "
+                    f"({lat:.6f}, {lon:.6f}), usually only approximate; pass --at LON,LAT[,H] to place it"]
+        offset = (0.0, 0.0, 0.0)
+        try:
+            import ifcopenshell.util.placement
+
+            m = ifcopenshell.util.placement.get_local_placement(site.ObjectPlacement)
+            offset = tuple(float(v) * u_p for v in m[:3, 3])
+        except Exception:
+            pass
+        rot = 0.0
+        for ctx in f.by_type("IfcGeometricRepresentationContext"):
+            if ctx.is_a("IfcGeometricRepresentationSubContext"):
+                continue
+            tn = getattr(ctx, "TrueNorth", None)
+            if tn is not None:
+                nx, ny = tn.DirectionRatios[:2]
+                rot = 90.0 - math.degrees(math.atan2(ny, nx))
+                break
+        if rotation is not None:
+            rot = float(rotation)
+        return Georef("IfcSite", lon=lon, lat=lat, height=float(site.RefElevation or 0.0) * u_p,
+                      rotation_deg=rot, origin_offset=offset, warnings=warnings)
+    raise CimError(f"{path}: no georeferencing (no IfcMapConversion, no IfcSite latitude/longitude): "
+                   "pass --at LON,LAT[,H] [--rotation DEG]")
+
+
+# ------------------------------------------------------------------------------------------
+# elements
+
+
+@dataclass
+class Elements:
+    """Every meshed element, flattened: unwelded triangles (3 vertices each) in model world
+    metres, with per-vertex normals, colours and element index, plus the metadata columns."""
+
+    positions: np.ndarray  # (3T, 3)
+    normals: np.ndarray  # (3T, 3)
+    colors: np.ndarray  # (3T, 4) uint8
+    element: np.ndarray  # (3T,)
+    meta: dict  # column → list, one entry per element
+    warnings: list = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.meta["global_id"])
+
+
+def _material_name(el) -> str:
+    import ifcopenshell.util.element
+
+    try:
+        m = ifcopenshell.util.element.get_material(el, should_skip_usage=True)
+    except Exception:
+        return ""
+    if m is None:
+        return ""
+    names: list[str] = []
+    if m.is_a("IfcMaterial"):
+        names = [m.Name]
+    elif m.is_a("IfcMaterialLayerSet"):
+        names = [ly.Material.Name for ly in m.MaterialLayers if ly.Material]
+    elif m.is_a("IfcMaterialList"):
+        names = [x.Name for x in m.Materials]
+    elif m.is_a("IfcMaterialConstituentSet"):
+        names = [c.Material.Name for c in (m.MaterialConstituents or []) if c.Material]
+    elif m.is_a("IfcMaterialProfileSet"):
+        names = [p.Material.Name for p in (m.MaterialProfiles or []) if p.Material]
+    else:
+        names = [getattr(m, "Name", None) or m.is_a()]
+    seen = []
+    for n in names:
+        if n and n not in seen:
+            seen.append(n)
+    return ", ".join(seen)
+
+
+def _storey(el):
+    import ifcopenshell.util.element
+
+    c = ifcopenshell.util.element.get_container(el)
+    if c is None:
+        c = ifcopenshell.util.element.get_aggregate(el)
+    while c is not None and not c.is_a("IfcBuildingStorey"):
+        if c.is_a("IfcBuilding") or c.is_a("IfcSite") or c.is_a("IfcProject"):
+            return None
+        nxt = ifcopenshell.util.element.get_aggregate(c) or ifcopenshell.util.element.get_container(c)
+        c = nxt
+    return c
+
+
+def read_elements(f, model_id: str) -> Elements:
+    import ifcopenshell.geom
+
+    u_p = _unit_scale(f)
+    s = ifcopenshell.geom.settings()
+    s.set("use-world-coords", True)
+    exclude = [c for c in SKIP_CLASSES if _has_class(f, c)]
+    # The iterator meshes on C++ threads; for a house-sized model (the duplex: 236 elements) a
+    # second thread cost more CPU (1.5 s vs 0.9 s) and no wall time on 2 cores: threads only where
+    # there is enough work to share.
+    products = len(f.by_type("IfcProduct"))
+    threads = max(1, os.cpu_count() or 1) if products >= PARALLEL_PRODUCTS else 1
+    try:  # CGAL's fast kernel, OpenCASCADE where it fails (what IfcOpenShell recommends)
+        it = ifcopenshell.geom.iterator(s, f, threads, exclude=exclude,
+                                        geometry_library="hybrid-cgal-simple-opencascade")
+    except Exception:
+        it = ifcopenshell.geom.iterator(s, f, threads, exclude=exclude)
+    pos, nor, col, ele = [], [], [], []
+    meta = {k: [] for k in ("global_id", "ifc_class", "name", "storey", "storey_elevation_m", "material",
+                            "below_ground", "is_space", "model_id")}
+    if not it.initialize():
+        raise CimError(f"model {model_id}: IfcOpenShell found no element geometry to mesh")
+    i = 0
+    while True:
+        sh = it.get()
+        g = sh.geometry
+        verts = np.frombuffer(g.verts_buffer, np.float64).reshape(-1, 3)
+        faces = np.frombuffer(g.faces_buffer, np.int32).reshape(-1, 3)
+        if len(faces):
+            normals = np.frombuffer(g.normals_buffer, np.float64).reshape(-1, 3) if len(g.normals) else None
+            if normals is None or len(normals) != len(verts):
+                a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+                fn = np.cross(b - a, c - a)
+                fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+                vn = np.repeat(fn, 3, axis=0)
+            else:
+                vn = normals[faces.reshape(-1)]
+            mids = np.frombuffer(g.material_ids_buffer, np.int32) if len(g.material_ids) else np.full(len(faces), -1)
+            palette = []
+            for m in g.materials:
+                d = m.diffuse
+                rgb = d.components if hasattr(d, "components") else d
+                tr = m.transparency if m.transparency == m.transparency else 0.0
+                palette.append([*(float(c) for c in rgb[:3]), 1.0 - float(tr or 0.0)])
+            palette.append([*ELEMENT_COLOUR, 1.0])
+            pal = (np.clip(np.asarray(palette), 0, 1) * 255).round().astype(np.uint8)
+            fc = pal[np.where(mids >= 0, mids, len(palette) - 1)[: len(faces)]]
+            pos.append(verts[faces.reshape(-1)])
+            nor.append(vn)
+            col.append(np.repeat(fc, 3, axis=0))
+            ele.append(np.full(len(faces) * 3, i, np.int64))
+            el = f.by_id(sh.id)
+            st = _storey(el)
+            elev = float(st.Elevation) * u_p if st is not None and st.Elevation is not None else None
+            is_space = el.is_a("IfcSpace")
+            zmax = float(verts[:, 2].max())
+            below = (elev is not None and elev < -0.05) or zmax < -0.05
+            meta["global_id"].append(el.GlobalId)
+            meta["ifc_class"].append(el.is_a())
+            meta["name"].append(el.Name or "")
+            meta["storey"].append(st.Name or "" if st is not None else "")
+            meta["storey_elevation_m"].append(elev if elev is not None else -9999.0)
+            meta["material"].append(_material_name(el))
+            meta["below_ground"].append(bool(below))
+            meta["is_space"].append(bool(is_space))
+            meta["model_id"].append(model_id)
+            i += 1
+        if not it.next():
+            break
+    if not pos:
+        raise CimError(f"model {model_id}: no element has a triangulable body")
+    # elements with a body that IfcOpenShell could not mesh: said, not silently dropped
+    meshed = set(meta["global_id"])
+    missing = [p.GlobalId for p in f.by_type("IfcProduct")
+               if p.Representation is not None and not any(p.is_a(c) for c in SKIP_CLASSES)
+               and p.GlobalId not in meshed and not p.is_a("IfcSpatialStructureElement")]
+    warnings = []
+    if missing:
+        warnings.append(f"model {model_id}: {len(missing)} element(s) with a representation could not be meshed "
+                        f"(or have no body), e.g. {', '.join(missing[:5])}")
+    return Elements(np.concatenate(pos), np.concatenate(nor), np.concatenate(col), np.concatenate(ele), meta,
+                    warnings)
+
+
+def _has_class(f, name: str) -> bool:
+    try:
+        f.by_type(name)
+        return True
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------------------
+# a placed model
+
+
+@dataclass
+class PlacedModel:
+    georef: Georef
+    elements: Elements
+    ecef: np.ndarray  # (3T, 3)
+    normals_ecef: np.ndarray
+    footprint: object  # shapely Polygon, EPSG:4490
+    z_range: tuple  # orthometric min, max
+    schema: str
+
+
+_ELEMENTS_CACHE: dict = {}
+
+
+def _elements_cached(path: Path, model_id: str, f=None):
+    """Tessellation is the slow part (seconds for a house): ``add-ifc`` then ``build`` in one
+    process (tests, scripts) mesh a file once. Keyed by the file's content, two entries kept."""
+    key = (hashlib.sha256(Path(path).read_bytes()).hexdigest(), model_id)
+    if key not in _ELEMENTS_CACHE:
+        f = f or open_ifc(path)
+        while len(_ELEMENTS_CACHE) >= 2:
+            _ELEMENTS_CACHE.pop(next(iter(_ELEMENTS_CACHE)))
+        _ELEMENTS_CACHE[key] = (f.schema, read_elements(f, model_id))
+    return _ELEMENTS_CACHE[key]
+
+
+def place(path: Path, model_id: str, georef: Georef, geoid_separation: float, f=None) -> PlacedModel:
+    schema, els = _elements_cached(path, model_id, f)
+    ecef = georef.to_ecef(els.positions, geoid_separation)
+    # normals through the same (locally linear) mapping
+    tip = georef.to_ecef(els.positions + 0.01 * els.normals, geoid_separation)
+    nrm = tip - ecef
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+    from cim_builder.geo import ecef_to_lonlat
+
+    llh = ecef_to_lonlat(ecef)
+    solid = ~np.asarray(els.meta["is_space"])[els.element]
+    pts = llh[solid] if solid.any() else llh
+    hull = shapely.convex_hull(shapely.multipoints(pts[:, :2]))
+    if hull.geom_type != "Polygon":
+        hull = hull.buffer(1e-6)
+    z = llh[:, 2] - geoid_separation
+    return PlacedModel(georef, els, ecef, nrm, hull, (float(z.min()), float(z.max())), schema)
+
+
+def model_mesh_glb(pm: PlacedModel, frame: Frame) -> bytes:
+    from cim_builder.glb import GlbWriter, Primitive, PropertyTable
+
+    els = pm.elements
+    w = GlbWriter()
+    solid_mat = w.material((1, 1, 1, 1), name="bim element")
+    space_mat = w.material(SPACE_COLOUR, name="bim space", blend=True, double_sided=True)
+    pos = frame.gltf(pm.ecef)
+    nrm = frame.direction_gltf(pm.normals_ecef).astype(np.float32)
+    is_space = np.asarray(els.meta["is_space"])[els.element]
+    prims = []
+    for mask, mat in ((~is_space, solid_mat), (is_space, space_mat)):
+        if not mask.any():
+            continue
+        idx = np.flatnonzero(mask)
+        p, n, c, e = pos[idx], nrm[idx], els.colors[idx], els.element[idx].astype(np.int32)
+        # weld: vertices equal in position, normal, colour and element become one
+        key = np.concatenate([p.view(np.uint8).reshape(-1, 12), n.view(np.uint8).reshape(-1, 12),
+                              c.astype(np.uint8).reshape(-1, 4), e.view(np.uint8).reshape(-1, 4)], axis=1)
+        _, first, inverse = np.unique(np.ascontiguousarray(key).view(np.dtype((np.void, 32))).ravel(),
+                                      return_index=True, return_inverse=True)
+        prims.append(Primitive(p[first], n[first], inverse.ravel(), e[first], els.count, 0, mat,
+                               colors=c[first] if mat == solid_mat else None))
+    table = PropertyTable("bim_element", els.count, dict(els.meta))
+    return w.write(prims, [table])
+
+
+# ------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass
+class RegisteredModel:
+    id: str
+    name: str | None
+    stored_path: str
+    sha256: str
+    schema: str
+    georef: Georef
+    footprint: object  # shapely, EPSG:4490
+    element_count: int
+    z_range: tuple
+    replaces: list[str] = field(default_factory=list)
+
+
+def registered_models(conn) -> list[RegisteredModel]:
+    rows = conn.execute("SELECT id, name, stored_path, sha256, ifc_schema, georef, ST_AsBinary(footprint), "
+                        "element_count FROM cim_models WHERE active ORDER BY id").fetchall()
+    out = []
+    for r in rows:
+        g = dict(r[5])
+        z = tuple(g.pop("z_range", (0.0, 0.0)))
+        out.append(RegisteredModel(r[0], r[1], r[2], r[3], r[4], Georef.from_json(g), shapely.from_wkb(bytes(r[6])),
+                                   r[7], z))
+    return out
+
+
+def model_tile_info(m: RegisteredModel, sep: float) -> dict:
+    fp = shapely.transform(m.footprint, lambda c: np.column_stack(transformer("EPSG:4490", METRIC_CRS)
+                                                                   .transform(c[:, 0], c[:, 1])))
+    minx, miny, maxx, maxy = fp.bounds
+    return {"x": (minx + maxx) / 2, "y": (miny + maxy) / 2,
+            "sigma": max(math.hypot(maxx - minx, maxy - miny), m.z_range[1] - m.z_range[0]),
+            "hash": f"{m.sha256}:{json.dumps(m.georef.to_json(), sort_keys=True)}:{sep}"}
+
+
+def model_glb(m: RegisteredModel, sep: float) -> tuple[bytes, list[float], list[float], int]:
+    pm = place(Path(m.stored_path), m.id, m.georef, sep)
+    c = pm.footprint.centroid
+    frame = Frame.at(c.x, c.y, 0.0)
+    glb = model_mesh_glb(pm, frame)
+    from cim_builder.geo import ecef_to_lonlat
+
+    llh = ecef_to_lonlat(pm.ecef)
+    lon, lat = np.radians(llh[:, 0]), np.radians(llh[:, 1])
+    region = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()),
+              float(llh[:, 2].min()), float(llh[:, 2].max())]
+    return glb, region, frame.transform(), pm.elements.count
+
+
+def record_replacements(conn, models: list[RegisteredModel]) -> None:
+    """Remember which buildings each model replaced in the last build (shown by `cim models`)."""
+    from psycopg.types.json import Jsonb
+
+    for m in models:
+        conn.execute("UPDATE cim_models SET georef = georef || jsonb_build_object('replaces', %s::jsonb) "
+                     "WHERE id = %s", (Jsonb(m.replaces), m.id))
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")
+    return (s or "model")[:63]
+
+
+def register(settings, path: str | Path, *, model_id: str | None = None, at: tuple | None = None,
+             rotation: float | None = None, crs: str | None = None, name: str | None = None,
+             geoid_separation: float | None = None, store_dir: Path | None = None, layer: str = "buildings",
+             max_distance_km: float = 50.0) -> dict:
+    """Read, georeference and mesh an IFC file (so it fails now, not at the next build), copy it
+    under ``<home>/models/`` (``$GEOTWIN_MODELS_DIR``) and record it in ``cim_models``. Returns what was registered."""
+    from psycopg.types.json import Jsonb
+
+    from spatial_api import db
+    from spatial_api.config import author_default
+    from cim_builder.geo import DEFAULT_GEOID_SEPARATION
+
+    path = Path(path)
+    f = open_ifc(path)
+    model_id = model_id or _slug(path.stem)
+    if not MODEL_ID_RE.match(model_id):
+        raise CimError(f"--id {model_id!r}: use lower-case letters, digits, '-' and '_'")
+    georef = read_georef(f, path, at=at, rotation=rotation, crs=crs)
+    sep = DEFAULT_GEOID_SEPARATION if geoid_separation is None else geoid_separation
+    pm = place(path, model_id, georef, sep, f=f)
+    from psycopg import sql
+
+    from cim_builder.geo import models_dir
+    from spatial_api import store
+
+    c = pm.footprint.centroid
+    wkb = shapely.to_wkb(pm.footprint)
+    with db.connect(settings) as conn:
+        overlaps: list[str] = []
+        if store.get_layer(conn, layer) is not None:
+            part = sql.Identifier(store.partition_name(layer))
+            km = conn.execute(sql.SQL(
+                "SELECT ST_Distance(ST_SetSRID(ST_Extent(f.geom), 4490)::geography, "
+                "ST_SetSRID(ST_MakePoint(%s, %s), 4490)::geography) / 1000 FROM {} f "
+                "WHERE f.layer = %s AND f.valid_to IS NULL").format(part), (c.x, c.y, layer)).fetchone()[0]
+            if km is not None and km > max_distance_km:
+                raise CimError(f"{path}: placed by {georef.method} at ({c.x:.5f}, {c.y:.5f}), {km:,.0f} km from the "
+                               f"{layer!r} layer: pass --at LON,LAT[,H] (and --rotation) to place it in the district")
+            overlaps = [r[0] for r in conn.execute(sql.SQL(
+                "SELECT f.fid FROM {} f WHERE f.layer = %s AND f.valid_to IS NULL "
+                "AND f.geom && ST_GeomFromWKB(%s, 4490) AND ST_Intersects(f.geom, ST_GeomFromWKB(%s, 4490)) "
+                "ORDER BY 1").format(part), (layer, wkb, wkb)).fetchall()]
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        store_dir = Path(store_dir) if store_dir else models_dir(settings)
+        store_dir.mkdir(parents=True, exist_ok=True)
+        stored = store_dir / f"{sha[:16]}{path.suffix.lower() or '.ifc'}"
+        if not stored.exists():
+            tmp = stored.with_name(stored.name + ".tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, stored)
+        gj = georef.to_json()
+        gj["z_range"] = list(pm.z_range)
+        conn.execute(
+            "INSERT INTO cim_models (id, name, source_path, stored_path, sha256, ifc_schema, georef, warnings, "
+            "footprint, element_count, registered_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+            "ST_SetSRID(ST_GeomFromWKB(%s), 4490), %s, %s) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
+            "source_path = EXCLUDED.source_path, stored_path = EXCLUDED.stored_path, sha256 = EXCLUDED.sha256, "
+            "ifc_schema = EXCLUDED.ifc_schema, georef = EXCLUDED.georef, warnings = EXCLUDED.warnings, "
+            "footprint = EXCLUDED.footprint, element_count = EXCLUDED.element_count, "
+            "registered_at = now(), registered_by = EXCLUDED.registered_by, active = true",
+            (model_id, name or path.stem, str(path.resolve()), str(stored), sha, f.schema, Jsonb(gj),
+             Jsonb(georef.warnings), wkb, pm.elements.count, author_default()))
+    c = pm.footprint.centroid
+    return {"id": model_id, "schema": f.schema, "elements": pm.elements.count, "georef": georef.method,
+            "crs": georef.crs, "centre": [round(c.x, 7), round(c.y, 7)], "z_range": pm.z_range,
+            "warnings": georef.warnings + pm.elements.warnings, "overlapping_buildings": overlaps,
+            "stored_path": str(stored)}
+
+
+def convert(path: str | Path, out: str | Path, *, at: tuple | None = None, rotation: float | None = None,
+            crs: str | None = None, geoid_separation: float | None = None, model_id: str | None = None) -> dict:
+    """One IFC file → a stand-alone 3D Tiles 1.1 tileset (``out/tileset.json`` + one glb with
+    per-element metadata), without the database: ``geotwin cim convert-ifc``."""
+    from cim_builder.geo import DEFAULT_GEOID_SEPARATION, ecef_to_lonlat
+
+    path, out = Path(path), Path(out)
+    f = open_ifc(path)
+    model_id = model_id or _slug(path.stem)
+    georef = read_georef(f, path, at=at, rotation=rotation, crs=crs)
+    sep = DEFAULT_GEOID_SEPARATION if geoid_separation is None else geoid_separation
+    pm = place(path, model_id, georef, sep, f=f)
+    c = pm.footprint.centroid
+    frame = Frame.at(c.x, c.y, 0.0)
+    glb = model_mesh_glb(pm, frame)
+    llh = ecef_to_lonlat(pm.ecef)
+    lon, lat = np.radians(llh[:, 0]), np.radians(llh[:, 1])
+    region = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()),
+              float(llh[:, 2].min()), float(llh[:, 2].max())]
+    out.mkdir(parents=True, exist_ok=True)
+    uri = f"{model_id}.glb"
+    tmp = out / (uri + ".tmp")
+    tmp.write_bytes(glb)
+    os.replace(tmp, out / uri)
+    doc = {"asset": {"version": "1.1", "generator": "geotwin cim_builder"}, "geometricError": 0.0,
+           "root": {"boundingVolume": {"region": region}, "geometricError": 0.0, "refine": "ADD",
+                    "transform": frame.transform(), "content": {"uri": uri}},
+           "extras": {"geotwin": {"model": model_id, "schema": f.schema, "georef": georef.to_json(),
+                                  "geoid_separation_m": sep}}}
+    tmp = out / "tileset.json.tmp"
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, out / "tileset.json")
+    return {"id": model_id, "schema": f.schema, "elements": pm.elements.count, "georef": georef.method,
+            "warnings": georef.warnings + pm.elements.warnings, "bytes": len(glb), "out": str(out)}

@@ -1,0 +1,299 @@
+"""The tile hierarchy: a quadtree over EPSG:4547 with ``refine: ADD``.
+
+Where a building goes depends on itself only (so a change touches only its own tile): its
+*size* σ = max(footprint bbox diagonal, height) picks the level, its centre picks the cell.
+A non-leaf tile at level ``l`` claims the geometric error ``g_l = s_l / (2k)`` (``s_l`` the cell
+size, ``k`` = 4): every building with σ ≥ g_l lives at level ``l`` or above, so leaving out the
+levels below costs at most g_l metres. The errors halve level by level; leaves have 0. The
+deepest level is chosen at a full build so that no leaf holds more than ``max_per_tile``
+buildings, and kept (with the grid origin and size) for incremental rebuilds.
+
+Bounding volumes are ``region``s (radians, ellipsoidal metres) computed from the content of the
+tile and of all its descendants, so they are tight and nest. Content tiles carry a
+``transform`` (their east-north-up frame → ECEF); as transforms compose down the tree, a
+child's transform is stored relative to its nearest transformed ancestor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+
+@dataclass(frozen=True)
+class Layout:
+    x0: float
+    y0: float
+    size: float
+    max_level: int
+    k: float = 4.0
+    crs: str = "EPSG:4547"
+
+    def cell(self, level: int) -> float:
+        return self.size / 2 ** level
+
+    def error(self, level: int) -> float:
+        return self.cell(level) / (2 * self.k)
+
+    def levels(self, sigma: np.ndarray) -> np.ndarray:
+        sigma = np.maximum(np.asarray(sigma, float), 1e-3)
+        lev = np.ceil(np.log2(self.size / (2 * self.k * sigma)))
+        return np.clip(lev, 0, self.max_level).astype(np.int64)
+
+    def index(self, x: np.ndarray, y: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.size / 2.0 ** level
+        return np.floor((x - self.x0) / s).astype(np.int64), np.floor((y - self.y0) / s).astype(np.int64)
+
+    def contains(self, x: np.ndarray, y: np.ndarray) -> bool:
+        return bool(np.all((x >= self.x0) & (x < self.x0 + self.size) & (y >= self.y0) & (y < self.y0 + self.size)))
+
+    def cell_centre(self, level: int, ix: int, iy: int) -> tuple[float, float]:
+        s = self.cell(level)
+        return self.x0 + (ix + 0.5) * s, self.y0 + (iy + 0.5) * s
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Layout":
+        return cls(**d)
+
+
+def choose_layout(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, *, max_per_tile: int,
+                  margin: float = 1000.0, k: float = 4.0) -> Layout:
+    """Grid origin snapped to 1 km with a margin (so buildings added near the edge still fit),
+    size a power of two times 256 m, and the shallowest deepest level that bounds leaf size."""
+    if not len(x):
+        return Layout(0.0, 0.0, 256.0, 0, k)
+    x0 = math.floor((x.min() - margin) / 1000) * 1000
+    y0 = math.floor((y.min() - margin) / 1000) * 1000
+    extent = max(x.max() + margin - x0, y.max() + margin - y0, 256.0)
+    size = 256.0 * 2 ** math.ceil(math.log2(extent / 256.0))
+    layout = Layout(x0, y0, size, 0, k)
+    for L in range(1, 20):
+        layout = Layout(x0, y0, size, L, k)
+        if layout.cell(L) <= 64:
+            break
+        lev = layout.levels(sigma)
+        leaf = lev == L
+        if not leaf.any():
+            continue
+        ix, iy = layout.index(x[leaf], y[leaf], L)
+        _, counts = np.unique(ix * (1 << 21) + iy, return_counts=True)
+        if counts.max() <= max_per_tile:
+            break
+    return layout
+
+
+def cap_levels(layout: Layout, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, tiebreak: np.ndarray,
+               cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levels and cells of every building, with inner tiles bounded too: where a tile above the
+    leaves would hold more than ``cap`` buildings (many towers in one cell), its smallest ones
+    (ties broken by ``tiebreak``) move one level down, level by level. Leaves are bounded by the
+    depth :func:`choose_layout` picked."""
+    lev = layout.levels(sigma)
+    ix, iy = layout.index(x, y, lev)
+    for level in range(layout.max_level):
+        at = np.flatnonzero(lev == level)
+        if len(at) <= cap:
+            continue
+        code = ix[at] * (1 << 24) + iy[at]
+        order = np.lexsort((tiebreak[at], -sigma[at], code))
+        sc = code[order]
+        start = np.r_[0, np.flatnonzero(np.diff(sc)) + 1]
+        rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
+        down = at[order[rank >= cap]]
+        if len(down):
+            lev[down] = level + 1
+            ix[down], iy[down] = layout.index(x[down], y[down], lev[down])
+    return lev, ix, iy
+
+
+def tile_key(level: int, ix: int, iy: int) -> str:
+    return f"{level}/{ix}/{iy}"
+
+
+@dataclass
+class Node:
+    key: str
+    level: int
+    ix: int
+    iy: int
+    region: list[float] | None = None  # west, south, east, north (rad), min h, max h
+    content: str | None = None
+    transform: list[float] | None = None  # world (ENU → ECEF), column-major
+    error: float = 0.0
+    children: list["Node"] = field(default_factory=list)
+
+
+def union_region(a: list[float] | None, b: list[float] | None) -> list[float] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), min(a[4], b[4]), max(a[5], b[5])]
+
+
+def _mat(t: list[float] | None) -> np.ndarray:
+    return np.eye(4) if t is None else np.asarray(t, float).reshape(4, 4).T
+
+
+def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]) -> Node:
+    """``content_tiles``: key "l/x/y" → {"uri", "region", "transform"}; ``extra``: BIM tiles
+    {"key", "uri", "region", "transform", "parent": (l, ix, iy)} hung under a quadtree cell."""
+    nodes: dict[tuple[int, int, int], Node] = {}
+
+    def get(level: int, ix: int, iy: int) -> Node:
+        k = (level, ix, iy)
+        if k not in nodes:
+            nodes[k] = Node(tile_key(level, ix, iy), level, ix, iy)
+            if level > 0:
+                get(level - 1, ix >> 1, iy >> 1).children.append(nodes[k])
+        return nodes[k]
+
+    root = get(0, 0, 0)
+    for key, info in content_tiles.items():
+        level, ix, iy = (int(v) for v in key.split("/"))
+        n = get(level, ix, iy)
+        n.content, n.region, n.transform = info["uri"], list(info["region"]), info["transform"]
+    for info in extra:
+        parent = get(*info["parent"])
+        parent.children.append(Node(info["key"], parent.level + 1, -1, -1, list(info["region"]),
+                                    info["uri"], info["transform"], 0.0))
+
+    def finish(n: Node) -> None:
+        n.children.sort(key=lambda c: c.key)
+        for c in n.children:
+            finish(c)
+            n.region = union_region(n.region, c.region)
+        n.children = [c for c in n.children if c.region is not None]
+        if n.ix >= 0:
+            n.error = layout.error(n.level) if n.children else 0.0
+
+    finish(root)
+    return root
+
+
+def tileset_json(root: Node, *, extras: dict | None = None) -> dict:
+    def emit(n: Node, parent_world: np.ndarray) -> dict:
+        out: dict = {"boundingVolume": {"region": [float(v) for v in n.region]},
+                     "geometricError": float(n.error)}
+        world = parent_world
+        if n.transform is not None:
+            world = _mat(n.transform)
+            rel = np.linalg.solve(parent_world, world)
+            out["transform"] = [float(v) for v in rel.T.reshape(-1)]
+        if n.content:
+            out["content"] = {"uri": n.content}
+        if n.children:
+            out["children"] = [emit(c, world) for c in n.children]
+        return out
+
+    if root.region is None:  # nothing to show: an empty, valid tileset
+        root.region = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    body = emit(root, np.eye(4))
+    body["refine"] = "ADD"
+    doc = {"asset": {"version": "1.1", "generator": "geotwin cim_builder"},
+           "geometricError": float(max(root.error * 2, 1.0)), "root": body}
+    if extras:
+        doc["extras"] = extras
+    return doc
+
+
+# ------------------------------------------------------------------------------------------
+# the structural check (tests and `geotwin cim check`)
+
+
+def world_transforms(doc: dict) -> list[tuple[dict, np.ndarray, list[dict]]]:
+    """Every tile with its world transform (ENU → ECEF) and its ancestors, root first."""
+    out = []
+
+    def walk(t: dict, parent: np.ndarray, ancestors: list[dict]) -> None:
+        world = parent @ _mat(t.get("transform"))
+        out.append((t, world, ancestors))
+        for c in t.get("children", []):
+            walk(c, world, ancestors + [t])
+
+    walk(doc["root"], np.eye(4), [])
+    return out
+
+
+def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-9, tol_m: float = 1e-3,
+                  check_positions: bool = True) -> list[str]:
+    """Problems found in a tileset (empty list: fine): version, regions nested, geometric error
+    non-increasing and 0 only at leaves, every content URI resolves to a glb whose metadata
+    property tables match its schema, and (optionally) every vertex inside its tile's region."""
+    from cim_builder.geo import ecef_to_lonlat
+    from cim_builder.glb import accessor_array, read_glb
+
+    folder = Path(folder)
+    doc = doc or json.loads((folder / "tileset.json").read_text())
+    problems: list[str] = []
+    if doc.get("asset", {}).get("version") != "1.1":
+        problems.append("asset.version is not 1.1")
+    if doc["root"].get("refine") not in ("ADD", "REPLACE"):
+        problems.append("root has no refine")
+    if doc["geometricError"] < doc["root"]["geometricError"]:
+        problems.append("tileset geometricError below the root's")
+    for tile, world, ancestors in world_transforms(doc):
+        r = tile["boundingVolume"].get("region")
+        name = tile.get("content", {}).get("uri", "(no content)")
+        if r is None:
+            problems.append(f"{name}: no region")
+            continue
+        if not (r[0] <= r[2] and r[1] <= r[3] and r[4] <= r[5]):
+            problems.append(f"{name}: region inverted {r}")
+        if ancestors:
+            p = ancestors[-1]["boundingVolume"]["region"]
+            if (r[0] < p[0] - tol_rad or r[1] < p[1] - tol_rad or r[2] > p[2] + tol_rad or r[3] > p[3] + tol_rad
+                    or r[4] < p[4] - tol_m or r[5] > p[5] + tol_m):
+                problems.append(f"{name}: region {r} not inside the parent's {p}")
+            if tile["geometricError"] > ancestors[-1]["geometricError"]:
+                problems.append(f"{name}: geometricError grows from its parent")
+            if ancestors[-1]["geometricError"] <= 0:
+                problems.append(f"{name}: its parent has children but geometricError 0")
+        if not tile.get("children") and tile["geometricError"] != 0:
+            problems.append(f"{name}: a leaf with geometricError {tile['geometricError']}")
+        if "content" not in tile:
+            continue
+        path = folder / tile["content"]["uri"]
+        if not path.is_file():
+            problems.append(f"content {tile['content']['uri']} does not resolve")
+            continue
+        gl, binary = read_glb(path.read_bytes())
+        meta = gl.get("extensions", {}).get("EXT_structural_metadata")
+        if not meta:
+            problems.append(f"{name}: no EXT_structural_metadata")
+            continue
+        classes = meta["schema"]["classes"]
+        for i, table in enumerate(meta["propertyTables"]):
+            cls = classes.get(table["class"])
+            if cls is None:
+                problems.append(f"{name}: property table {i} has unknown class {table['class']}")
+                continue
+            missing = {k for k, v in cls["properties"].items() if v.get("required")} - set(table["properties"])
+            unknown = set(table["properties"]) - set(cls["properties"])
+            if missing or unknown:
+                problems.append(f"{name}: table {i} missing {sorted(missing)} unknown {sorted(unknown)}")
+        for prim in gl["meshes"][0]["primitives"]:
+            fid = prim["extensions"]["EXT_mesh_features"]["featureIds"][0]
+            table = meta["propertyTables"][fid["propertyTable"]]
+            ids = accessor_array(gl, binary, prim["attributes"]["_FEATURE_ID_%d" % fid["attribute"]])
+            if fid["featureCount"] != table["count"] or (len(ids) and ids.max() >= table["count"]):
+                problems.append(f"{name}: feature ids exceed the property table")
+            if check_positions:
+                pos = accessor_array(gl, binary, prim["attributes"]["POSITION"]).astype(float)
+                enu = np.stack([pos[:, 0], -pos[:, 2], pos[:, 1]], axis=1)
+                ecef = enu @ world[:3, :3].T + world[:3, 3]
+                llh = ecef_to_lonlat(ecef)
+                lon, lat = np.radians(llh[:, 0]), np.radians(llh[:, 1])
+                eps = 1e-7
+                if (lon.min() < r[0] - eps or lon.max() > r[2] + eps or lat.min() < r[1] - eps
+                        or lat.max() > r[3] + eps or llh[:, 2].min() < r[4] - 0.05 or llh[:, 2].max() > r[5] + 0.05):
+                    problems.append(f"{name}: vertices outside the tile's region")
+    return problems

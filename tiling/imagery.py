@@ -1,0 +1,529 @@
+"""Imagery tiles through TiTiler, over the imagery catalogue (``spatial_api.store.imagery``).
+
+A request names a catalogue collection or item, never a path or URL: the only files a reader
+opens are the ``cog_path`` of catalogue rows, looked up by id. A ``url=`` (or ``path=`` …)
+parameter is refused with 400; an unknown or non-public collection / item is 404; ``tilesize``,
+``max_size``, ``width`` / ``height``, ``buffer`` and ``padding`` beyond SIZE_LIMITS are 400. A
+collection tile costs one prepared query (the collection and the items covering the tile).
+
+- ``/imagery/collections``, ``/imagery/collections/{cid}``, ``/imagery/collections/{cid}/items``
+  (JSON: titles, kind, bbox in lon/lat, zooms, datetimes, links);
+- ``/imagery/collections/{cid}/tiles/{tms}/{z}/{x}/{y}[.{format}]``: a mosaic over the collection's
+  items — with ``?datetime=`` those acquired at or before it (a date means through that day),
+  newest first, gaps filled from older items (rio-tiler's ``mosaic_reader``, first method); no
+  datetime = the newest. TiTiler's ``titiler.mosaic`` factory, with :class:`CatalogueBackend`;
+- ``/imagery/collections/{cid}/items/{item_id}/tiles/{tms}/{z}/{x}/{y}[.{format}]``: one item
+  (``titiler.core``'s ``TilerFactory``, its ``Reader`` — the same code as ``titiler.application``'s
+  ``/cog`` endpoints), plus ``/info``, ``/point``, ``/preview`` and a TileJSON;
+- ``/imagery/collections/{cid}/tilejson.json?tms=&datetime=&algorithm=&format=`` (TileJSON 3);
+- ``/imagery/collections/{cid}/point/{lon},{lat}``: values of the items at a point.
+
+``tms`` is ``WebMercatorQuad`` or ``CGCS2000Quad`` (tiling.vector's grids). TiTiler's rendering
+parameters work as in titiler (``bidx``, ``expression``, ``rescale``, ``colormap_name``,
+``color_formula``, ``algorithm`` …). DEM collections: ``?algorithm=hillshade`` (the tile is read
+with the algorithm's 3-pixel buffer unless ``buffer`` is given, so it stays 256 px) and
+``?algorithm=terrainrgb`` (Mapbox Terrain-RGB PNG, for a MapLibre ``raster-dem`` source with
+``encoding: "mapbox"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import attr
+from attrs import define
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+from morecantile.defaults import TileMatrixSets
+from psycopg_pool import ConnectionPool
+from rasterio.crs import CRS
+from rasterio.warp import transform as transform_points
+from rio_tiler import errors as rt_errors
+from rio_tiler.io import Reader
+from rio_tiler.mosaic.backend import BaseBackend
+from starlette import status
+
+from titiler.core.algorithm import algorithms as available_algorithms
+from titiler.core.dependencies import TileParams
+from titiler.core.factory import TilerFactory
+from titiler.core.utils import render_image
+from titiler.mosaic.factory import MosaicTilerFactory
+
+from spatial_api import db, security
+from spatial_api.config import Settings
+from spatial_api.ogc.features import ApiError, _link, bad
+from spatial_api.store import imagery as cat
+from tiling.ogc_maps import collection_links
+from tiling.vector import GRIDS, TMS
+
+#: The grids imagery is served on (the same ids as the vector tiles).
+SUPPORTED_TMS = TileMatrixSets({tms_id: TMS.get(tms_id) for tms_id in GRIDS})
+#: Formats offered to clients (TiTiler renders these and a few more).
+FORMATS = ("png", "jpg", "webp", "tif", "npy")
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+               "tif": "image/tiff; application=geotiff", "npy": "application/x-binary"}
+#: Query parameters that name a data source in TiTiler's stock endpoints: never accepted here.
+RAW_SOURCE_PARAMS = ("url", "path", "src", "src_path", "file", "filename", "dataset", "mosaic", "uri", "href")
+def VISIBLE_LEVELS() -> tuple[str, ...]:
+    """The access levels of collections the caller may see (spatial_api.security): the rest do not
+    exist for them (404, absent from listings and WMTS)."""
+    return tuple(sorted(security.SEES[security.current().role]))
+WGS84 = CRS.from_epsg(4326)
+CGCS2000 = CRS.from_epsg(4490)
+#: Algorithms whose output needs a PNG (exact values) rather than the collection's default format.
+LOSSLESS_ALGORITHMS = ("terrainrgb", "terrarium")
+
+
+#: Upper bounds of the size parameters (pixels): without them one request could ask for an image of
+#: tens of gigabytes (TiTiler and rio-tiler set none for GeoTIFFs).
+SIZE_LIMITS = {"tilesize": 1024, "max_size": 2048, "width": 2048, "height": 2048, "buffer": 64, "padding": 64}
+
+
+async def refuse_raw_sources(request: Request) -> None:
+    """Router dependency of every imagery route: a data source is named by the catalogue only, and
+    an image is at most SIZE_LIMITS pixels a side."""
+    for key, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+        limit = SIZE_LIMITS.get(key.lower())
+        if limit is not None:
+            try:
+                too_big = float(str(value)) > limit
+            except ValueError:
+                continue  # not a number: the parameter's own validation answers
+            if too_big:
+                raise bad(key, f"{value} pixels is more than this server renders ({limit}); ask for at most {limit}")
+    named = [k for k in request.query_params if k.lower() in RAW_SOURCE_PARAMS]
+    if named:
+        raise ApiError(
+            400, "InvalidParameterValue",
+            f"{named[0]}: imagery is served from the imagery catalogue only; a request cannot name a file or URL. "
+            "Name a collection instead: /imagery/collections/{collection}/tiles/{tms}/{z}/{x}/{y}.png "
+            "(the collections are listed at /imagery/collections; `geotwin ingest imagery` adds files).")
+
+
+def parse_datetime(value: str | None, tz: str) -> datetime | None:
+    """``?datetime=``: a date means through the end of that day in the district's time zone; a
+    date-time is that instant (naive = district time); ``../b`` and ``a/b`` take the end ``b``."""
+    if value is None or value.strip() in ("", ".."):
+        return None
+    text = value.strip()
+    if "/" in text:
+        text = text.split("/", 1)[1].strip()
+        if text in ("", ".."):
+            return None
+    zone = ZoneInfo(tz)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day + timedelta(days=1), dtime(0, 0), tzinfo=zone) - timedelta(microseconds=1)
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad("datetime", f"{value!r} is not a date (YYYY-MM-DD) or an RFC 3339 date-time "
+                              "(e.g. 2023-12-31 or 2023-12-31T08:00:00+08:00)") from None
+    return when if when.tzinfo else when.replace(tzinfo=zone)
+
+
+# -- the catalogue-backed mosaic ---------------------------------------------------------------
+
+
+class CatalogueAsset(str):
+    """A COG path taken from the catalogue (what the reader opens), knowing its item id."""
+
+    item_id: str
+
+    def __new__(cls, path: str, item_id: str) -> "CatalogueAsset":
+        obj = super().__new__(cls, path)
+        obj.item_id = item_id
+        return obj
+
+
+@dataclass(frozen=True)
+class CollectionRef:
+    """What a collection request resolves to: the collection, the time, and how to reach the catalogue."""
+
+    collection: cat.Collection
+    at: datetime | None
+    pool: ConnectionPool = field(repr=False, compare=False)
+    #: the tile request's (tms id, z, x, y) and the items covering it, found with the collection
+    prefetched: tuple[tuple[str, int, int, int], list[tuple[str, Path]]] | None = field(default=None, compare=False)
+
+    def assets(self, bbox: tuple[float, float, float, float]) -> list[CatalogueAsset]:
+        with self.pool.connection() as conn:
+            rows = cat.items_covering(conn, self.collection.id, bbox, self.at)
+        return [CatalogueAsset(str(path), item_id) for item_id, path in rows]
+
+    def tile_assets(self, tms_id: str, z: int, x: int, y: int,
+                    bbox: tuple[float, float, float, float]) -> list[CatalogueAsset]:
+        if self.prefetched is not None and self.prefetched[0] == (tms_id, z, x, y):
+            return [CatalogueAsset(str(path), item_id) for item_id, path in self.prefetched[1]]
+        return self.assets(bbox)
+
+
+@attr.s
+class CatalogueBackend(BaseBackend):
+    """rio-tiler mosaic backend whose assets are the catalogue items covering a tile, newest first."""
+
+    def __attrs_post_init__(self) -> None:
+        col = self.input.collection
+        self.crs = CGCS2000
+        self.bounds = tuple(col.bbox) if col.bbox else (-180.0, -90.0, 180.0, 90.0)
+        zooms = col.zooms.get(self.tms.id) or [self.tms.minzoom, self.tms.maxzoom]
+        self.minzoom, self.maxzoom = int(zooms[0]), int(zooms[1])
+
+    def asset_name(self, asset: Any) -> str:
+        return getattr(asset, "item_id", "?")
+
+    def assets_for_tile(self, x: int, y: int, z: int, **kwargs: Any) -> list[CatalogueAsset]:
+        b = self.tms.bounds(x, y, z)  # in the grid's geographic CRS (lon/lat)
+        return self.input.tile_assets(self.tms.id, z, x, y, (b.left, b.bottom, b.right, b.top))
+
+    def assets_for_point(self, lng: float, lat: float, coord_crs: CRS | None = None, **kwargs: Any):
+        if coord_crs is not None and coord_crs not in (WGS84, CGCS2000):
+            xs, ys = transform_points(coord_crs, CGCS2000, [lng], [lat])
+            lng, lat = xs[0], ys[0]
+        eps = 1e-9
+        return self.input.assets((lng - eps, lat - eps, lng + eps, lat + eps))
+
+    def assets_for_bbox(self, xmin: float, ymin: float, xmax: float, ymax: float,
+                        coord_crs: CRS | None = None, **kwargs: Any):
+        if coord_crs is not None and coord_crs not in (WGS84, CGCS2000):
+            xs, ys = transform_points(coord_crs, CGCS2000, [xmin, xmax, xmin, xmax], [ymin, ymin, ymax, ymax])
+            xmin, xmax, ymin, ymax = min(xs), max(xs), min(ys), max(ys)
+        return self.input.assets((xmin, ymin, xmax, ymax))
+
+    def tile(self, x: int, y: int, z: int, search_options: dict | None = None, **kwargs: Any):
+        # Read the items one after the other, newest first, and stop as soon as the tile is full:
+        # with threads the mosaic reader would read every covering item whether needed or not.
+        kwargs["threads"] = 1
+        return super().tile(x, y, z, search_options=search_options, **kwargs)
+
+
+def render(image, **kwargs) -> tuple[bytes, str]:
+    """TiTiler's renderer (the same bytes), with the registered media type for JPEG: TiTiler says
+    ``image/jpg`` for ``.jpg``, which is not one (RFC 2046; WMTS and browsers expect image/jpeg)."""
+    content, media_type = render_image(image, **kwargs)
+    return content, ("image/jpeg" if media_type == "image/jpg" else media_type)
+
+
+# -- dependencies ------------------------------------------------------------------------------
+
+
+async def _tile_params(
+    buffer: Annotated[float | None, Query(gt=0, description="Buffer on each side of the tile, in pixels "
+                                           "(multiple of 0.5). Default: the algorithm's own (hillshade: 3).")] = None,
+    padding: Annotated[int | None, Query(gt=0, description="Padding on each tile edge (resampling).")] = None,
+    algorithm: Annotated[str | None, Query(include_in_schema=False)] = None,
+    algorithm_params: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> TileParams:
+    """TiTiler's tile options, with the buffer an algorithm such as hillshade needs by default."""
+    if buffer is None and algorithm in available_algorithms.data:
+        import json
+
+        try:
+            params = json.loads(algorithm_params) if algorithm_params else {}
+        except ValueError:
+            params = {}
+        if not isinstance(params, dict):
+            raise bad("algorithm_params", "give a JSON object, e.g. {\"azimuth\": 315}")
+        declared = available_algorithms.data[algorithm].model_fields.get("buffer")
+        algo_buffer = params.get("buffer", declared.default if declared is not None else None)
+        if algo_buffer:
+            buffer = float(algo_buffer)
+    return TileParams(buffer=buffer, padding=padding)
+
+
+#: The grids, kept uncopied for bounds arithmetic (``TileMatrixSets.get`` deep-copies every call).
+_GRID_OBJECTS = {tms_id: TMS.get(tms_id) for tms_id in GRIDS}
+
+
+def _tile_of(path_params: dict) -> tuple[tuple[str, int, int, int], tuple[float, float, float, float]] | None:
+    """((tms id, z, x, y), lon/lat bounds) of a tile route's path, or None (not a tile route, or
+    parameters FastAPI will refuse anyway)."""
+    try:
+        tms_id = path_params["tileMatrixSetId"]
+        z, x, y = int(path_params["z"]), int(path_params["x"]), int(path_params["y"])
+        grid = _GRID_OBJECTS[tms_id]
+        b = grid.bounds(x, y, z)
+    except Exception:  # KeyError, ValueError, a tile outside the grid …
+        return None
+    return (tms_id, z, x, y), (b.left, b.bottom, b.right, b.top)
+
+
+class ImageryRoutes:
+    """The catalogue lookups behind every imagery route, bound to one database pool."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pool = db.pool(settings)
+
+    def collection(self, cid: str, *, summary: bool = True) -> cat.Collection:
+        """A visible collection (with the summary over its items unless ``summary`` is false) or 404."""
+        with self.pool.connection() as conn:
+            col = (cat.get_collection if summary else cat.collection_entry)(conn, cid, access=VISIBLE_LEVELS())
+        if col is None:
+            raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
+                                            "the collections are listed at /imagery/collections")
+        return col
+
+    def collection_dependency(self):
+        def dependency(
+            request: Request,
+            cid: Annotated[str, Path(description="Imagery collection id (see /imagery/collections)")],
+            datetime_: Annotated[str | None, Query(alias="datetime", description=(
+                "Mosaic of the items acquired at or before this date (YYYY-MM-DD: through that day) or "
+                "RFC 3339 date-time, newest first. Default: the newest items."))] = None,
+        ) -> CollectionRef:
+            at = parse_datetime(datetime_, self.settings.timezone)
+            tile = _tile_of(request.path_params)
+            if tile is None:
+                return CollectionRef(self.collection(cid, summary=False), at, self.pool)
+            # a tile: the collection and the items covering the tile in one query
+            with self.pool.connection() as conn:
+                col, rows = cat.collection_and_covering(conn, cid, tile[1], at, access=VISIBLE_LEVELS())
+            if col is None:
+                raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
+                                                "the collections are listed at /imagery/collections")
+            return CollectionRef(col, at, self.pool, prefetched=(tile[0], rows))
+
+        return dependency
+
+    def item_dependency(self):
+        def dependency(
+            cid: Annotated[str, Path(description="Imagery collection id")],
+            item_id: Annotated[str, Path(description="Item id (see /imagery/collections/{cid}/items)")],
+        ) -> str:
+            with self.pool.connection() as conn:
+                path = cat.item_path(conn, cid, item_id, access=VISIBLE_LEVELS())
+                if path is None and cat.collection_entry(conn, cid, access=VISIBLE_LEVELS()) is None:
+                    raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
+                                                    "the collections are listed at /imagery/collections")
+            if path is None:
+                raise ApiError(404, "NotFound", f"collection {cid!r} has no item {item_id!r}; its items are "
+                                                f"listed at /imagery/collections/{cid}/items")
+            return str(path)
+
+        return dependency
+
+
+@define(kw_only=True)
+class ItemTilerFactory(TilerFactory):
+    """TiTiler's COG factory for one catalogue item: tiles, TileJSON, info, point, preview."""
+
+    def register_routes(self):
+        self.info()
+        self.tile()
+        self.tilejson()
+        self.point()
+        self.preview()
+
+
+@define(kw_only=True)
+class CollectionTilerFactory(MosaicTilerFactory):
+    """TiTiler's mosaic factory over a catalogue collection: tiles and point values."""
+
+    def register_routes(self):
+        self.tile()
+        self.point()
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+
+def _iso(value: datetime, tz: str | None = None) -> str:
+    """An instant in the district's time zone (dates are meant there: 2023-11-15T00:00:00+08:00)."""
+    return value.astimezone(ZoneInfo(tz)).isoformat() if tz else value.isoformat()
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _default_format(col: cat.Collection) -> str:
+    return col.default_format or "png"
+
+
+def collection_doc(col: cat.Collection, base: str = "", tz: str | None = None) -> dict:
+    url = f"{base}/imagery/collections/{col.id}"
+    fmt = _default_format(col)
+    zooms = col.zooms.get("WebMercatorQuad") or [0, 24]
+    links = [
+        _link(url, "self", "application/json", "this collection"),
+        _link(f"{url}/items", "items", "application/json", "the dated items"),
+        _link(f"{url}/tilejson.json", "describedby", "application/json", "TileJSON 3 (WebMercatorQuad)"),
+    ]
+    for tms_id in GRIDS:
+        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}", "item", MEDIA_TYPES[fmt],
+                              f"tiles on {tms_id} (z/x/y; ?datetime=YYYY-MM-DD for a past state)"), "templated": True})
+    return {
+        "id": col.id, "title": col.title, "title_zh": col.title_zh, "title_en": col.title_en, "kind": col.kind,
+        "description": col.description, "bbox": col.bbox, "minzoom": zooms[0], "maxzoom": zooms[1],
+        "zooms": col.zooms, "items": col.items, "datetimes": [_iso(d, tz) for d in col.datetimes],
+        "bands": col.bands, "dtype": col.dtype, "formats": list(FORMATS), "default_format": fmt,
+        "tileMatrixSets": list(GRIDS), "links": links + collection_links(base, col.id),
+        # OGC API clients (GDAL's OGCAPI driver) read the extent and follow the tilesets-map link.
+        "extent": {"spatial": {"bbox": [col.bbox] if col.bbox else [],
+                               "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}},
+    }
+
+
+def item_doc(col: cat.Collection, item: cat.Item, base: str = "", tz: str | None = None) -> dict:
+    url = f"{base}/imagery/collections/{col.id}/items/{item.item_id}"
+    fmt = _default_format(col)
+    links = [_link(f"{url}/info", "describedby", "application/json", "TiTiler info")]
+    for tms_id in GRIDS:
+        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}", "item", MEDIA_TYPES[fmt],
+                              f"tiles of this item on {tms_id}"), "templated": True})
+        links.append(_link(f"{url}/{tms_id}/tilejson.json", "describedby", "application/json", f"TileJSON ({tms_id})"))
+    return {
+        "id": item.item_id, "collection": col.id, "datetime": _iso(item.datetime, tz), "bbox": item.bbox,
+        "resolution_m": item.resolution_m, "width": item.width, "height": item.height, "bands": item.bands,
+        "dtype": item.dtype, "nodata": item.nodata, "crs": item.crs, "zooms": item.zooms,
+        "file_size": item.file_size, "sha256": item.sha256, "converted": item.converted,
+        "created_at": _iso(item.created_at, tz) if item.created_at else None, "author": item.author, "links": links,
+    }
+
+
+def collections_for_capabilities(conn) -> list[dict]:
+    """Per visible collection, what a WMTS capabilities writer needs: id, title(s), kind, bbox
+    (lon/lat), minzoom / maxzoom (WebMercatorQuad) and ``zooms`` per grid, formats, the default
+    format, datetimes (ISO), the grids, and ``tile_path`` — a template relative to the server root
+    with ``{tms}``, ``{z}``, ``{x}``, ``{y}`` and ``{format}``."""
+    from spatial_api.config import get_settings
+
+    tz = get_settings().timezone
+    out = []
+    for col in cat.list_collections(conn, access=VISIBLE_LEVELS()):
+        if not col.items:
+            continue
+        doc = collection_doc(col, tz=tz)
+        out.append({k: doc[k] for k in ("id", "title", "title_zh", "title_en", "kind", "bbox", "minzoom", "maxzoom",
+                                        "zooms", "formats", "default_format", "datetimes", "bands", "dtype")}
+                   | {"tile_matrix_sets": list(GRIDS),
+                      "tile_path": f"/imagery/collections/{col.id}/tiles/{{tms}}/{{z}}/{{x}}/{{y}}.{{format}}"})
+    return out
+
+
+# -- the router --------------------------------------------------------------------------------
+
+
+def router(settings: Settings) -> APIRouter:
+    """Every imagery route (mounted at the root by ``install``)."""
+    lookups = ImageryRoutes(settings)
+    guard = [Depends(refuse_raw_sources)]
+    api = APIRouter(tags=["Imagery"], dependencies=guard)
+
+    @api.get("/imagery/collections", summary="Imagery collections")
+    def collections(request: Request):
+        with lookups.pool.connection() as conn:
+            cols = cat.list_collections(conn, access=VISIBLE_LEVELS())
+        return {"collections": [collection_doc(c, _base(request), settings.timezone) for c in cols],
+                "links": [_link(f"{_base(request)}/imagery/collections", "self", "application/json")]}
+
+    @api.get("/imagery/collections/{cid}", summary="An imagery collection")
+    def collection(request: Request, cid: str):
+        return collection_doc(lookups.collection(cid), _base(request), settings.timezone)
+
+    @api.get("/imagery/collections/{cid}/items", summary="The dated items of an imagery collection, newest first")
+    def items(request: Request, cid: str, datetime_: str | None = Query(None, alias="datetime")):
+        col = lookups.collection(cid)
+        at = parse_datetime(datetime_, settings.timezone)
+        with lookups.pool.connection() as conn:
+            rows = cat.list_items(conn, cid, at=at)
+        return {"collection": cid, "items": [item_doc(col, i, _base(request), settings.timezone) for i in rows],
+                "links": [_link(f"{_base(request)}/imagery/collections/{cid}/items", "self", "application/json")]}
+
+    @api.get("/imagery/collections/{cid}/items/{item_id}", summary="One item of an imagery collection")
+    def item(request: Request, cid: str, item_id: str):
+        col = lookups.collection(cid)
+        with lookups.pool.connection() as conn:
+            found = cat.get_item(conn, cid, item_id)
+        if found is None:
+            raise ApiError(404, "NotFound", f"collection {cid!r} has no item {item_id!r}; its items are "
+                                            f"listed at /imagery/collections/{cid}/items")
+        return item_doc(col, found, _base(request), settings.timezone)
+
+    @api.get("/imagery/collections/{cid}/tilejson.json", summary="TileJSON 3 for a collection's tiles")
+    def tilejson(
+        request: Request, cid: str,
+        tms: Literal[tuple(GRIDS)] = Query("WebMercatorQuad", description="Tile matrix set"),  # type: ignore[valid-type]
+        datetime_: str | None = Query(None, alias="datetime"),
+        format_: str | None = Query(None, alias="format", description="png | jpg | webp | tif | npy"),
+        algorithm: str | None = Query(None, description="e.g. hillshade, terrainrgb (DEM collections)"),
+        minzoom: int | None = Query(None), maxzoom: int | None = Query(None),
+    ):
+        col = lookups.collection(cid)
+        parse_datetime(datetime_, settings.timezone)  # a bad value is a 400 here, not in every tile
+        if algorithm is not None and algorithm not in available_algorithms.data:
+            raise bad("algorithm", f"{algorithm!r} is not one of {', '.join(available_algorithms.data)}")
+        fmt = format_ or ("png" if algorithm in LOSSLESS_ALGORITHMS or algorithm else _default_format(col))
+        if fmt not in FORMATS:
+            raise bad("format", f"{fmt!r}: choose one of {', '.join(FORMATS)}")
+        qs = [(k, v) for k, v in request.query_params.multi_items()
+              if k.lower() not in ("tms", "format", "minzoom", "maxzoom")]
+        zooms = col.zooms.get(tms) or [0, 24]
+        bounds = col.bbox or [-180.0, -85.0511, 180.0, 85.0511]
+        z0 = zooms[0] if minzoom is None else minzoom
+        z1 = zooms[1] if maxzoom is None else maxzoom
+        return {
+            "tilejson": "3.0.0", "name": col.id, "description": col.title, "version": "1.0.0", "scheme": "xyz",
+            "tiles": [f"{_base(request)}/imagery/collections/{cid}/tiles/{tms}/{{z}}/{{x}}/{{y}}.{fmt}"
+                      + (f"?{urlencode(qs)}" if qs else "")],
+            "minzoom": z0, "maxzoom": z1, "bounds": bounds,
+            "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, max(z0, min(z1, 14))],
+            "attribution": "geotwin imagery catalogue",
+        }
+
+    # TiTiler's factories, their readers fed by the catalogue only.
+    mosaic = CollectionTilerFactory(
+        backend=CatalogueBackend, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}",
+        path_dependency=lookups.collection_dependency(), tile_dependency=_tile_params, supported_tms=SUPPORTED_TMS,
+        render_func=render, add_viewer=False, add_part=False, add_statistics=False, name="imagery_collection")
+    item_tiles = ItemTilerFactory(
+        reader=Reader, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}/items/{item_id}",
+        path_dependency=lookups.item_dependency(), tile_dependency=_tile_params, supported_tms=SUPPORTED_TMS,
+        render_func=render, add_viewer=False, add_part=False, name="imagery_item")
+    api.include_router(mosaic.router, prefix="/imagery/collections/{cid}", tags=["Imagery"])
+    api.include_router(item_tiles.router, prefix="/imagery/collections/{cid}/items/{item_id}", tags=["Imagery"])
+    return api
+
+
+#: rio-tiler errors → HTTP, as titiler.application and titiler.mosaic answer them.
+ERROR_STATUS = {
+    rt_errors.TileOutsideBounds: status.HTTP_404_NOT_FOUND,
+    rt_errors.PointOutsideBounds: status.HTTP_404_NOT_FOUND,
+    rt_errors.NoAssetFoundError: status.HTTP_204_NO_CONTENT,
+    rt_errors.EmptyMosaicError: status.HTTP_204_NO_CONTENT,
+    rt_errors.InvalidColorFormat: status.HTTP_400_BAD_REQUEST,
+    rt_errors.InvalidExpression: status.HTTP_400_BAD_REQUEST,
+    rt_errors.InvalidFormat: status.HTTP_400_BAD_REQUEST,
+    rt_errors.MissingBands: status.HTTP_400_BAD_REQUEST,
+    rt_errors.InvalidBandName: status.HTTP_400_BAD_REQUEST,
+    rt_errors.InvalidBufferSize: status.HTTP_400_BAD_REQUEST,
+}
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount the imagery routes and answer rio-tiler's errors with the OGC exception JSON."""
+    from fastapi.responses import Response
+
+    app.include_router(router(settings))
+    from tiling import ogc_maps
+
+    app.include_router(ogc_maps.router(settings), dependencies=[Depends(refuse_raw_sources)])
+
+    def handler_for(code: int):
+        async def handler(request: Request, exc: Exception):
+            if code == status.HTTP_204_NO_CONTENT:
+                return Response(status_code=204)
+            return JSONResponse({"code": "NotFound" if code == 404 else "InvalidParameterValue",
+                                 "description": str(exc)}, status_code=code)
+        return handler
+
+    for exc_class, code in ERROR_STATUS.items():
+        app.add_exception_handler(exc_class, handler_for(code))
+
+
+__all__ = ["CatalogueBackend", "SUPPORTED_TMS", "collections_for_capabilities", "install", "parse_datetime", "router"]

@@ -1,0 +1,5 @@
+import sys
+
+from web import main
+
+sys.exit(main())
