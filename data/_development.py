@@ -63,6 +63,7 @@ class Development:
     negatives: dict = field(default_factory=dict)
     imagery_change: list = field(default_factory=list)
     special_lots: dict = field(default_factory=dict)
+    green_parcels: list = field(default_factory=list)  # parcel indices planted as R9 green-ratio cases
 
 
 # -- carving special lots ------------------------------------------------------------------------
@@ -274,6 +275,17 @@ def make_development(world: World) -> Development:
     for p in np.flatnonzero(bad_off):
         bu[(bl == p) & np.isin(bu, ["office", "dormitory"])] = "industrial"
 
+    # R9 green ratio (≤ 20% on industrial land): the imagery renders completed industrial parcels
+    # with little green (lawn strips, a few trees); one compliant one, with the most open ground, is
+    # rendered as a landscaped campus instead — more than 20% of its pixels read as vegetation
+    ind_done = np.flatnonzero((P["land_use_code"].to_numpy() == "0601") & done & (roles == ""))
+    green_parcels = []
+    if ind_done.size:
+        cov = stats["foot"] / parea
+        g = int(ind_done[np.lexsort((ind_done, cov[ind_done]))][0])
+        roles[g] = "R9g"
+        green_parcels.append(g)
+
     # assemble buildings: parcel ones then the others
     all_lot = np.concatenate([pick[bl], others[ol]])
     all_geom = np.concatenate([bgeom, og])
@@ -304,7 +316,7 @@ def make_development(world: World) -> Development:
         buildings=B, building_geom=all_geom[order], building_lot=all_lot[order],
         building_visible=all_vis[order], building_finished=all_fin[order],
         approvals=approvals, approval_geom=ageom, planted=planted, negatives=negatives,
-        imagery_change=change, special_lots=special,
+        imagery_change=change, special_lots=special, green_parcels=green_parcels,
     )
 
 
@@ -736,7 +748,7 @@ def _planning_conditions(P, parea, stats, states, roles, bl, bh, rng):
 # -- planted lists, approvals, pre-development cover --------------------------------------------
 
 RULE_OF_ROLE = {"R1": "R1", "R2a": "R2", "R2b": "R2", "R3": "R3", "R4": "R4", "R5": "R5", "R6a": "R6",
-                "R6b": "R6", "R7": "R7", "R8a": "R8", "R8b": "R8", "R9a": "R9", "R9b": "R9",
+                "R6b": "R6", "R7": "R7", "R8a": "R8", "R8b": "R8", "R9a": "R9", "R9b": "R9", "R9g": "R9",
                 "R10a": "R10", "R10b": "R10", "R11": "R11", "R12a": "R12", "R12b": "R12"}
 NEG_OF_ROLE = {"R1neg": ["R1"], "R2neg": ["R2"], "R3neg_ext": ["R2", "R3"], "R3neg_basement": ["R3", "R7"],
                "R4neg_exempt": ["R3", "R4", "R5"], "R6neg_recent": ["R6"], "R6neg_ratio": ["R6"],

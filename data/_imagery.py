@@ -39,6 +39,10 @@ CLASSES = list(BASE)
 CI = {c: i for i, c in enumerate(CLASSES)}
 VEG = {"0101", "0102", "0103", "0201", "0204", "0301", "0302", "0305", "0307", "0404", "0810"}
 FOREST = {"0301", "0302", "0305", "0307"}
+# thresholds on the patch noise (−1.4…1.4) above which urban ground is lawn / trees: ordinary urban
+# ground, industrial parcels, the planted landscaped industrial parcel (R9 green ratio)
+INDUSTRIAL_GREEN = 0.95
+LANDSCAPED_GREEN = 0.0
 URBAN_GROUND = {"05H1", "0508", "0601", "0604", "0701", "08H1", "08H2", "0809", "0810A"}
 WATER = {"1101", "1103", "1104", "1107"}
 ROADS = {"1003", "1004"}
@@ -211,6 +215,10 @@ class Renderer:
             t2[:, :-1] |= tl[:, 1:]
         self.street_trees = t2.ravel() & (self.n_crown > -0.2)
         self.parcel_ids = rasterize_fast(dev.parcel_geom, np.arange(1, len(dev.parcels) + 1), g).ravel()
+        # green-patch threshold per parcel (+1; 0 = no parcel) on industrial ground
+        thr = np.where(dev.parcels["land_use_code"].to_numpy() == "0601", INDUSTRIAL_GREEN, 0.35)
+        thr[list(dev.green_parcels)] = LANDSCAPED_GREEN
+        self.green_thr = np.concatenate([[0.35], thr]).astype(np.float32)
         self.sheds = self._sheds(rng).ravel()
         self._prepare_buildings()
 
@@ -361,7 +369,10 @@ class Renderer:
             img[ix] = v
         ix = sel("urban")
         if ix.size:
-            green = (patch[ix] + 0.4 * mid[ix]) > 0.35
+            # lawn and trees: patches of the ground; industrial parcels keep little green (the R9
+            # limit is 20%), except the planted green-ratio case, landscaped all over
+            thr = np.where(cls[ix] == CI["0601"] + 1, self.green_thr[self.parcel_ids[ix]], 0.35)
+            green = (patch[ix] + 0.4 * mid[ix]) > thr
             v = img[ix] * (1 + 0.05 * fine[ix])[:, None]
             v[green] = np.array([62, 92, 56], np.float32) * (1 + 0.3 * crown[ix][green])[:, None]
             img[ix] = v

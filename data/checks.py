@@ -16,7 +16,9 @@ Definitions used here (defaults of the domain brief; ``ref`` = the manifest's re
       4 years (+ 6 months with ≥ 3 basement levels), gives the same set on this data)
 - R8  parcels with buildings: FAR (Σ gfa / parcel area) > far_max or density (Σ footprint /
       parcel area) > density_max; completed parcels also FAR < far_min
-- R9  completed 0601 parcels: coverage < 30% or office/dormitory/residential footprint > 7%
+- R9  completed 0601 parcels: coverage < 30% or office/dormitory/residential footprint > 7%, or
+      green ratio > 20% measured on the latest imagery epoch at or before ``ref``: share of the
+      pixel centres inside the parcel whose excess-green (2G − R − B) / (R + G + B) > 0.10
 - R10 a building taller than height_max_m, or a footprint reaching into the setback zone
       (more than 1 m² outside the parcel shrunk by setback_m)
 - R11 a footprint more than 20 m² outside its parcel
@@ -112,7 +114,9 @@ def naive_findings(out_dir: str | Path) -> dict[str, list[str]]:
     office = B["use"].isin(["office", "dormitory", "residential"]).to_numpy()
     s_off = np.bincount(bi[office], weights=foot[office], minlength=n)
     ind = (P["land_use_code"].to_numpy() == "0601") & done
-    out["R9"] = list(pid[ind & ((dens < 0.30) | (s_off / parea > 0.07))])
+    green = np.zeros(n)
+    green[ind] = green_ratios(out_dir, manifest, pg[ind])
+    out["R9"] = list(pid[ind & ((dens < 0.30) | (s_off / parea > 0.07) | (green > 0.20))])
     too_tall = B["height_m"].to_numpy() > P["height_max_m"].to_numpy()[bi]
     inner = shapely.buffer(pg, -P["setback_m"].to_numpy(), join_style="mitre")
     outside_setback = shapely.area(shapely.difference(bg, inner[bi])) > 1.0
@@ -140,6 +144,32 @@ def naive_findings(out_dir: str | Path) -> dict[str, list[str]]:
     left = shapely.area(shapely.difference(A.geometry.to_numpy(), supplied))
     out["R13"] = list(A["approval_id"].to_numpy()[left > 100.0])
     return {k: sorted(map(str, v)) for k, v in out.items()}
+
+
+GREEN_INDEX_MIN = 0.10
+
+
+def green_ratios(out_dir: Path, manifest: dict, geoms: np.ndarray) -> np.ndarray:
+    """Vegetation share of each polygon (EPSG:4547) on the latest imagery epoch at or before the
+    reference date: pixel centres inside the polygon with excess-green > GREEN_INDEX_MIN."""
+    import rasterio
+    from rasterio.features import geometry_mask
+    from rasterio.windows import from_bounds
+
+    ref = manifest["reference_date"]
+    epochs = sorted((e for e in manifest["imagery"] if e["acquired_on"] <= ref), key=lambda e: e["acquired_on"])
+    out = np.zeros(len(geoms))
+    if not epochs or len(geoms) == 0:
+        return out
+    with rasterio.open(Path(out_dir) / epochs[-1]["path"]) as src:
+        for k, g in enumerate(geoms):
+            w = from_bounds(*g.bounds, src.transform).round_offsets().round_lengths()
+            rgb = src.read([1, 2, 3], window=w, boundless=True).astype(np.float32)
+            inside = ~geometry_mask([g], out_shape=rgb.shape[1:], transform=src.window_transform(w))
+            r, gg, b = rgb
+            exg = (2 * gg - r - b) / np.maximum(r + gg + b, 1.0)
+            out[k] = (exg[inside] > GREEN_INDEX_MIN).mean() if inside.any() else 0.0
+    return out
 
 
 def shenzhen_late_completion(out_dir: str | Path) -> list[str]:

@@ -29,7 +29,8 @@ from data._config import CENTRE, CRS, EPOCHS, REFERENCE_DATE, SIZES, SURVEY_DATE
 
 MANIFEST_FORMAT = "geotwin-demo-manifest/1"
 #: bump when the builder's output changes, so `geotwin demo build` rebuilds existing folders
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
+#: (2 changes the imagery and the manifest's R9 lists only: the vector layers are those of 1)
 Step = Callable[[str], None]
 
 

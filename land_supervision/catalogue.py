@@ -99,9 +99,14 @@ RULES: dict[str, dict[str, Any]] = {
         "family": "planning", "severity": "medium",
         "basis": "《工业项目建设用地控制指标》（建筑系数≥30%，行政办公及生活服务设施用地≤7%，绿地率≤20%）",
         "needs": {"parcels": ["land_use_code", "actual_completion"], "buildings": ["parcel_id", "use"]},
+        # green ratio: the parcel's green_ratio_field where filled, else measured from the latest imagery
+        # epoch covering the parcel (catalogue collection green_collection, else the imagery layer): share
+        # of its pixels with excess-green (2G − R − B) / (R + G + B) > green_index_min (calibrated on the
+        # demo imagery, see greenness.py)
         "parameters": {"industrial_codes": ["0601"], "coverage_min": 0.30, "office_share_max": 0.07,
                        "office_uses": ["office", "dormitory", "residential"], "green_ratio_max": 0.20,
-                       "green_ratio_field": "green_ratio", "decimals": 3},
+                       "green_ratio_field": "green_ratio", "green_index_min": 0.10, "green_collection": "ortho",
+                       "decimals": 3},
     },
     "R10": {
         "title_zh": "建筑限高与退线", "title_en": "Height limit and setback",

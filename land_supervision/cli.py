@@ -78,7 +78,8 @@ def run_cmd(
     layer: list[str] = typer.Option(None, "--layer", help="Map a role to a layer: ROLE=LAYER (repeatable), "
                                                           "e.g. --layer parcels=parcels_2026"),
     known_at: str = typer.Option(None, "--known-at", help="As the store knew the layers then (ISO date-time)."),
-    imagery: bool = typer.Option(None, "--imagery/--no-imagery", help="Imagery evidence [default: when loaded]."),
+    imagery: bool = typer.Option(None, "--imagery/--no-imagery", help="Read imagery: V1 start evidence (default: when loaded) and R9 green ratios "
+                                 "(default: on); --no-imagery reads none."),
     out: Path = typer.Option(None, "--out", help="Also write the findings to this file."),
     fmt: str = typer.Option(None, "--format", help="geojson | csv | xlsx [default: from --out's suffix]."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),

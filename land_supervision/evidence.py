@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from land_supervision.engine import to_3857
+
 
 
 def _epochs(eng, run_as_of: date) -> list[tuple[str, date, Path]]:
@@ -153,9 +155,9 @@ def imagery_evidence(eng, run_id: int) -> int:
                        format('报告未开工，但 %%s 至 %%s 两期影像显示宗地内 %%s%%%% 发生变化（疑似已动工），请核实',
                               %s::text, %s::text, round((%s * 100)::numeric, 1)),
                        %s, jsonb_build_object('parcels', p.vid, 'imagery', jsonb_build_array(%s::text, %s::text)),
-                       p.area_m2, s.fid, s.props ->> 'name', p.land_use_code, p.g4490, ST_Transform(p.g4490, 3857)
+                       p.area_m2, s.fid, s.props ->> 'name', p.land_use_code, p.g4490, """ + to_3857("p.g4490") + """
                 FROM _sup_p p LEFT JOIN LATERAL (SELECT s.fid, s.props FROM _sup_s s
-                    WHERE ST_Intersects(s.g, ST_PointOnSurface(p.g)) ORDER BY s.fid LIMIT 1) s ON true
+                    WHERE ST_Intersects(s.g4490, ST_PointOnSurface(p.g4490)) ORDER BY s.fid LIMIT 1) s ON true
                 WHERE p.parcel_id = %s
                 """,
                 (run_id, a[1].isoformat(), b[1].isoformat(), res["changed_fraction"], Jsonb({"imagery": ev}),

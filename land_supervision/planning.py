@@ -8,8 +8,8 @@ empty; ``foot`` = footprint area; geometry ``g`` in EPSG:4547). Areas in m² of 
   ``decimals`` (a value exactly at the limit is inside): FAR > far_max, density > density_max,
   and, once the project is completed, FAR < far_min.
 - R9: completed industrial parcels: coverage (建筑系数) < coverage_min, office / living footprint
-  share > office_share_max, green ratio > green_ratio_max (only where the parcel carries a measured
-  green ratio in ``green_ratio_field``).
+  share > office_share_max, green ratio > green_ratio_max — the parcel's ``green_ratio_field`` where
+  it is filled, else the value measured from imagery (``greenness.py``, temp table ``_sup_green``).
 - R10: a building taller than height_max_m (+ tolerance); a footprint with more than
   area_tolerance_m2 outside the parcel shrunk inward by setback_m (mitred).
 - R11: a building part lying more than distance_tolerance_m outside its parcel and larger than
@@ -56,7 +56,9 @@ def r8(P: dict) -> tuple[sql.Composable, dict]:
 
 
 def r9(P: dict, *, green_field: bool) -> tuple[sql.Composable, dict]:
-    green = ("(p.props ->> %(green_ratio_field)s)::float8" if green_field else "NULL::float8")
+    """``_sup_green`` (parcel_id, green_ratio, pixels, item_id, acquired_on, source) holds the
+    measured green ratios (possibly none)."""
+    field = "(p.props ->> %(green_ratio_field)s)::float8" if green_field else "NULL::float8"
     q = f"""
     WITH b AS (
         SELECT parcel_id, sum(foot) AS foot,
@@ -67,8 +69,14 @@ def r9(P: dict, *, green_field: bool) -> tuple[sql.Composable, dict]:
         SELECT p.*, coalesce(b.foot, 0) AS foot, coalesce(b.office_foot, 0) AS office_foot, b.vids,
                round((coalesce(b.foot, 0) / p.area_m2)::numeric, %(decimals)s::int) AS coverage,
                round((coalesce(b.office_foot, 0) / p.area_m2)::numeric, %(decimals)s::int) AS office_share,
-               round({green}::numeric, %(decimals)s::int) AS green_ratio
-        FROM _sup_p p LEFT JOIN b USING (parcel_id)
+               round(coalesce({field}, gr.green_ratio)::numeric, %(decimals)s::int) AS green_ratio,
+               CASE WHEN {field} IS NOT NULL THEN 'field'
+                    WHEN gr.green_ratio IS NOT NULL THEN 'imagery' END AS green_source,
+               CASE WHEN {field} IS NULL AND gr.green_ratio IS NOT NULL THEN jsonb_build_object(
+                   'item_id', gr.item_id, 'acquired_on', gr.acquired_on, 'source', gr.source,
+                   'pixels', gr.pixels, 'green_ratio', round(gr.green_ratio::numeric, 4),
+                   'index', 'ExG = (2G - R - B) / (R + G + B)', 'threshold', %(green_index_min)s::float8) END AS green_imagery
+        FROM _sup_p p LEFT JOIN b USING (parcel_id) LEFT JOIN _sup_green gr USING (parcel_id)
         WHERE p.land_use_code = ANY(%(industrial_codes)s::text[]) AND p.actual_completion <= %(as_of)s
     ), c AS (
         SELECT d.*, array_remove(ARRAY[
@@ -82,6 +90,7 @@ def r9(P: dict, *, green_field: bool) -> tuple[sql.Composable, dict]:
            jsonb_build_object('coverage', c.coverage, 'coverage_min', %(coverage_min)s::float8,
                               'office_share', c.office_share, 'office_share_max', %(office_share_max)s::float8,
                               'green_ratio', c.green_ratio, 'green_ratio_max', %(green_ratio_max)s::float8,
+                              'green_ratio_source', c.green_source, 'green_imagery', c.green_imagery,
                               'footprint_m2', round(c.foot::numeric, 2), 'office_footprint_m2', round(c.office_foot::numeric, 2),
                               'parcel_area', sup_area_units(c.area_m2)) AS measures,
            jsonb_build_object('parcels', c.vid, 'buildings', coalesce(c.vids, '[]'::jsonb)) AS sources,
@@ -102,10 +111,11 @@ def r10(P: dict) -> tuple[sql.Composable, dict]:
                s.part AS setback_part, coalesce(ST_Area(s.part), 0) AS setback_area
         FROM _sup_b b JOIN _sup_p p USING (parcel_id)
         LEFT JOIN inner_zone i USING (parcel_id)
-        LEFT JOIN LATERAL (
-            SELECT ST_Difference(b.g, i.gi) AS part
-            WHERE i.gi IS NOT NULL AND NOT ST_CoveredBy(b.g, i.gi)
-        ) s ON true
+        -- one ST_CoveredBy per building, evaluated once (as a join filter it cost twice the CPU)
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN i.gi IS NOT NULL AND NOT ST_CoveredBy(b.g, i.gi) THEN ST_Difference(b.g, i.gi) END AS part
+            OFFSET 0
+        ) s
     ), bad AS (
         SELECT h.*, h.setback_area > %(area_tolerance_m2)s::float8 AS in_setback
         FROM hits h

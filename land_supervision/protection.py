@@ -10,7 +10,10 @@ around the candidate parcels. A finding when the union of the overlaps exceeds
 
 R13: approval polygons valid at the run's date, minus the union of the parcels supplied by then
 (parcels of the snapshot with a contract date on or before it); a finding when more than
-``min_area_m2`` is left, with the batch's age.
+``min_area_m2`` is left, with the batch's age. Evaluated per polygon part of the batch: a part one
+supplied parcel covers (ST_Covers through the GiST index; first: is it the same polygon as a
+parcel, bbox equality ``~=`` through the index and ST_Normalize equality) leaves nothing without
+any overlay.
 """
 
 from __future__ import annotations
@@ -27,21 +30,42 @@ def r12(P: dict, *, sources: list[dict], temporal, have_approvals: bool) -> tupl
     ``temporal(alias)``: the store's temporal filter for the run, as SQL."""
     params = dict(P)
     parts = []
+    # sources reading the same layer by code (farmland 01xx and forest 03xx from land_use): one
+    # index probe per candidate for the group, each row tagged with the kinds whose prefixes it has
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
     for i, s in enumerate(sources):
-        layer = s["layer"]
+        key = (s["layer"], s.get("code_field", "dlbm")) if s.get("code_prefixes") else (s["layer"], None, i)
+        groups.setdefault(key, []).append((i, s))
+    for key, members in groups.items():
+        layer = key[0]
         cond = [sql.SQL("f.layer = {}").format(sql.Literal(layer)), sql.SQL("f.geom && c.g4490"),
                 temporal("f"), sql.SQL("ST_Intersects(f.geom, c.g4490)")]
-        prefixes = s.get("code_prefixes")
-        if prefixes:
-            params[f"prefixes_{i}"] = [str(p) + "%" for p in prefixes]
-            cond.append(sql.SQL("(f.properties ->> {}) LIKE ANY(%({})s::text[])").format(
-                sql.Literal(s.get("code_field", "dlbm")), sql.SQL(f"prefixes_{i}")))
+        kinds = []
+        if len(key) == 2:  # by code
+            code = sql.SQL("(f.properties ->> {})").format(sql.Literal(key[1]))
+            every = []
+            for i, s in members:
+                params[f"prefixes_{i}"] = [str(p) + "%" for p in s["code_prefixes"]]
+                every += params[f"prefixes_{i}"]
+                kinds.append(sql.SQL("({}::text, {}::text, %({})s::text[])").format(
+                    sql.Literal(s["kind"]), sql.Literal(s.get("severity", "high")), sql.SQL(f"prefixes_{i}")))
+            params[f"prefixes_all_{members[0][0]}"] = every
+            cond.append(sql.SQL("{} LIKE ANY(%({})s::text[])").format(code, sql.SQL(f"prefixes_all_{members[0][0]}")))
+            tag = sql.SQL("JOIN (VALUES {}) k(kind, sev, pre) ON {} LIKE ANY(k.pre)").format(
+                sql.SQL(", ").join(kinds), code)
+        else:
+            s = members[0][1]
+            tag = sql.SQL("CROSS JOIN (VALUES ({}::text, {}::text)) k(kind, sev)").format(
+                sql.Literal(s["kind"]), sql.Literal(s.get("severity", "high")))
+        # candidates outside, the partition's GiST index probed per candidate (OFFSET 0 keeps the
+        # planner from turning the red-line join around into a loop over its few huge polygons,
+        # each detoasted again for every candidate's bbox test: 20% more CPU, measured)
         parts.append(sql.SQL(
-            "SELECT c.parcel_id, {kind}::text AS kind, {sev}::text AS sev, f.fid, f.vid, "
+            "SELECT c.parcel_id, k.kind, k.sev, f.fid, f.vid, "
             "ST_CollectionExtract(ST_Intersection(c.g, ST_Transform(f.geom, 4547)), 3) AS g "
-            "FROM cand c JOIN {part} f ON {cond}"
-        ).format(kind=sql.Literal(s["kind"]), sev=sql.Literal(s.get("severity", "high")),
-                 part=sql.Identifier(store.partition_name(layer)), cond=sql.SQL(" AND ").join(cond)))
+            "FROM cand c CROSS JOIN LATERAL (SELECT f.fid, f.vid, f.geom, f.properties FROM {part} f "
+            "WHERE {cond} OFFSET 0) f {tag}"
+        ).format(part=sql.Identifier(store.partition_name(layer)), cond=sql.SQL(" AND ").join(cond), tag=tag))
     unknown = ("(SELECT array_agg(i) FROM unnest(p.ids) i WHERE i <> '' AND NOT EXISTS "
                "(SELECT 1 FROM _sup_a a WHERE a.approval_id = i AND (a.approved_on IS NULL OR a.approved_on <= %(as_of)s)))"
                if have_approvals else "NULL::text[]")
@@ -88,22 +112,42 @@ def r12(P: dict, *, sources: list[dict], temporal, have_approvals: bool) -> tupl
 
 
 def r13(P: dict) -> tuple[sql.Composable, dict]:
+    # Per polygon part of each batch (ST_Dump: parts are disjoint, so the difference distributes
+    # over them): a part that one supplied parcel covers leaves nothing (on the demo 4,170 of 4,240
+    # parts — a batch is the union of its parcels), which an indexed ST_Covers settles without any
+    # overlay; only the other parts are differenced with the union of the parcels they meet.
+    # (Measured on the large district: 0.5 s instead of 2.2 s for union + difference per batch.)
     q = """
     WITH a AS (
-        SELECT a.*, s.u, s.n, s.vids
-        FROM _sup_a a
+        SELECT a.* FROM _sup_a a WHERE a.approved_on IS NULL OR a.approved_on <= %(as_of)s
+    ), parts AS (
+        SELECT a.approval_id, d.geom AS g FROM a, ST_Dump(a.g) d
+    ), open_parts AS (
+        SELECT pt.* FROM parts pt
+        -- the same polygon as a supplied parcel (same bbox through the index, then equal once
+        -- normalised: a quarter of ST_Covers' cost), else covered by one
+        WHERE NOT EXISTS (SELECT 1 FROM _sup_p p WHERE p.g ~= pt.g AND ST_Normalize(p.g) = ST_Normalize(pt.g)
+                            AND (p.contract_date IS NULL OR p.contract_date <= %(as_of)s))
+          AND NOT EXISTS (SELECT 1 FROM _sup_p p WHERE p.g && pt.g AND ST_Covers(p.g, pt.g)
+                            AND (p.contract_date IS NULL OR p.contract_date <= %(as_of)s))
+    ), left_parts AS (
+        SELECT o.approval_id,
+               CASE WHEN s.u IS NULL THEN o.g ELSE ST_CollectionExtract(ST_Difference(o.g, s.u), 3) END AS g
+        FROM open_parts o
         LEFT JOIN LATERAL (
-            SELECT ST_Union(p.g) AS u, count(*) AS n, jsonb_agg(p.parcel_id ORDER BY p.parcel_id) AS vids
-            FROM _sup_p p
-            WHERE p.g && a.g AND ST_Intersects(p.g, a.g)
-              AND (p.contract_date IS NULL OR p.contract_date <= %(as_of)s)
+            SELECT ST_Union(p.g) AS u FROM _sup_p p
+            WHERE p.g && o.g AND ST_Intersects(p.g, o.g) AND (p.contract_date IS NULL OR p.contract_date <= %(as_of)s)
         ) s ON true
-        WHERE a.approved_on IS NULL OR a.approved_on <= %(as_of)s
+    ), per AS (
+        SELECT approval_id, ST_CollectionExtract(ST_Collect(g), 3) AS left_g
+        FROM left_parts WHERE NOT ST_IsEmpty(g) GROUP BY approval_id
     ), d AS (
-        SELECT a.*, CASE WHEN a.u IS NULL THEN a.g
-                         ELSE ST_CollectionExtract(ST_Difference(a.g, a.u), 3) END AS left_g,
-               %(as_of)s - a.approved_on AS age_days
-        FROM a
+        SELECT a.*, per.left_g, %(as_of)s - a.approved_on AS age_days,
+               (SELECT jsonb_agg(p.parcel_id ORDER BY p.parcel_id) FROM _sup_p p
+                WHERE p.g && a.g AND ST_Intersects(p.g, a.g)
+                  AND (p.contract_date IS NULL OR p.contract_date <= %(as_of)s)) AS vids
+        FROM a JOIN per USING (approval_id)
+        WHERE ST_Area(per.left_g) > %(min_area_m2)s::float8
     )
     SELECT d.approval_id AS subject_id, NULL::text AS parcel_id,
            CASE WHEN d.age_days >= %(high_after_days)s::int THEN 'high' ELSE %(severity)s::text END AS severity,
@@ -120,6 +164,6 @@ def r13(P: dict) -> tuple[sql.Composable, dict]:
                               'batch_type', d.batch_type, 'name', d.name) AS measures,
            jsonb_build_object('approvals', d.vid) AS sources,
            d.left_g AS evidence
-    FROM d WHERE ST_Area(d.left_g) > %(min_area_m2)s::float8
+    FROM d
     """
     return sql.SQL(q), P

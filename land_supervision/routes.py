@@ -48,7 +48,8 @@ class RunRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(None, description="Overrides: {\"R4\": {\"fee_rate\": 0.2}}")
     layers: dict[str, str] | None = Field(None, description="Role → layer name, e.g. {\"parcels\": \"parcels_2026\"}")
     known_at: datetime | None = Field(None, description="Evaluate the layers as the store knew them then")
-    imagery: bool | None = Field(None, description="Imagery evidence (default: when an imagery layer exists)")
+    imagery: bool | None = Field(None, description="Read imagery: V1 start evidence (default: when an imagery layer exists) and R9 "
+                                                    "green ratios (default: on); false reads none")
 
 
 class CaseRequest(BaseModel):

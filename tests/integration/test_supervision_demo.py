@@ -65,6 +65,18 @@ def test_planted_cases_all_found_no_false_ones(demo, demo_run, conn):
     # idle parcels carry imagery evidence (nothing built on them)
     idle = runs.findings(conn, demo_run.run_id, rule="R4")
     assert idle and all(f["measures"]["imagery"]["construction_seen"] is False for f in idle)
+    # R9's green ratio, measured on the latest epoch before the reference date: the planted
+    # landscaped industrial parcel only (the other R9 cases are coverage / office share)
+    r9 = runs.findings(conn, demo_run.run_id, rule="R9")
+    green = [f for f in r9 if f["measures"]["green_ratio"] > 0.2]
+    assert len(green) == 1 and green[0]["subject_id"] in demo["planted_cases"]["R9"]
+    gi = green[0]["measures"]["green_imagery"]
+    assert green[0]["measures"]["green_ratio_source"] == "imagery" and gi["acquired_on"] == "2025-11-15"
+    # the imagery layer's epoch E2025 — or the same file in the catalogue, when another test of the
+    # session registered the small demo's latest epoch in collection 'ortho' (test_styles does)
+    assert (gi["source"], gi["item_id"]) == ("layer:imagery", "E2025") or gi["source"] == "catalogue:ortho"
+    assert gi["pixels"] > 1000 and gi["threshold"] == 0.10
+    assert all(f["measures"]["green_ratio"] is not None for f in r9)  # every completed 0601 parcel measured
 
 
 def test_imagery_shows_construction_on_a_parcel_reported_not_started(demo, demo_run, database, conn):

@@ -294,6 +294,11 @@ def test_measured_values(first_run, conn):
     assert all(r["street_name"] == "测试街道" for r in by.values())
     run = runs.get_run(conn, first_run.run_id)
     assert run["layers"]["parcels"]["features"] == len(PARCELS) and run["layers"]["parcels"]["changeset_id"]
+    # the Web Mercator copy (a PROJ string pair, not EPSG:3857's operation search) is EPSG:3857's geometry
+    worst, srid = conn.execute(
+        "SELECT max(ST_HausdorffDistance(geom_3857, ST_Transform(geom, 3857))), min(ST_SRID(geom_3857)) "
+        "FROM sup_findings WHERE run_id = %s", (first_run.run_id,)).fetchone()
+    assert srid == 3857 and worst < 1e-6
 
 
 def test_parameters_are_data(world, database, conn):
@@ -326,6 +331,26 @@ def test_bad_value_names_feature_and_field(database, conn):
     with pytest.raises(RuleError, match=r"'R1_IN' field 'agreed_start' = 'next spring'"):
         engine.run(database, as_of=REF, rules="R3", layers={"parcels": name}, conn=conn)
     assert conn.execute("SELECT count(*) FROM sup_runs").fetchone()[0] == before  # nothing stored
+
+
+def test_castable_but_unreadable_value_is_named(database, conn):
+    """'Infinity' casts to float8 (no cast error), yet it is no number the rules can use: the
+    validation in the snapshot's scan names it."""
+    name = f"t_sup{uuid.uuid4().hex[:6]}_inf"
+    feats = parcel_features({"R8_OVER": {"far_max": "Infinity"}})
+    schema = [(n, "string" if n == "far_max" else t) for n, t in PARCEL_SCHEMA]
+    write_layer(conn, name, schema, feats, at=datetime(2026, 6, 30, tzinfo=CST), key="parcel_id", new=True)
+    with pytest.raises(RuleError, match=r"'R8_OVER' field 'far_max' = 'Infinity' \(expected a number\)"):
+        engine.run(database, as_of=REF, rules="R3", layers={"parcels": name}, conn=conn)
+
+
+def test_bad_building_value_names_the_building(world, database, conn):
+    name = f"t_sup{uuid.uuid4().hex[:6]}_bb"
+    feats = [(bid, geom, {**props, "floors": "three"} if bid == "B003" else props) for bid, geom, props in buildings()]
+    schema = [(n, "string" if n == "floors" else t) for n, t in BUILDING_SCHEMA]
+    write_layer(conn, name, schema, feats, at=datetime(2026, 6, 30, tzinfo=CST), key="building_id", new=True)
+    with pytest.raises(RuleError, match=r"'B003' field 'floors' = 'three' \(expected a number\)"):
+        engine.run(database, as_of=REF, rules="R8", layers={**world, "buildings": name}, imagery=False, conn=conn)
 
 
 def test_earlier_date_reproducible_and_diff(world, database, conn, first_run):

@@ -29,6 +29,11 @@ def test_defaults_are_the_domain_briefs():
     assert p["R7"]["housing_years"] == 4 and p["R7"]["deep_basement_levels"] == 3
     assert p["R9"]["coverage_min"] == 0.30 and p["R9"]["office_share_max"] == 0.07
     assert p["R9"]["green_ratio_max"] == 0.20
+    # measured from imagery where a parcel has no green_ratio value: excess-green above 0.10
+    assert p["R9"]["green_index_min"] == 0.10 and p["R9"]["green_collection"] == "ortho"
+    assert catalogue.parameters({"R9.green_index_min": "0.2"}, ["R9"])["R9"]["green_index_min"] == 0.2
+    with pytest.raises(RuleError, match=r"R9.green_index_min='lush': expected a number"):
+        catalogue.parameters({"R9.green_index_min": "lush"}, ["R9"])
     assert p["R11"]["distance_tolerance_m"] == 1.0 and p["R11"]["area_tolerance_m2"] == 1.0
     kinds = {s["kind"]: s for s in p["R12"]["sources"]}
     assert set(kinds) == {"basic_farmland", "farmland", "forest", "eco_redline"}
@@ -73,3 +78,19 @@ def test_dates():
     assert engine.parse_date("2026-06-30") == date(2026, 6, 30)
     with pytest.raises(RuleError, match="--as-of '30/06/2026': not a date; write it as YYYY-MM-DD"):
         engine.parse_date("30/06/2026")
+
+
+def test_joined_value_regexes_agree_with_the_per_value_ones():
+    """The snapshot checks all date (number) fields of a row with one regex over the values joined
+    by U+0001: it must flag a row exactly when some value fails the per-value regex."""
+    import itertools
+    import re
+
+    dates = ["2020-01-05", "2020-01-05T08:00:00+08:00", "2020-01-05 12:00", "next spring", "2020/01/05",
+             "20200105", "2020-1-05", "2020-01-05x"]
+    numbers = ["1", "-2.5", "1e5", " 3 ", "1.", "NaN", "Infinity", "1,5", "abc", "0.00000015"]
+    for values, one, joined in ((dates, engine.DATE_RE, engine.DATES_RE), (numbers, engine.NUMBER_RE, engine.NUMBERS_RE)):
+        for n in (1, 2, 3):
+            for combo in itertools.product(values, repeat=n):
+                every = all(re.search(one, v) for v in combo)
+                assert bool(re.search(joined, "\x01".join(combo))) == every, combo
