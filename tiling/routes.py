@@ -13,6 +13,7 @@ outside the matrix is 404; bad parameters are 400 — all with the OGC exception
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from fastapi import APIRouter, Query, Request
@@ -54,6 +55,52 @@ def tms_document(tms_id: str) -> dict:
     for m in doc["tileMatrices"]:
         m["identifier"], m["topLeftCorner"] = m["id"], m["pointOfOrigin"]
     return doc
+
+
+MAX_TILE_LAYERS = 32  # layers in one XYZ tile request (a guard against /tiles/a,a,a,…,a/…)
+
+
+def _layer_names(layers: str) -> list[str]:
+    names = [n for n in layers.split(",") if n]
+    if not names:
+        raise bad("layers", "name at least one layer")
+    if len(names) > MAX_TILE_LAYERS:
+        raise bad("layers", f"{len(names)} layers named; at most {MAX_TILE_LAYERS} in one request")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise bad("layers", f"{', '.join(twice)[:200]} named more than once")
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _recent_variant(datetime_: str | None, properties: str | None) -> str:
+    return variant(datetime_, properties)
+
+
+def _variant(datetime_: str | None, properties: str | None) -> str:
+    """cache.variant, memoised for short parameters (a tile client repeats the same few: hashing
+    them anew was ~7% of a cache hit's CPU)."""
+    if len(datetime_ or "") <= 64 and len(properties or "") <= 256:
+        return _recent_variant(datetime_, properties)
+    return variant(datetime_, properties)
+
+
+def _int_param(path_params: dict, name: str) -> int:
+    raw = path_params[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad(name, f"{raw[:50]!r} is not an integer") from None
+
+
+def _tile_parameters(*path: tuple[str, str, str]) -> list[dict]:
+    """OpenAPI parameters of a tile endpoint: its path parameters, then datetime and properties."""
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": t}, "description": d}
+            for n, t, d in path] + [
+        {"name": "datetime", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "an instant (RFC 3339 date or date-time): the tile as of that valid time"},
+        {"name": "properties", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "the properties to put in the tile, comma-separated (default: all)"}]
 
 
 def router(settings: Settings) -> APIRouter:
@@ -128,9 +175,7 @@ def router(settings: Settings) -> APIRouter:
 
     @api.get("/tiles/{layers}/tilejson.json", summary="TileJSON 3 for XYZ vector tiles of one or more layers")
     def tilejson(request: Request, layers: str, datetime_: str | None = Query(None, alias="datetime")):
-        names = [n for n in layers.split(",") if n]
-        if not names:
-            raise bad("layers", "name at least one layer")
+        names = _layer_names(layers)
         with pool.connection() as conn:
             found = [cols.get(conn, n) for n in names]
             rows = {r["name"]: r for r in cols.visible(conn)}
@@ -211,7 +256,7 @@ def router(settings: Settings) -> APIRouter:
                    properties: str | None) -> Response:
         """Cached tiles are answered on the event loop without touching the database; a miss is
         rendered in the thread pool."""
-        key = TileKey(tuple(layer_ids), req.tms, req.z, req.x, req.y, variant(datetime_, properties))
+        key = TileKey(tuple(layer_ids), req.tms, req.z, req.x, req.y, _variant(datetime_, properties))
         entry = cache.get(key) if cache is not None and invalidator.connected.is_set() else None
         if entry is not None and entry.level != "public":
             if not security.current().sees(entry.level):
@@ -228,18 +273,29 @@ def router(settings: Settings) -> APIRouter:
     def cache_stats():
         return {**cache.stats(), "listening": invalidator.connected.is_set()} if cache else {"enabled": False}
 
-    @api.get("/collections/{collection_id}/tiles/{tms_id}/{z}/{row}/{col}", summary="A vector tile")
-    async def ogc_tile(request: Request, collection_id: str, tms_id: str, z: int, row: int, col: int,
-                       datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
-        return await tile(request, [collection_id], TileRequest(tms_id, z, col, row), datetime_, properties)
+    # The two tile endpoints read their parameters from the request themselves (documented through
+    # openapi_extra): FastAPI's validation of six typed parameters was ~20% of a cache hit's CPU
+    # (py-spy under bench/tiles.py; see docs/benchmarks.md). Bad integers get the same 400
+    # InvalidParameterValue as before.
+    @api.get("/collections/{collection_id}/tiles/{tms_id}/{z}/{row}/{col}", summary="A vector tile",
+             openapi_extra={"parameters": _tile_parameters(
+                 ("collection_id", "string", "the collection"),
+                 ("tms_id", "string", f"the tile matrix set: {', '.join(GRIDS)}"),
+                 ("z", "integer", "tile matrix (zoom)"), ("row", "integer", "tile row"),
+                 ("col", "integer", "tile column"))})
+    async def ogc_tile(request: Request):
+        p, q = request.path_params, request.query_params
+        req = TileRequest(p["tms_id"], _int_param(p, "z"), _int_param(p, "col"), _int_param(p, "row"))
+        return await tile(request, [p["collection_id"]], req, q.get("datetime"), q.get("properties"))
 
-    @api.get("/tiles/{layers}/{z}/{x}/{y}.mvt", summary="XYZ vector tile (WebMercatorQuad); layers comma-separated")
-    async def xyz_tile(request: Request, layers: str, z: int, x: int, y: int,
-                       datetime_: str | None = Query(None, alias="datetime"), properties: str | None = None):
-        names = [n for n in layers.split(",") if n]
-        if not names:
-            raise bad("layers", "name at least one layer")
-        return await tile(request, names, TileRequest("WebMercatorQuad", z, x, y), datetime_, properties)
+    @api.get("/tiles/{layers}/{z}/{x}/{y}.mvt", summary="XYZ vector tile (WebMercatorQuad); layers comma-separated",
+             openapi_extra={"parameters": _tile_parameters(
+                 ("layers", "string", "layer names, comma-separated"), ("z", "integer", "zoom"),
+                 ("x", "integer", "column"), ("y", "integer", "row"))})
+    async def xyz_tile(request: Request):
+        p, q = request.path_params, request.query_params
+        req = TileRequest("WebMercatorQuad", _int_param(p, "z"), _int_param(p, "x"), _int_param(p, "y"))
+        return await tile(request, _layer_names(p["layers"]), req, q.get("datetime"), q.get("properties"))
 
     return api
 

@@ -96,6 +96,8 @@ def _query_text(q: str | None) -> str:
         raise ParameterError("q: give the text to look up, e.g. q=坂田街道五和大道123号 or q=龙岗")
     if len(q) > MAX_QUERY_CHARS:
         raise ParameterError(f"q: at most {MAX_QUERY_CHARS} characters (got {len(q)})")
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in q):
+        raise ParameterError("q: contains control characters (e.g. a NUL byte); send the text only")
     if not normalize(q):
         raise ParameterError("q: nothing left to search once 深圳市/龙岗区 and blanks are removed")
     return q

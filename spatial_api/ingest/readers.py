@@ -140,6 +140,49 @@ def _file_source(display: str, p: Path) -> _Source:
     return _Source(display, gdal_path, kind, sidecar, head)
 
 
+#: Guards on a zip archive, checked from its directory before anything is decompressed: how much
+#: it may expand to in all, how much one member may expand beyond ZIP_RATIO_FROM bytes (deflate
+#: reaches ~1000:1 on zeros; real shapefiles stay well under 100:1), and how many members it holds.
+ZIP_MAX_EXPANDED = 20 << 30
+ZIP_MAX_RATIO, ZIP_RATIO_FROM = 100, 100 << 20
+ZIP_MAX_MEMBERS = 10_000
+
+
+def _unsafe_member_name(name: str) -> bool:
+    """A member name that would escape the archive's folder: absolute, a drive letter, or ``..``."""
+    norm = name.replace("\\", "/")
+    return (norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) is not None
+            or ".." in norm.split("/") or "\0" in norm)
+
+
+def _check_zip(display: str, zf: zipfile.ZipFile) -> None:
+    """Refuse zip bombs and path traversal from the central directory (nothing is expanded)."""
+    infos = zf.infolist()
+    if len(infos) > ZIP_MAX_MEMBERS:
+        raise IngestError(f"{display}: the zip archive holds {len(infos):,} members (at most "
+                          f"{ZIP_MAX_MEMBERS:,} are read). Zip only the dataset to ingest.")
+    bad_names = [i.filename for i in infos if _unsafe_member_name(i.filename)]
+    if bad_names:
+        raise IngestError(f"{display}: refused: member {bad_names[0]!r} has an absolute path or '..' in its "
+                          "name (it would point outside the archive). Re-create the archive with relative "
+                          "names, e.g. `cd folder && zip -r data.zip parcels/`.")
+    links = [i.filename for i in infos if (i.external_attr >> 16) & 0o170000 == 0o120000]
+    if links:
+        raise IngestError(f"{display}: refused: member {links[0]!r} is a symbolic link. Zip the files "
+                          "themselves (zip without -y).")
+    total = sum(i.file_size for i in infos)
+    if total > ZIP_MAX_EXPANDED:
+        raise IngestError(f"{display}: refused: the archive would expand to {total / (1 << 30):,.1f} GiB (at most "
+                          f"{ZIP_MAX_EXPANDED >> 30} GiB are read from a zip). If the data really is that large, "
+                          "unzip it yourself and pass the .shp / .gpkg.")
+    for i in infos:
+        if i.file_size > ZIP_RATIO_FROM and i.file_size > ZIP_MAX_RATIO * max(i.compress_size, 1):
+            raise IngestError(
+                f"{display}: refused: member {i.filename!r} would expand from {i.compress_size:,} to "
+                f"{i.file_size:,} bytes (over {ZIP_MAX_RATIO}:1, which looks like a zip bomb). If it is genuine, "
+                "unzip the archive yourself and pass the extracted file.")
+
+
 def _zip_source(display: str, p: Path, source_layer: str | None) -> tuple[_Source, str | None]:
     """The dataset inside a .zip. Returns the source and the layer chosen by picking a member."""
     try:
@@ -150,6 +193,7 @@ def _zip_source(display: str, p: Path, source_layer: str | None) -> tuple[_Sourc
             f"{display}: cannot open the zip archive ({exc}). Check that the download / copy is "
             "complete and that the file is a .zip (not .rar or .7z)."
         ) from None
+    _check_zip(display, zf)
     root = f"/vsizip/{p.resolve()}"
     lower = {n.lower(): n for n in names}
 

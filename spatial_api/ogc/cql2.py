@@ -255,6 +255,12 @@ def _geom(g, where: str) -> Geom:
     coords = shapely.get_coordinates(g)
     if not all(math.isfinite(v) for v in coords.ravel()):
         raise FilterError(f"{where}: the geometry has non-finite coordinates")
+    if len(coords) and float(abs(coords).max()) > 1e8:  # beyond any supported CRS's coordinates
+        raise FilterError(f"{where}: coordinates beyond ±100,000,000 are out of range of every CRS; "
+                          "lon/lat (CRS84) are within ±180 / ±90")
+    if not g.is_valid:  # PostGIS would fail on it mid-query (GEOS TopologyException)
+        raise FilterError(f"{where}: the geometry is invalid ({shapely.is_valid_reason(g)}); "
+                          "check the ring's order and that it does not cross itself")
     return Geom(shapely.to_wkt(g, rounding_precision=-1, output_dimension=2))
 
 
@@ -771,6 +777,37 @@ def parse(text_or_json: str | dict, lang: str = "cql2-text"):
     """Parse a CQL2 filter. ``lang``: cql2-text | cql2-json (or the drafts' cql-text | cql-json).
 
     CQL2 JSON may be given as a dict or as its JSON text. Raises :class:`FilterError`."""
+    try:
+        node = _parse(text_or_json, lang)
+    except RecursionError:  # e.g. thousands of nested brackets or JSON arrays
+        raise FilterError(f"the filter is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    if _depth(node) > MAX_DEPTH:  # to_sql and PostgreSQL recurse over the tree too
+        raise FilterError(f"the filter is nested too deeply (at most {MAX_DEPTH} levels of brackets, NOT, "
+                          "functions or arithmetic)")
+    return node
+
+
+#: How deep a filter's tree may be (brackets, NOT, functions, arithmetic): hostile input is refused
+#: before anything recurses over it.
+MAX_DEPTH = 100
+
+
+def _depth(node) -> int:
+    """The depth of an AST, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        if isinstance(n, (tuple, list)):
+            stack.extend((c, d) for c in n)
+        elif hasattr(n, "__dataclass_fields__"):
+            stack.extend((getattr(n, f), d + 1) for f in n.__dataclass_fields__)
+    return deepest
+
+
+def _parse(text_or_json: str | dict, lang: str):
     canonical = FILTER_LANGS.get((lang or "cql2-text").strip().lower())
     if canonical is None:
         raise FilterError(f"filter-lang {lang!r} is not supported; use one of: cql2-text, cql2-json")

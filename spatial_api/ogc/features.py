@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -392,6 +393,7 @@ def router(settings: Settings) -> APIRouter:
         started = time.perf_counter()
         out_crs, srid, flipped = _crs(crs, "crs")
         dt = _datetime(datetime_)
+        _check_unused(bbox_crs, filter_lang, filter_crs)
         with connect() as conn:
             layer = cols.get(conn, collection_id)
             where, params = _temporal(dt)
@@ -406,6 +408,7 @@ def router(settings: Settings) -> APIRouter:
                 cparams += cond[1]
             for name, value in request.query_params.items():  # queryables as query parameters
                 if name in layer.schema and name not in RESERVED_PARAMETERS:
+                    _check_queryable_value(name, value, layer.schema[name])
                     conds.append(sql.SQL("(f.properties ->> {})::{} = %s::{}").format(
                         sql.Literal(name), sql.SQL(_CASTS[layer.schema[name]]), sql.SQL(_CASTS[layer.schema[name]])))
                     cparams.append(value)
@@ -595,6 +598,28 @@ def _properties(layer: store.Layer, value: str | None) -> sql.Composable:
         sql.SQL("{}, f.properties -> {}").format(sql.Literal(n), sql.Literal(n)) for n in names))
 
 
+def _check_queryable_value(name: str, value: str, type_: str) -> None:
+    """A queryable given as a query parameter: its value must parse as the property's type."""
+    example = {"integer": "12", "number": "12.5", "boolean": "true", "date": "2023-12-31",
+               "datetime": "2023-12-31T08:00:00Z"}.get(type_)
+    try:
+        if "\x00" in value:
+            raise ValueError
+        if type_ == "integer" and not -(2**63) <= int(value) < 2**63:
+            raise ValueError
+        if type_ == "number" and not math.isfinite(float(value)):
+            raise ValueError
+        if type_ == "boolean" and value.lower() not in ("true", "false", "t", "f", "1", "0", "yes", "no", "y", "n", "on", "off"):
+            raise ValueError
+        if type_ == "date":
+            date.fromisoformat(value)
+        if type_ == "datetime":
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad(name, f"{value[:80]!r} is not {'an' if type_ == 'integer' else 'a'} {type_}"
+                  + (f" (e.g. {name}={example})" if example else " (a NUL byte cannot be queried)")) from None
+
+
 _CASTS = {"string": "text", "integer": "bigint", "number": "double precision", "boolean": "boolean",
           "date": "date", "datetime": "timestamptz"}
 
@@ -615,6 +640,21 @@ def _sortby(layer: store.Layer, value: str | None) -> sql.Composable:
             raise bad("sortby", f"unknown property {name!r}; sort by id or one of: {', '.join(layer.schema)}")
         keys.append(expr + sql.SQL(" DESC NULLS LAST" if desc else " ASC NULLS LAST"))
     return sql.SQL(", ").join(keys + [sql.SQL("f.fid")])
+
+
+def _check_unused(bbox_crs: str | None, filter_lang: str, filter_crs: str | None) -> None:
+    """A bad bbox-crs / filter-lang / filter-crs is refused even when bbox / filter is absent, so that
+    a typo is not silently ignored."""
+    from spatial_api.ogc import cql2
+
+    if bbox_crs is not None:
+        _crs(bbox_crs, "bbox-crs")
+    if filter_lang not in cql2.FILTER_LANGS:
+        raise bad("filter-lang", f"{filter_lang!r}: use cql2-text or cql2-json")
+    try:
+        cql2._parse_srid(filter_crs)
+    except cql2.FilterError as exc:
+        raise bad("filter-crs", str(exc)) from None
 
 
 def _cql2(text: str, lang: str, filter_crs: str | None, layer: store.Layer) -> tuple[sql.Composable, list]:
@@ -691,6 +731,30 @@ def install(app: FastAPI, settings: Settings) -> None:
     from psycopg import OperationalError
     from psycopg.errors import QueryCanceled
     from psycopg_pool import PoolTimeout
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # Routing's own refusals (no such path, method not allowed) in the same exception JSON.
+        codes = {400: "InvalidParameterValue", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                 405: "MethodNotAllowed", 406: "NotAcceptable", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
+        description = str(exc.detail)
+        if exc.status_code == 404 and description == "Not Found":
+            description = (f"no resource at {request.url.path[:200]!r}; the API's resources are listed at / "
+                           "and /openapi.json")
+        elif exc.status_code == 405 and description == "Method Not Allowed":
+            description = f"{request.method} is not allowed on {request.url.path[:200]!r}"
+        return JSONResponse({"code": codes.get(exc.status_code, "Error"), "description": description},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(psycopg.DataError)
+    async def _bad_value(request: Request, exc: psycopg.DataError):
+        # A value of the request that PostgreSQL cannot take (a text where a number is queried, a
+        # number out of range, a NUL byte): the caller's mistake, not the server's.
+        message = (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc)
+        return JSONResponse({"code": "InvalidParameterValue",
+                             "description": f"a value in the request does not fit: {message[:300]}"}, status_code=400)
 
     @app.exception_handler(QueryCanceled)
     async def _too_long(request: Request, exc: QueryCanceled):

@@ -38,13 +38,56 @@ def _author(request: Request) -> str:
     return security.current().name  # the key's or the token's owner (the audit log has the key id)
 
 
+#: The largest request body a write accepts (one feature: a parcel of 100 000 vertices is ~5 MB).
+#: Larger bodies get 413 before they are read into memory (Content-Length) or as soon as the
+#: stream passes the limit (chunked).
+MAX_BODY_BYTES = 16 << 20
+#: The longest text a property value may hold through the API.
+MAX_TEXT_CHARS = 100_000
+#: How deeply a body's JSON may nest (a MultiPolygon's coordinates are 4 deep).
+MAX_BODY_DEPTH = 32
+
+
+def _too_large(what: str) -> ApiError:
+    return ApiError(413, "PayloadTooLarge", f"body: {what}; a write takes one feature of at most "
+                    f"{MAX_BODY_BYTES >> 20} MB. Simplify the geometry, or load large data with "
+                    "`geotwin ingest vector`.")
+
+
+def _json_depth(text: bytes) -> int:
+    """How deeply the JSON text nests, counted without parsing (brackets outside strings)."""
+    import re
+
+    stripped = np.frombuffer(re.sub(rb'"[^"\\]*(?:\\.[^"\\]*)*"', b"", text), dtype=np.uint8)  # strings are text
+    step = (((stripped == 0x5B) | (stripped == 0x7B)).astype(np.int32)  # [ {
+            - ((stripped == 0x5D) | (stripped == 0x7D)).astype(np.int32))  # ] }
+    return int(np.cumsum(step).max()) if len(step) else 0
+
+
 async def _body(request: Request) -> dict:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise bad("Content-Length", f"{declared[:40]!r} is not a number of bytes")
+        if int(declared) > MAX_BODY_BYTES:
+            raise _too_large(f"{int(declared):,} bytes declared")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large(f"more than {MAX_BODY_BYTES:,} bytes sent")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if _json_depth(raw) > MAX_BODY_DEPTH:
+        raise bad("body", f"the JSON nests more than {MAX_BODY_DEPTH} levels deep; send one GeoJSON Feature")
     try:
-        doc = json.loads(await request.body())
-    except ValueError as exc:
-        raise bad("body", f"not JSON ({exc})") from None
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise bad("body", f"not JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict):
         raise bad("body", "expected a GeoJSON Feature object")
+    if doc.get("properties") is not None and not isinstance(doc["properties"], dict):
+        raise bad("properties", "expected a JSON object of property names and values")
     return doc
 
 
@@ -91,22 +134,32 @@ def _rows(layer: store.Layer, feature: dict, fid: str | None, request: Request,
         raise bad("body", "expected a GeoJSON Feature (type: Feature)")
     try:
         geom = shape(feature["geometry"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise bad("geometry", f"not a GeoJSON geometry ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, shapely.errors.ShapelyError) as exc:
+        raise bad("geometry", f"not a GeoJSON geometry ({str(exc)[:200]})") from None
     if geom.is_empty:
         raise bad("geometry", "empty")
+    if not np.isfinite(shapely.get_coordinates(geom)).all():
+        raise bad("geometry", "coordinates must be finite numbers (NaN / Infinity given)")
     if FAMILY.get(geom.geom_type) != layer.geometry_family:
         raise bad("geometry", f"{geom.geom_type} given, layer {layer.name!r} holds {layer.geometry_family}s")
     geom = shapely.force_2d(geom)
     if not stored_geometry:
         geom = shapely.transform(geom, _input_transformer(request))
+    xy = shapely.get_coordinates(geom)
+    if not (np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 180).all() and (np.abs(xy[:, 1]) <= 90).all()):
+        raise bad("geometry", "coordinates out of range: longitude must be within ±180 and latitude within ±90 "
+                  "(CGCS2000) — is the Content-Crs header right?")
     if not geom.is_valid:
         raise bad("geometry", f"invalid: {shapely.is_valid_reason(geom)}")
     props = dict(feature.get("properties") or {})
     unknown = [k for k in props if k not in layer.schema]
     if unknown:
-        raise bad("properties", f"{', '.join(map(repr, unknown))} not in the layer schema "
-                  f"({', '.join(layer.schema)})")
+        raise bad("properties", f"{', '.join(repr(k[:40]) for k in unknown[:10])}{' …' if len(unknown) > 10 else ''} "
+                  f"not in the layer schema ({', '.join(layer.schema)})")
+    long = [k for k, v in props.items() if isinstance(v, str) and len(v) > MAX_TEXT_CHARS]
+    if long:
+        raise bad("properties", f"{long[0]!r} is {len(props[long[0]]):,} characters long; a property value "
+                  f"holds at most {MAX_TEXT_CHARS:,}")
     if layer.key_field:
         key = props.get(layer.key_field)
         if fid is None:
@@ -125,6 +178,25 @@ def _rows(layer: store.Layer, feature: dict, fid: str | None, request: Request,
         raise bad("properties", str(exc).replace("request body: row 1: ", "")) from None
     return store.FeatureRows(rows=np.array([1]), fids=None if fid is None else np.array([fid], dtype=object),
                              geometry=batch.geometry, properties=frame)
+
+
+_GEOMETRY_SCHEMA = {"type": "object", "required": ["type", "coordinates"], "properties": {
+    "type": {"type": "string", "enum": sorted(FAMILY)}, "coordinates": {"type": "array"}}}
+#: The request body of create / replace (a GeoJSON Feature) and update (a JSON merge patch of one),
+#: in the OpenAPI document: clients (and the schemathesis fuzz run) see what to send.
+_EXAMPLE = {"type": "Feature", "properties": {"code": "DEMO-1"}, "geometry": {"type": "Polygon", "coordinates": [
+    [[114.26, 22.73], [114.2603, 22.73], [114.2603, 22.7303], [114.26, 22.7303], [114.26, 22.73]]]}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "the feature's ETag (required: 428 without it, 412 when stale)"}
+_FEATURE_BODY = {"requestBody": {"required": True, "content": {media: {"schema": {
+    "type": "object", "required": ["type", "geometry", "properties"], "properties": {
+        "type": {"type": "string", "enum": ["Feature"]}, "geometry": _GEOMETRY_SCHEMA,
+        "properties": {"type": "object"}}}, "example": _EXAMPLE} for media in (GEOJSON, "application/json")}},
+    "responses": {"413": {"description": f"the body is larger than {MAX_BODY_BYTES >> 20} MB"}}}
+_PATCH_BODY = {"requestBody": {"required": True, "content": {media: {"schema": {
+    "type": "object", "properties": {"type": {"type": "string", "enum": ["Feature"]}, "geometry": _GEOMETRY_SCHEMA,
+                                     "properties": {"type": "object"}}}, "example": {"properties": {"dlbm": "0701"}}}
+    for media in ("application/merge-patch+json", "application/json")}}, "parameters": [_IF_MATCH]}
 
 
 def router(settings: Settings) -> APIRouter:
@@ -173,7 +245,8 @@ def router(settings: Settings) -> APIRouter:
         url = f"{str(request.base_url).rstrip('/')}/collections/{collection_id}/items/{fid}"
         return Response(status_code=status, headers={"Location": url, "ETag": f'"{vid}"'})
 
-    @api.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature")
+    @api.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature",
+              openapi_extra=_FEATURE_BODY)
     async def create(request: Request, collection_id: str):
         feature = await _body(request)
         with db.connect(settings) as conn:
@@ -185,7 +258,8 @@ def router(settings: Settings) -> APIRouter:
         committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 201)
 
-    @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
+    @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature",
+             openapi_extra={**_FEATURE_BODY, "parameters": [_IF_MATCH]})
     async def replace(request: Request, collection_id: str, feature_id: str):
         feature = await _body(request)
         tag = _if_match(request)
@@ -198,9 +272,14 @@ def router(settings: Settings) -> APIRouter:
         committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 200)
 
-    @api.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)")
+    @api.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)",
+               openapi_extra=_PATCH_BODY)
     async def update(request: Request, collection_id: str, feature_id: str):
         patch = await _body(request)
+        unknown = sorted(set(patch) - {"type", "id", "geometry", "properties", "bbox", "links"})
+        if unknown or patch.get("type", "Feature") != "Feature":
+            raise bad("body", "a merge patch of a GeoJSON Feature takes only type (Feature), geometry and "
+                      f"properties{'; not ' + ', '.join(map(repr, unknown[:5])) if unknown else ''}")
         tag = _if_match(request)
         with db.connect(settings) as conn:
             layer = editable_layer(conn, collection_id)
@@ -226,7 +305,8 @@ def router(settings: Settings) -> APIRouter:
         committed(layer.name, cs)
         return done(request, collection_id, fid, vid, 200)
 
-    @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature")
+    @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature",
+                openapi_extra={"parameters": [_IF_MATCH]})
     def delete(request: Request, collection_id: str, feature_id: str):
         tag = _if_match(request)
         with db.connect(settings) as conn:

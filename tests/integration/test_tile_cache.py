@@ -51,7 +51,8 @@ def site(database, tmp_path, auth):
         store.update_layer(conn, name, editable=True)
         conn.commit()
     # GIS staff edit; the cache behaves the same for every caller who may see the layer.
-    yield {"name": name, "client": TestClient(create_app(database), headers=auth("gis-staff")), "tmp": tmp_path}
+    yield {"name": name, "client": TestClient(create_app(database), headers=auth("gis-staff")), "tmp": tmp_path,
+           "settings": database}
 
 
 def tile_url(name, lon, lat, z):
@@ -80,8 +81,11 @@ def test_hits_etag_and_304(site):
 def test_an_edit_drops_exactly_the_tiles_it_touches(site):
     c, name = site["client"], site["name"]
     a16, b16, a10 = tile_url(name, *SITES[0], 16), tile_url(name, *SITES[1], 16), tile_url(name, *SITES[0], 10)
+    other = f"t_cache_o_{uuid.uuid4().hex[:8]}"  # a second layer: the multi-layer tile holds both
+    ingest_vector(parcels_file(site["tmp"] / "other.geojson", names=("丁", "戊", "己")), layer=other, key="code",
+                  valid_from="2024-01-01", settings=site["settings"])
     multi = WM.tile(*SITES[0], 16)
-    multi_url = f"/tiles/{name},{name}/{multi.z}/{multi.x}/{multi.y}.mvt"
+    multi_url = f"/tiles/{name},{other}/{multi.z}/{multi.x}/{multi.y}.mvt"
     for u in (a16, b16, a10, multi_url):
         assert c.get(u).status_code == 200
     assert c.get(a16).headers["etag"]
