@@ -23,24 +23,19 @@ versions than geotwin. wrk comes from Debian (`apt-get install -y wrk`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402  (bench/_common.py: shared by the HTTP benches)
+    ROOT, UVICORN_FLAGS, Server, arguments, clean_env, drop_schema, fetch, free_port, geotwin_server, parse, wrk,
+    write_block)
 
 SCHEMA = "geotwin_featbench"
 PEER_TABLE = "land_use_current"
@@ -62,87 +57,9 @@ PEER_PACKAGES = ["tipg", "pygeoapi", "geoalchemy2", "psycopg2-binary", "uvicorn"
 SQL_TYPES = {"string": "text", "integer": "bigint", "number": "double precision", "boolean": "boolean",
              "date": "date", "datetime": "timestamptz"}
 
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fetch(url: str, timeout: float = 120) -> tuple[int, bytes, dict]:
-    req = urllib.request.Request(url)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
-
-
-class Server:
-    """A server process in its own process group; stopped by its own pid (never by name)."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict, port: int, ready_path: str, log_dir: Path):
-        self.name, self.cmd, self.env, self.port, self.ready_path = name, cmd, env, port, ready_path
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> None:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited at start-up (code {self.proc.returncode}); "
-                                 f"log {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                status, _, _ = fetch(self.base + self.ready_path, timeout=5)
-                if status == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"{self.name} not ready after {timeout:.0f} s; log {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group id is the server's own pid
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-
-def wrk(url: str, *, threads: int, connections: int, duration: int) -> dict:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", "--latency", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-
-    def ms(label: str) -> float | None:
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not m:
-            return None
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "requests": requests, "p50": ms("50"), "p99": ms("99"),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else None}
+__all__ = ["ROOT", "Server", "fetch", "free_port", "wrk", "load_data", "peer_venv", "peer_versions", "tipg_server",
+           "pygeoapi_server", "pygeoapi_provider",
+           "pygeoapi_config"]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -242,8 +159,19 @@ def peer_versions(py: Path) -> dict:
     return json.loads(subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
-def pygeoapi_config(path: Path, url: str, port: int, bbox: list[float]) -> None:
+def pygeoapi_provider(url: str, **kind) -> dict:
+    """pygeoapi's PostgreSQL provider over the peers' table (``kind``: another type / name)."""
     u = urlparse(url)
+    return {
+        "type": "feature", "name": "PostgreSQL",
+        "data": {"host": u.hostname, "port": u.port or 5432, "dbname": u.path.lstrip("/"),
+                 "user": unquote(u.username or ""), "password": unquote(u.password or ""),
+                 "search_path": [SCHEMA, "public"]},
+        "id_field": "id", "table": PEER_TABLE, "geom_field": "geom", **kind,
+    }
+
+
+def pygeoapi_config(path: Path, url: str, port: int, bbox: list[float]) -> None:
     cfg = {
         "server": {
             "bind": {"host": "127.0.0.1", "port": port},
@@ -269,17 +197,38 @@ def pygeoapi_config(path: Path, url: str, port: int, bbox: list[float]) -> None:
                 "type": "collection", "title": "land use", "description": "land use (current)",
                 "keywords": ["land use"],
                 "extents": {"spatial": {"bbox": bbox, "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}},
-                "providers": [{
-                    "type": "feature", "name": "PostgreSQL",
-                    "data": {"host": u.hostname, "port": u.port or 5432, "dbname": u.path.lstrip("/"),
-                             "user": unquote(u.username or ""), "password": unquote(u.password or ""),
-                             "search_path": [SCHEMA, "public"]},
-                    "id_field": "id", "table": PEER_TABLE, "geom_field": "geom",
-                }],
+                "providers": [pygeoapi_provider(url)],
             }
         },
     }
     path.write_text(json.dumps(cfg, ensure_ascii=False, indent=1))  # JSON is YAML
+
+
+def tipg_server(venv_py: Path, url: str, work: Path, name: str = "tipg", **env: str) -> Server:
+    """tipg's FastAPI app under one uvicorn worker, over the peers' table only (catalog read once)."""
+    port = free_port()
+    tipg_env = dict(clean_env(), DATABASE_URL=url, TIPG_DB_SCHEMAS=json.dumps([SCHEMA]),
+                    TIPG_DB_TABLES=json.dumps([f"{SCHEMA}.{PEER_TABLE}"]), TIPG_CATALOG_TTL="0", **env)
+    return Server(name, [str(venv_py), "-m", "uvicorn", "tipg.main:app", "--port", str(port), "--workers", "1",
+                         *UVICORN_FLAGS], tipg_env, port, f"/collections/{SCHEMA}.{PEER_TABLE}", work)
+
+
+def pygeoapi_server(venv_py: Path, url: str, work: Path, name: str = "pygeoapi",
+                    extra_providers: list[dict] | None = None) -> Server:
+    """pygeoapi's Starlette app under one uvicorn worker, with :func:`pygeoapi_config` (plus
+    ``extra_providers`` for the collection) and its generated OpenAPI document."""
+    port = free_port()
+    cfg, openapi = work / f"{name}-config.yml", work / f"{name}-openapi.yml"
+    pygeoapi_config(cfg, url, port, [113.9, 22.4, 114.6, 22.95])
+    if extra_providers:
+        doc = json.loads(cfg.read_text())
+        doc["resources"]["land_use"]["providers"] += extra_providers
+        cfg.write_text(json.dumps(doc, ensure_ascii=False, indent=1))
+    pg_env = dict(clean_env(), PYGEOAPI_CONFIG=str(cfg), PYGEOAPI_OPENAPI=str(openapi))
+    subprocess.run([str(venv_py.parent / "pygeoapi"), "openapi", "generate", str(cfg), "--output-file", str(openapi)],
+                   env=pg_env, check=True, capture_output=True)
+    return Server(name, [str(venv_py), "-m", "uvicorn", "pygeoapi.starlette_app:APP", "--port", str(port),
+                         "--workers", "1", *UVICORN_FLAGS], pg_env, port, "/collections/land_use?f=json", work)
 
 
 # -- requests and checks --------------------------------------------------------------------------
@@ -385,23 +334,12 @@ def fmt_ms(v: float | None) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3, help="wrk runs per server and request (median reported)")
-    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap = arguments(__doc__, runs=3, duration=10, warmup=2,
+                   runs_help="wrk runs per server and request (median reported)",
+                   warmup_help="seconds of unrecorded wrk per server and request")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded wrk per server and request")
-    ap.add_argument("--size", default="large")
-    ap.add_argument("--peer-venv", type=Path, default=None, help="default: .geotwin/bench/peers-venv")
-    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
-    ap.add_argument("--keep", action="store_true", help="keep the bench schema afterwards")
-    args = ap.parse_args()
-    if args.runs < 2:
-        raise SystemExit("--runs: at least 2")
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk not found: apt-get install -y wrk")
-
-    from psycopg import sql
+    args = parse(ap)
 
     from spatial_api import db
     from spatial_api.config import Settings
@@ -417,37 +355,10 @@ def main() -> None:
 
     work = settings.home / "bench" / "features"
     work.mkdir(parents=True, exist_ok=True)
-    uv = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning"]
-    ports = {name: free_port() for name in SERVERS}
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOTWIN_", "TIPG_", "PYGEOAPI_"))}
-    base_env.pop("DATABASE_URL", None)
-
-    # geotwin: what `geotwin serve --workers 1` runs (uvicorn factory), without the access log
-    gt_env = dict(base_env, GEOTWIN_DB_SCHEMA=SCHEMA)
-    if settings.database_url:
-        gt_env["DATABASE_URL"] = settings.database_url
-    if settings.home != ROOT / ".geotwin":
-        gt_env["GEOTWIN_HOME"] = str(settings.home)
-    geotwin = Server("geotwin", [sys.executable, "-m", "uvicorn", "spatial_api.app:create_app", "--factory",
-                                 "--port", str(ports["geotwin"]), *uv],
-                     gt_env, ports["geotwin"], "/collections/land_use", work)
-
+    geotwin = geotwin_server("geotwin", settings, SCHEMA, work)
     # tipg: its FastAPI app, asyncpg pool (default 1–10 connections), catalog read once at start-up
-    tipg_env = dict(base_env, DATABASE_URL=url, TIPG_DB_SCHEMAS=json.dumps([SCHEMA]),
-                    TIPG_DB_TABLES=json.dumps([f"{SCHEMA}.{PEER_TABLE}"]), TIPG_CATALOG_TTL="0",
-                    TIPG_MAX_FEATURES_PER_QUERY="10000")
-    tipg = Server("tipg", [str(venv_py), "-m", "uvicorn", "tipg.main:app", "--port", str(ports["tipg"]), *uv],
-                  tipg_env, ports["tipg"], f"/collections/{SCHEMA}.{PEER_TABLE}", work)
-
-    # pygeoapi: its Starlette app under uvicorn, PostgreSQL provider (SQLAlchemy + psycopg2)
-    cfg, openapi = work / "pygeoapi-config.yml", work / "pygeoapi-openapi.yml"
-    pygeoapi_config(cfg, url, ports["pygeoapi"], [113.9, 22.4, 114.6, 22.95])
-    pg_env = dict(base_env, PYGEOAPI_CONFIG=str(cfg), PYGEOAPI_OPENAPI=str(openapi))
-    subprocess.run([str(venv_py.parent / "pygeoapi"), "openapi", "generate", str(cfg), "--output-file", str(openapi)],
-                   env=pg_env, check=True, capture_output=True)
-    pygeo = Server("pygeoapi", [str(venv_py), "-m", "uvicorn", "pygeoapi.starlette_app:APP",
-                                "--port", str(ports["pygeoapi"]), *uv],
-                   pg_env, ports["pygeoapi"], "/collections/land_use?f=json", work)
+    tipg = tipg_server(venv_py, url, work, TIPG_MAX_FEATURES_PER_QUERY="10000")
+    pygeo = pygeoapi_server(venv_py, url, work)
 
     servers = {"geotwin": geotwin, "tipg": tipg, "pygeoapi": pygeo}
     results: dict[tuple[str, str], list[dict]] = {}
@@ -486,8 +397,7 @@ def main() -> None:
         for srv in servers.values():
             srv.stop()
         if not args.keep:
-            with db.connect(settings, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+            drop_schema(settings, SCHEMA)
 
     med = statistics.median
 
@@ -577,16 +487,9 @@ def main() -> None:
     print(block)
     print(f"total {elapsed:.0f} s", flush=True)
     if not args.no_write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if START in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text = (text.rstrip() + "\n\n## Features\n\n`.venv/bin/python bench/features.py` runs "
-                    "`bench/features.py`: geotwin's OGC API – Features items requests against tipg and pygeoapi "
-                    "serving the same PostGIS rows, measured with `wrk`.\n\n" + block + "\n")
-        doc.write_text(text)
-
+        write_block(START, END, block, heading="Features",
+                    intro="`.venv/bin/python bench/features.py` runs `bench/features.py`: geotwin's OGC API – Features "
+                    "items requests against tipg and pygeoapi serving the same PostGIS rows, measured with `wrk`.")
 
 if __name__ == "__main__":
     main()

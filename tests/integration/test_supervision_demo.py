@@ -41,6 +41,13 @@ def demo(database, tmp_path_factory):
         if e["layer"] in NEEDED:
             ingest_vector(out / e["path"], layer=e["layer"], key=e["key"], valid_from=e["valid_from"],
                           mode=e["mode"], settings=database, author="demo-builder")
+    # The imagery catalogue, as `make demo` fills it (other tests may have put items in 'ortho' of
+    # the shared test schema: the demo's epochs replace those of the same dates).
+    from spatial_api.ingest.imagery import ingest_imagery
+
+    for img in doc["imagery"]:
+        ingest_imagery(out / img["path"], collection="ortho", datetime_=img["acquired_on"], kind="ortho",
+                       item_id=img["epoch_id"], author="demo-builder", settings=database)
     return doc
 
 
