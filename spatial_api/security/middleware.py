@@ -19,6 +19,12 @@ from spatial_api.security.audit import AuditWriter, Entry
 
 KEY_TTL = 5.0  # seconds a key's lookup is trusted (a revoked key stops working within this)
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+#: No request body may be larger (inspection photos included); endpoints may set lower limits.
+MAX_REQUEST_BYTES = 64 << 20
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 class AuthError(Exception):
@@ -162,6 +168,21 @@ class SecurityMiddleware:
             return await self._reply(send, *_json(
                 429, "TooManyRequests", f"rate limit of {principal.rate_per_min} requests per minute reached "
                 f"for {principal.name}; retry in {wait:.1f} s", [(b"retry-after", str(max(1, round(wait))).encode())]))
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            return await self._reply(send, *_json(413, "PayloadTooLarge", f"the request body ({int(declared) >> 20} MB) "
+                                                  f"is over the server's limit of {MAX_REQUEST_BYTES >> 20} MB"))
+        received = [0]
+        inner_receive = receive
+
+        async def receive():  # a chunked body is counted as it arrives, never held whole
+            message = await inner_receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > MAX_REQUEST_BYTES:
+                    raise BodyTooLarge()
+            return message
+
         ctx = RequestContext(principal, client_addr)
         token = security.set_context(ctx)
         method = scope.get("method", "GET")
@@ -181,6 +202,10 @@ class SecurityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except BodyTooLarge:
+            if not status_seen:
+                await self._reply(send, *_json(413, "PayloadTooLarge", "the request body is over the server's "
+                                               f"limit of {MAX_REQUEST_BYTES >> 20} MB"))
         finally:
             security.reset_context(token)
             if ctx.restricted and not writing:

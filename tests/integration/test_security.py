@@ -206,3 +206,21 @@ def test_oidc_bearer_tokens(database, layers, tmp_path):
     forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60, "iss": "https://idp.longgang.gov.cn",
                          "aud": "geotwin", "geotwin_roles": "admin"}, other, algorithm="RS256", headers={"kid": "idp-1"})
     assert TestClient(app, headers={"Authorization": f"Bearer {forged}"}).get("/collections").status_code == 401
+
+
+def test_no_request_body_over_the_server_limit_is_read(app, auth):
+    """An oversized body is refused before it is read — also on endpoints without a limit of their own."""
+    import socket
+
+    from spatial_api.security.middleware import MAX_REQUEST_BYTES
+    from tests.fixtures.server import live_server
+
+    key = auth("land-officer")["Authorization"]
+    with live_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall((f"POST /supervision/cases HTTP/1.1\r\nHost: {host}\r\nAuthorization: {key}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {MAX_REQUEST_BYTES + 1}\r\n\r\n").encode())
+            s.sendall(b"{" + b" " * 65536)
+            reply = s.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 413") and "PayloadTooLarge" in reply
