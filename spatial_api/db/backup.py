@@ -27,13 +27,13 @@ class BackupError(RuntimeError):
 
 def _tool(name: str) -> str:
     """pg_dump / pg_restore of the server's major version when the local cluster's binaries exist."""
-    try:
-        from spatial_api.db.cluster import find_pg_bin
+    from spatial_api.db.cluster import ClusterError, find_pg_bin
 
+    try:
         bindir, _ = find_pg_bin()
         if (bindir / name).exists():
             return str(bindir / name)
-    except Exception:
+    except ClusterError:  # no local PostgreSQL (an external DATABASE_URL): the client tools on PATH
         pass
     found = shutil.which(name)
     if not found:
