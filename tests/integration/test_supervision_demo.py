@@ -9,9 +9,6 @@ import csv
 import hashlib
 import io
 import json
-import socket
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-import uvicorn
 
 from land_supervision import engine, runs
 from spatial_api import db, store
@@ -132,12 +128,6 @@ def _as(monkeypatch, default: dict) -> None:
         monkeypatch.setattr(httpx, name, call)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def officers(database):
     """Land officers' API keys, by name (their names are the authors of runs and case steps)."""
@@ -154,18 +144,10 @@ def officers(database):
 @pytest.fixture(scope="module")
 def server(database, demo, officers):
     from spatial_api.app import create_app
+    from tests.fixtures.server import live_server
 
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(database), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/supervision"
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(create_app(database)) as url:
+        yield f"{url}/supervision"
 
 
 def test_http_runs_exports_statistics_report_tiles(server, demo, tmp_path, officers, monkeypatch):
