@@ -29,6 +29,7 @@ import numpy as np
 import shapely
 from psycopg.types.json import Jsonb
 
+from spatial_api.api import time as timepolicy
 from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, METRIC_CRS, CimError, Frame, enu_rotation,
                              resolve_dem, to_ecef, transformer)
 from cim_builder.glb import GlbWriter, Primitive, PropertyTable
@@ -82,21 +83,12 @@ def default_out_dir(settings, tileset_id: str) -> Path:
 
 
 def _as_datetime(value, settings) -> datetime | None:
-    """``--as-of``: a date (midnight in the district's time zone) or an ISO date-time."""
-    from zoneinfo import ZoneInfo
-
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise CimError(f"--as-of {value!r}: give a date like 2025-06-30 (or an ISO date-time)") from None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(settings.timezone))
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=ZoneInfo(settings.timezone))
-    raise CimError(f"--as-of {value!r}: not a date")
+    """``--as-of``: the house's time policy (spatial_api.api.time) — a date is the district as it
+    stood at the end of that day (district time), a naive date-time is district time."""
+    try:
+        return timepolicy.to_instant(value, "--as-of", day="end", tz=settings.timezone)
+    except timepolicy.TimeError as exc:
+        raise CimError(f"--as-of {value!r}: give a date like 2025-06-30 (or an ISO date-time); {exc.message}") from None
 
 
 def _num(v, default=np.nan) -> float:

@@ -25,7 +25,7 @@ from starlette.routing import Match
 
 from spatial_api import db
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, Collections, _instant, _link
+from spatial_api.ogc.features import ApiError, Collections, _link, as_of_param
 from styles import documents, glyphs, sprites
 from styles.assets import assets_dir
 
@@ -91,7 +91,7 @@ def router(settings: Settings, assets: Path | None = None) -> APIRouter:
     def context(request: Request, datetime_: str | None, style: documents.StyleDef | None = None
                 ) -> documents.Context:
         if datetime_:
-            instant = _instant(datetime_)  # 400 naming the parameter when it is not a date
+            instant = as_of_param(datetime_)  # 400 naming the parameter when it is not a date
             datetime_ = documents.datetime_param(datetime_, instant) if instant else None
         with pool.connection() as conn:
             rows = {r["name"]: r for r in cols.visible(conn)}

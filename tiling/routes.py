@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from spatial_api import db, security
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, Collections, _instant, _link, bad
+from spatial_api.ogc.features import ApiError, Collections, _link, as_of_param, bad
 from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
 from tiling.vector import GRIDS, TMS, TileError, TileRequest, render, tile_bounds, zoom_range
 
@@ -218,7 +218,7 @@ def router(settings: Settings) -> APIRouter:
         except TileError as exc:
             raise ApiError(404, "NotFound", str(exc)) from None
         ensure_listening()
-        at = _instant(datetime_) if datetime_ else None
+        at = as_of_param(datetime_)
         generation = cache.generation(key.layers) if cache else 0
         with pool.connection() as conn:
             layers = [cols.get(conn, name) for name in key.layers]

@@ -11,14 +11,14 @@ import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
+from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, author_default, get_settings
 from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected
 
@@ -55,22 +55,15 @@ class IngestSummary:
 
 
 def parse_valid_time(value: date | datetime | str | None, tz: str, *, param: str = "--valid-from") -> datetime:
-    """A date means midnight in the district's time zone; a naive datetime is local time too."""
-    zone = ZoneInfo(tz)
+    """The house's time policy (spatial_api.api.time): a date means 00:00 in the district's time
+    zone, a naive date-time is district time too, an offset is honoured; None is now."""
     if value is None:
-        return datetime.now(zone)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
-        except ValueError:
-            raise IngestError(
-                f"{param} {text!r} is not a date: write it as YYYY-MM-DD (e.g. 2023-12-31) "
-                "or an ISO date-time (2023-12-31T08:00:00+08:00)."
-            ) from None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=zone)
-    return datetime.combine(value, dtime(0, 0), tzinfo=zone)
+        return datetime.now(timepolicy.zone(tz))
+    try:
+        return timepolicy.to_instant(value, param, day="start", tz=tz)
+    except timepolicy.TimeError as exc:
+        raise IngestError(f"{param} {str(value).strip()!r} is not a date: write it as YYYY-MM-DD (e.g. 2023-12-31) "
+                          f"or an ISO date-time (2023-12-31T08:00:00+08:00). ({exc.message})") from None
 
 
 def source_digest(path: Path) -> str:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spatial_api.api import time as timepolicy
 from spatial_api.ingest.types import IngestError
 
 console = Console()
@@ -34,11 +35,9 @@ def _json_default(value):
 
 def _local(value: datetime) -> datetime:
     """A stored instant in the district's time zone (dates are meant there)."""
-    from zoneinfo import ZoneInfo
-
     from spatial_api.config import get_settings
 
-    return value.astimezone(ZoneInfo(get_settings().timezone))
+    return timepolicy.local(value, get_settings().timezone)
 
 
 def _fail(message: str) -> None:

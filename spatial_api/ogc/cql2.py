@@ -25,6 +25,8 @@ from typing import Any
 
 from psycopg import sql
 
+from spatial_api.api import time as timepolicy
+
 __all__ = [
     "FilterError", "parse", "to_sql", "CONFORMANCE", "FILTER_LANGS", "queryable_names",
     "Prop", "Lit", "Geom", "Interval", "Func", "Arith", "Compare", "Like", "In", "Between",
@@ -208,12 +210,14 @@ def _parse_timestamp(s: str, where: str) -> datetime:
         if not m:
             raise ValueError
         tz = m.group(3)
-        text = f"{m.group(1)}T{m.group(2)}" + ("+00:00" if tz in (None, "Z", "z") else tz)
+        text = f"{m.group(1)}T{m.group(2)}" + ("+00:00" if tz in ("Z", "z") else tz or "")
         value = datetime.fromisoformat(text)
+        if value.tzinfo is None:  # the house's time policy: without an offset, district time
+            value = value.replace(tzinfo=timepolicy.zone())
     except ValueError:
         raise FilterError(
             f"{where}: {s!r} is not a timestamp; write TIMESTAMP('YYYY-MM-DDThh:mm:ssZ'), "
-            "e.g. TIMESTAMP('2024-05-01T09:30:00Z') (UTC unless an offset is given)"
+            "e.g. TIMESTAMP('2024-05-01T09:30:00Z') (district time, GEOTWIN_TIMEZONE, unless an offset is given)"
         ) from None
     return value.astimezone(timezone.utc)
 
@@ -623,8 +627,8 @@ class _TextParser:
 
 def _interval(start, end, where: str) -> Interval:
     if start is not None and end is not None:
-        a = start if isinstance(start, datetime) else datetime.combine(start, datetime.min.time(), timezone.utc)
-        b = end if isinstance(end, datetime) else datetime.combine(end, datetime.min.time(), timezone.utc)
+        a = start if isinstance(start, datetime) else timepolicy.day_bound(start, "start")
+        b = end if isinstance(end, datetime) else timepolicy.day_bound(end, "start")
         if a > b:
             raise FilterError(f"{where}: the interval starts after it ends")
     return Interval(start, end)

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from spatial_api import db, security, store
+from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -97,32 +98,28 @@ def _crs(value: str | None, parameter: str) -> tuple[str, int, bool]:
     return uri, *CRS_AXES[uri]
 
 
-def _instant(text: str, parameter: str = "datetime") -> datetime | None:
-    text = text.strip()
-    if text in ("..", ""):
-        return None
+def _instant(text: str, parameter: str = "datetime", day: str = "end") -> datetime | None:
+    """One instant under the house's time policy (spatial_api.api.time); a 400 naming the parameter."""
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad(parameter, f"{text!r} is not an RFC 3339 date-time or date "
-                  "(e.g. 2023-12-31T00:00:00Z or 2023-12-31)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return timepolicy.parse_instant(text, parameter, day=day)
+    except timepolicy.TimeError as exc:
+        raise bad(exc.parameter, exc.message) from None
+
+
+def as_of_param(value: str | None, parameter: str = "datetime") -> datetime | None:
+    """``?datetime=`` of a snapshot (tiles, styles, imagery): an instant or the end of an interval."""
+    try:
+        return timepolicy.as_of(value, parameter)
+    except timepolicy.TimeError as exc:
+        raise bad(exc.parameter, exc.message) from None
 
 
 def _datetime(value: str | None) -> tuple[datetime | None, datetime | None, bool] | None:
     """None (current state) or (start, end, is_interval)."""
-    if value is None:
-        return None
-    if "/" in value:
-        a, b = value.split("/", 1)
-        start, end = _instant(a), _instant(b)
-        if start and end and start > end:
-            raise bad("datetime", f"interval {value!r} ends before it starts")
-        return start, end, True
-    t = _instant(value)
-    if t is None:
-        raise bad("datetime", "an instant cannot be open ('..'); use an interval like ../2023-12-31")
-    return t, t, False
+    try:
+        return timepolicy.parse_interval(value, "datetime")
+    except timepolicy.TimeError as exc:
+        raise bad(exc.parameter, exc.message) from None
 
 
 def _temporal(dt) -> tuple[sql.Composable, list]:
@@ -527,7 +524,7 @@ def router(settings: Settings) -> APIRouter:
     def changes(request: Request, collection_id: str, from_: str = Query(..., alias="from"),
                 to: str = Query(...), f: str | None = None, crs: str | None = None):
         out_crs, srid, flipped = _crs(crs, "crs")
-        t1, t2 = _instant(from_, "from"), _instant(to, "to")
+        t1, t2 = _instant(from_, "from", "start"), _instant(to, "to")
         if t1 is None or t2 is None:
             raise bad("from/to", "give two instants")
         with connect() as conn:

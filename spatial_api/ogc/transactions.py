@@ -221,7 +221,7 @@ def router(settings: Settings) -> APIRouter:
 
     def valid_from(request: Request) -> datetime:
         value = request.query_params.get("valid_from")
-        return (_instant(value, "valid_from") if value else None) or datetime.now(timezone.utc)
+        return (_instant(value, "valid_from", "start") if value else None) or datetime.now(timezone.utc)
 
     def write(conn, layer, rows, request, expect, source) -> tuple[str, int, int]:
         try:

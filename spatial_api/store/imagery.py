@@ -28,6 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from spatial_api.api import time as timepolicy
 from spatial_api.ingest.types import IngestError
 
 COLLECTION_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -95,11 +96,9 @@ class Item:
 
 def _local(value: datetime) -> datetime:
     """An instant in the district's time zone, so that ``.date()`` is the acquisition date as meant."""
-    from zoneinfo import ZoneInfo
-
     from spatial_api.config import get_settings
 
-    return value.astimezone(ZoneInfo(get_settings().timezone))
+    return timepolicy.local(value, get_settings().timezone)
 
 
 def check_collection_id(cid: str, param: str = "--collection") -> str:
