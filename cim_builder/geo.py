@@ -53,8 +53,19 @@ def models_dir(settings) -> Path:
 
 @lru_cache(maxsize=32)
 def to_ecef(crs: str) -> Transformer:
-    """Projected / geographic CRS (x, y, ellipsoidal height) → ECEF metres."""
-    return Transformer.from_crs(CRS.from_user_input(crs).to_3d(), GEOCENTRIC_CRS, always_xy=True)
+    """Projected / geographic CRS (x, y, ellipsoidal height) → ECEF metres.
+
+    PROJ knows datum shifts from most datums to WGS 84 but few to CGCS2000, and where it knows
+    none it uses a "ballpark" operation that ignores the datum (about 100 m off for the Dutch
+    Amersfoort / RD New, EPSG:28992). Such CRSs go to WGS 84's ECEF instead (EPSG:4978): CGCS2000
+    and WGS 84 agree to within a few decimetres, about the accuracy of those shifts themselves."""
+    src = CRS.from_user_input(crs).to_3d()
+    t = Transformer.from_crs(src, GEOCENTRIC_CRS, always_xy=True)
+    if "ballpark" in t.description.lower():
+        w = Transformer.from_crs(src, "EPSG:4978", always_xy=True)
+        if "ballpark" not in w.description.lower():
+            return w
+    return t
 
 
 @lru_cache(maxsize=32)

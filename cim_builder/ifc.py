@@ -10,15 +10,24 @@ Georeferencing, in this order:
    ``ePSet_ProjectedCRS`` property sets on the project: ``E = Eastings + s·(x·cosθ − y·sinθ)``,
    ``N = Northings + s·(x·sinθ + y·cosθ)``, ``H = OrthogonalHeight + s_z·z`` with
    θ = atan2(XAxisOrdinate, XAxisAbscissa), ``s = Scale`` (from project units to map units) —
-   in the CRS named by ``IfcProjectedCRS.Name`` (``--crs`` overrides it). Faults found in real
-   files are repaired with a warning that says what was assumed:
+   in the CRS named by ``IfcProjectedCRS.Name`` (``--crs`` overrides it; it must be projected),
+   Eastings / Northings / OrthogonalHeight in ``MapUnit`` (none: the CRS's own unit), handed to
+   the CRS in its own unit (metre, US survey foot, …). Faults found in real files are repaired
+   with a warning that says what was assumed:
      * no IfcProjectedCRS (or a name PROJ does not know): ``--crs`` or EPSG:4547;
-     * Eastings / Northings outside the CRS's area of use as metres but inside it as
-       millimetres (MapUnit says metre): millimetres assumed;
-     * a Scale that would make the model 10× too large or small (a unit mix-up, e.g. Scale 1
-       with a millimetre project): the unit conversion alone is used;
+     * Eastings / Northings outside the CRS's area of use (pyproj ``CRS.area_of_use``) when
+       read in the declared MapUnit: the other plausible readings (the CRS's unit, metre,
+       millimetre) are tried, and the one that lands inside is taken, naming it: e.g. a Dutch
+       IFC4 export with millimetres under a MapUnit named METER whose factor is 0.3048. None
+       inside, or several, is an error;
+     * a MapUnit that cannot be converted to metres (an IfcContextDependentUnit, an unknown
+       ePSet_ProjectedCRS name): said, and the readings as metre / millimetre tried;
+     * a Scale that would make the model more than twice too large or small (a unit mix-up,
+       e.g. Scale 1 with a millimetre project): the unit conversion alone is used;
 3. ``IfcSite`` RefLatitude / RefLongitude / RefElevation at the site's origin, turned by the
-   model context's TrueNorth.
+   model context's TrueNorth. A site placement that cannot be read (a grid placement, a
+   placement relative to itself, degenerate axes) or a TrueNorth without a direction is said,
+   naming the entity (#id and class), with what was assumed.
 
 Nothing georeferenced → an error that says to pass ``--at``.
 """
@@ -42,6 +51,9 @@ from cim_builder.geo import (METRIC_CRS, CimError, Frame, enu_rotation, lonlat_t
 
 SUPPORTED_SCHEMAS = ("IFC2X3", "IFC4", "IFC4X3")
 SKIP_CLASSES = ("IfcSite", "IfcOpeningElement", "IfcAnnotation", "IfcGrid", "IfcVirtualElement")
+#: IfcMapConversion Scale, once units are converted, is a grid scale factor (0.9996 for UTM, at most
+#: ~1.001 for a local grid): outside this range it is a unit mix-up (a foot read as a metre: 0.3048).
+SCALE_RANGE = (0.5, 2.0)
 PARALLEL_PRODUCTS = 2000  # mesh on several threads from this many IfcProducts on
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SPACE_COLOUR = (0.55, 0.75, 0.95, 0.25)
@@ -82,21 +94,64 @@ def _unit_scale(f) -> float:
     return float(ifcopenshell.util.unit.calculate_unit_scale(f))
 
 
-def _named_unit_scale(unit) -> float | None:
-    """Metres per unit of an IfcNamedUnit (SI with prefix, or conversion based)."""
-    if unit is None:
-        return None
+#: Length units an IFC2X3 ``ePSet_ProjectedCRS`` MapUnit may name besides the (prefixed) metre.
+_LENGTH_WORDS = {"FOOT": 0.3048, "FEET": 0.3048, "FT": 0.3048, "INTERNATIONAL FOOT": 0.3048,
+                 "US SURVEY FOOT": 1200 / 3937, "US_SURVEY_FOOT": 1200 / 3937, "INCH": 0.0254}
+
+
+def _unit_label(name: str | None, metres: float) -> str:
+    if math.isclose(metres, 1.0):
+        return "metre"
+    if math.isclose(metres, 0.001):
+        return "millimetre"
+    return f"{name} ({metres:g} m)" if name else f"{metres:g} m"
+
+
+def _map_unit_entity(unit, where: str) -> tuple[tuple[str, float] | None, str | None]:
+    """An IFC4 / IFC4X3 ``IfcProjectedCRS.MapUnit``: ((label, metres per unit), None), or
+    (None, why not) when it cannot be converted to metres (said by the caller, never read as 1)."""
     import ifcopenshell.util.unit
 
+    what = f"{where} MapUnit #{unit.id()} {unit.is_a()} {getattr(unit, 'Name', None)!r}"
+    utype = getattr(unit, "UnitType", None)
+    if utype != "LENGTHUNIT":
+        return None, f"{what} is not a length unit (UnitType {utype})"
+    base, seen = unit, set()
+    while base is not None and base.is_a("IfcConversionBasedUnit") and base.id() not in seen:
+        seen.add(base.id())
+        base = getattr(base.ConversionFactor, "UnitComponent", None)
+    if base is None or not base.is_a("IfcSIUnit") or (base.Name or "").replace("METER", "METRE") != "METRE":
+        if base is unit:
+            return None, f"{what} cannot be converted to metres (an {unit.is_a()} has no factor to the SI metre)"
+        found = "nothing" if base is None else f"#{base.id()} {base.is_a()} {getattr(base, 'Name', None)!r}"
+        return None, f"{what} cannot be converted to metres (it comes down to {found}, not the SI metre)"
     try:
-        if unit.is_a("IfcSIUnit"):
-            return float(ifcopenshell.util.unit.get_prefix_multiplier(unit.Prefix)) if unit.Prefix else 1.0
-        if unit.is_a("IfcConversionBasedUnit"):
-            return float(unit.ConversionFactor.ValueComponent.wrappedValue) * (
-                _named_unit_scale(unit.ConversionFactor.UnitComponent) or 1.0)
-    except Exception:
-        return None
-    return None
+        metres = float(ifcopenshell.util.unit.get_named_unit_scale(unit))
+    except Exception as exc:  # a broken ConversionFactor: said by the caller
+        return None, f"{what} cannot be converted to metres ({type(exc).__name__}: {exc})"
+    if not (math.isfinite(metres) and metres > 0):
+        return None, f"{what} converts to {metres} m, not a length"
+    return (f"#{unit.id()} {unit.is_a()} {unit.Name!r} ({metres:g} m)", metres), None
+
+
+def _map_unit_word(value, where: str) -> tuple[tuple[str, float] | None, str | None]:
+    """An IFC2X3 ``ePSet_ProjectedCRS`` MapUnit (a unit name such as METRE or MILLIMETRE)."""
+    import ifcopenshell.util.unit
+
+    what = f"{where} MapUnit {value!r}"
+    if not isinstance(value, str):
+        return None, f"{what} is not a unit name"
+    word = " ".join(value.upper().replace("METER", "METRE").split())
+    if word.endswith("METRE"):
+        prefix = word[: -len("METRE")].strip()
+        if not prefix:
+            return (f"{value!r} (metre)", 1.0), None
+        if prefix in ifcopenshell.util.unit.prefixes:
+            metres = float(ifcopenshell.util.unit.prefixes[prefix])
+            return (f"{value!r} ({metres:g} m)", metres), None
+    if word in _LENGTH_WORDS:
+        return (f"{value!r} ({_LENGTH_WORDS[word]:g} m)", _LENGTH_WORDS[word]), None
+    return None, f"{what} is not a unit name geotwin reads (METRE with an SI prefix, FOOT, US SURVEY FOOT)"
 
 
 def _crs_known(name: str | None) -> str | None:
@@ -106,18 +161,42 @@ def _crs_known(name: str | None) -> str | None:
         return None
     try:
         return CRS.from_user_input(name).to_string() and name
-    except Exception:
+    except Exception:  # the caller says so (an unknown name is a repaired fault, --crs an error)
         return None
 
 
+def _crs_unit(crs: str, where: str) -> tuple[str, float]:
+    """The unit of a projected CRS's eastings and northings: (name, metres per unit)."""
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    h = c.sub_crs_list[0] if c.is_compound and c.sub_crs_list else c
+    if not h.is_projected:
+        unit = h.axis_info[0].unit_name if h.axis_info else "?"
+        raise CimError(f"{where}: {crs} is not a projected CRS (its axes are in {unit}): a map conversion needs "
+                       "eastings and northings; pass --crs with a projected CRS, or --at LON,LAT[,H]")
+    ax = h.axis_info[0]
+    return ax.unit_name, float(ax.unit_conversion_factor)
+
+
+def _area_text(crs: str) -> str:
+    from pyproj import CRS
+
+    a = CRS.from_user_input(crs).area_of_use
+    if a is None:
+        return "the world"
+    return f"{a.name.rstrip('.')}: lon {a.west:g}..{a.east:g}, lat {a.south:g}..{a.north:g}"
+
+
 def _in_area(crs: str, e: float, n: float) -> bool:
+    """Is (e, n), in the CRS's own unit, inside its area of use (pyproj ``area_of_use``, ±1°)?"""
     from pyproj import CRS
 
     c = CRS.from_user_input(crs)
     aou = c.area_of_use
     try:
         lon, lat = transformer(crs, "EPSG:4490").transform(e, n)
-    except Exception:
+    except Exception:  # PROJ cannot take the point: it is not inside
         return False
     if not (np.isfinite(lon) and np.isfinite(lat)):
         return False
@@ -136,6 +215,7 @@ class Georef:
     rotation_deg: float = 0.0  # model +X from east / grid east, counter-clockwise
     scale: float = 1.0  # model metres → map metres (horizontal)
     scale_z: float = 1.0
+    crs_unit: float = 1.0  # metres per unit of the CRS's eastings / northings (0.3048006… for US feet)
     lon: float | None = None  # ENU mode origin
     lat: float | None = None
     origin_offset: tuple = (0.0, 0.0, 0.0)  # subtracted from world coords first (IfcSite origin)
@@ -144,6 +224,8 @@ class Georef:
     def to_json(self) -> dict:
         d = dict(self.__dict__)
         d["origin_offset"] = list(self.origin_offset)
+        if d["crs_unit"] == 1.0:  # metre CRSs: the record (and so every tile hash) as before
+            del d["crs_unit"]
         return d
 
     @classmethod
@@ -160,9 +242,9 @@ class Georef:
         x = p[:, 0] * c - p[:, 1] * s
         y = p[:, 0] * s + p[:, 1] * c
         if self.crs is not None:
-            e = self.eastings + self.scale * x
-            n = self.northings + self.scale * y
-            h = self.height + self.scale_z * p[:, 2] + geoid_separation
+            e = (self.eastings + self.scale * x) / self.crs_unit
+            n = (self.northings + self.scale * y) / self.crs_unit
+            h = self.height + self.scale_z * p[:, 2] + geoid_separation  # to_3d: ellipsoidal metres
             X, Y, Z = to_ecef(self.crs).transform(e, n, h)
             return np.column_stack([X, Y, Z])
         origin = lonlat_to_ecef(self.lon, self.lat, self.height + geoid_separation)
@@ -192,6 +274,123 @@ def _pset_map_conversion(f) -> tuple[dict, dict] | None:
     return None
 
 
+def _plural(label: str) -> str:
+    return {"metre": "metres", "millimetre": "millimetres"}.get(label, label)
+
+
+def _map_reading(path: Path, method: str, crs: str, values: dict, declared: tuple[str, float] | None,
+                 warnings: list[str]) -> float:
+    """The unit (metres per unit) in which to read Eastings / Northings / OrthogonalHeight.
+
+    The declared MapUnit is taken when it puts the model inside the CRS's area of use. Otherwise
+    the plausible readings (the CRS's own unit, metre, millimetre) are tried: exactly one inside
+    is taken, with a warning naming it; none, or several, is an error that says what was tried."""
+    unit_name, crs_unit = _crs_unit(crs, f"{path}: {method}")
+    e_raw = float(values.get("Eastings") or 0.0)
+    n_raw = float(values.get("Northings") or 0.0)
+    readings: list[tuple[str, float]] = [declared] if declared else []
+    for r in ((unit_name if math.isclose(crs_unit, 1.0) else f"{unit_name} (the CRS's unit)", crs_unit),
+              ("metre", 1.0), ("millimetre", 0.001)):
+        if not any(math.isclose(r[1], u, rel_tol=1e-9) for _, u in readings):
+            readings.append((_unit_label(None, r[1]) if r[1] in (1.0, 0.001) else r[0], r[1]))
+    inside = [r for r in readings if _in_area(crs, e_raw * r[1] / crs_unit, n_raw * r[1] / crs_unit)]
+    if declared is not None and declared in inside:
+        return declared[1]
+    en = f"{method} Eastings/Northings ({e_raw:.10g}, {n_raw:.10g})"
+    area = f"{crs}'s area of use ({_area_text(crs)})"
+    others = [label for label, u in readings if declared is None or u != declared[1]]
+    if len(inside) == 1:
+        label, u = inside[0]
+        h = float(values.get("OrthogonalHeight") or 0.0) * u
+        if declared is not None:
+            why = f"read in the MapUnit {declared[0]} lie outside {area}; read as {label} they lie inside it"
+        else:
+            rest = " or as ".join(x for x in others if x != label)
+            why = (f"have no MapUnit geotwin can read; read as {label} they lie inside {area}"
+                   + (f", read as {rest} outside it" if rest else ""))
+        warnings.append(f"{path.name}: {en} {why}: assumed {_plural(label)} for Eastings, Northings and "
+                        f"OrthogonalHeight (height {h:.3f} m); fix the file's MapUnit, or pass --at LON,LAT[,H] "
+                        "to place the model yourself")
+        return u
+    said = f"read in the MapUnit {declared[0]}" if declared else "with no MapUnit geotwin can read"
+    if not inside:
+        first = declared or readings[0]
+        e, n = e_raw * first[1] / crs_unit, n_raw * first[1] / crs_unit
+        raise CimError(f"{path}: {method} places the model at ({e:.1f}, {n:.1f}) in {crs} ({said}), outside "
+                       f"that CRS's area of use ({_area_text(crs)}); read as {' or as '.join(others)} it is "
+                       "outside too: fix the file or pass --at LON,LAT[,H]")
+    raise CimError(f"{path}: {en} {said} lie outside {area}, but read as "
+                   f"{' and as '.join(label for label, _ in inside)} they all lie inside it, and nothing in the "
+                   "file says which is meant: fix the file's MapUnit (or its Eastings/Northings), or pass "
+                   "--at LON,LAT[,H]")
+
+
+def _placement_chain(placement) -> tuple[list, str | None]:
+    """The placement and those it is relative to; a reason when the chain cannot be followed."""
+    chain, seen = [], set()
+    p = placement
+    while p is not None:
+        if p.id() in seen:
+            loop = " → ".join(f"#{q.id()}" for q in chain + [p])
+            return chain, f"is placed relative to itself ({loop})"
+        seen.add(p.id())
+        chain.append(p)
+        if not p.is_a("IfcLocalPlacement"):
+            return chain, f"goes through #{p.id()} {p.is_a()}, a placement geotwin does not read"
+        p = getattr(p, "PlacementRelTo", None)
+    return chain, None
+
+
+def _site_origin(site, u_p: float, path: Path) -> tuple[tuple, str | None]:
+    """The IfcSite's origin in model world metres (RefLatitude / RefLongitude refer to it), and
+    a warning when its placement cannot be read (the origin is then assumed, and said)."""
+    import ifcopenshell.util.placement
+
+    pl = site.ObjectPlacement
+    if pl is None:  # no placement: the site is at the model's origin
+        return (0.0, 0.0, 0.0), None
+    what = f"{path.name}: #{site.id()} IfcSite {site.Name!r}: its ObjectPlacement #{pl.id()} {pl.is_a()}"
+    fallback = ("assumed the site's origin is the model's origin (0, 0, 0), so the model is misplaced by the "
+                "site's offset if it has one; fix the placement or pass --at LON,LAT[,H] to place the model")
+    _, broken = _placement_chain(pl)
+    if broken:
+        return (0.0, 0.0, 0.0), f"{what} {broken}: {fallback}"
+    try:
+        with np.errstate(all="ignore"):  # degenerate axes give NaN, checked below
+            m = np.asarray(ifcopenshell.util.placement.get_local_placement(pl), float)
+    except Exception as exc:  # e.g. a location IfcOpenShell cannot evaluate: said, never dropped
+        return (0.0, 0.0, 0.0), f"{what} cannot be read ({type(exc).__name__}: {exc}): {fallback}"
+    t = m[:3, 3]
+    if not np.isfinite(t).all():
+        return (0.0, 0.0, 0.0), (f"{what} gives no location (its axes, or those of a placement it is relative "
+                                 f"to, are degenerate: Axis parallel to RefDirection, or zero): {fallback}")
+    offset = tuple(float(v) * u_p for v in t)
+    if not np.isfinite(m[:3, :3]).all():
+        return offset, (f"{what} has degenerate axes (Axis parallel to RefDirection, or zero): assumed its "
+                        f"location ({offset[0]:.3f}, {offset[1]:.3f}, {offset[2]:.3f}) m is the site's origin; "
+                        "fix the placement or pass --at LON,LAT[,H] to place the model")
+    return offset, None
+
+
+def _true_north_rotation(f, path: Path, warnings: list[str]) -> float:
+    """Model +X from east (degrees, counter-clockwise) from the model context's TrueNorth."""
+    for ctx in f.by_type("IfcGeometricRepresentationContext"):
+        if ctx.is_a("IfcGeometricRepresentationSubContext"):
+            continue
+        tn = getattr(ctx, "TrueNorth", None)
+        if tn is None:
+            continue
+        ratios = [float(v) for v in tn.DirectionRatios or ()]
+        nx, ny = (ratios + [0.0, 0.0])[:2]
+        if not (math.isfinite(nx) and math.isfinite(ny)) or math.hypot(nx, ny) == 0:
+            warnings.append(f"{path.name}: #{ctx.id()} {ctx.is_a()} TrueNorth #{tn.id()} {tuple(ratios)} has no "
+                            "horizontal direction: assumed true north is the model's +Y (rotation 0); "
+                            "pass --rotation DEG to turn it")
+            return 0.0
+        return 90.0 - math.degrees(math.atan2(ny, nx))
+    return 0.0
+
+
 def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | None = None,
                 crs: str | None = None) -> Georef:
     u_p = _unit_scale(f)
@@ -207,13 +406,22 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
             g.warnings.append(f"{path.name}: its IfcMapConversion is ignored: --at places the model")
         return g
     mc = None
+    warnings: list[str] = []
+    declared: tuple[str, float] | None = None  # the MapUnit: (label, metres per unit)
+    unit_given = False
     if f.schema != "IFC2X3":
         mcs = [m for m in f.by_type("IfcMapConversion")]
         mc = mcs[0] if mcs else None
     if mc is not None:
         target = mc.TargetCRS
-        name = getattr(target, "Name", None) if target is not None and target.is_a("IfcProjectedCRS") else None
-        u_map = _named_unit_scale(getattr(target, "MapUnit", None)) if name else None
+        projected = target is not None and target.is_a("IfcProjectedCRS")
+        name = getattr(target, "Name", None) if projected else None
+        unit = getattr(target, "MapUnit", None) if projected else None
+        if unit is not None:
+            unit_given = True
+            declared, why = _map_unit_entity(unit, f"{path.name}: #{target.id()} IfcProjectedCRS")
+            if why:
+                warnings.append(f"{why}: the readings as metre and millimetre are tried")
         values = {"Eastings": mc.Eastings, "Northings": mc.Northings, "OrthogonalHeight": mc.OrthogonalHeight,
                   "XAxisAbscissa": mc.XAxisAbscissa, "XAxisOrdinate": mc.XAxisOrdinate, "Scale": mc.Scale,
                   "ScaleY": getattr(mc, "ScaleY", None), "ScaleZ": getattr(mc, "ScaleZ", None)}
@@ -223,17 +431,18 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
         if found is not None:
             pmc, pcrs = found
             name = pcrs.get("Name")
-            u_map = None
             mu = pcrs.get("MapUnit")
-            if isinstance(mu, str) and mu.upper().startswith("MILLI"):
-                u_map = 0.001
+            if mu is not None and mu != "":
+                unit_given = True
+                declared, why = _map_unit_word(mu, f"{path.name}: ePSet_ProjectedCRS")
+                if why:
+                    warnings.append(f"{why}: the readings as metre and millimetre are tried")
             values = {k: pmc.get(k) for k in ("Eastings", "Northings", "OrthogonalHeight", "XAxisAbscissa",
                                                "XAxisOrdinate", "Scale")}
             method = "ePSet_MapConversion"
         else:
             values = None
     if values is not None:
-        warnings: list[str] = []
         target_crs = crs or _crs_known(name)
         if crs and name and crs != name:
             warnings.append(f"{path.name}: IfcProjectedCRS {name} overridden by --crs {crs}")
@@ -242,21 +451,13 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
             what = f"IfcProjectedCRS {name!r} is not a CRS PROJ knows" if name else "no IfcProjectedCRS"
             warnings.append(f"{path.name}: {what}: assumed {METRIC_CRS} (CGCS2000 / 3-degree GK CM 114E); "
                             "pass --crs to choose another")
-        u_map = u_map or 1.0
+        unit_name, crs_unit = _crs_unit(target_crs, f"{path}: {method}")
+        if not unit_given:  # no MapUnit: the CRS's own unit
+            declared = (f"of the CRS ({unit_name}; the file gives none)", crs_unit)
+        u_map = _map_reading(path, method, target_crs, values, declared, warnings)
         e = float(values.get("Eastings") or 0.0) * u_map
         n = float(values.get("Northings") or 0.0) * u_map
         h = float(values.get("OrthogonalHeight") or 0.0) * u_map
-        if not _in_area(target_crs, e, n):
-            if _in_area(target_crs, e / 1000, n / 1000):
-                warnings.append(f"{path.name}: {method} Eastings/Northings ({e:.0f}, {n:.0f}) lie outside "
-                                f"{target_crs} as metres but inside it as millimetres: assumed millimetres "
-                                "(the file's MapUnit says metre)")
-                e, n = e / 1000, n / 1000
-                if abs(h) > 10000:
-                    h /= 1000
-            else:
-                raise CimError(f"{path}: {method} places the model at ({e:.1f}, {n:.1f}) in {target_crs}, "
-                               "outside that CRS's area of use: fix the file or pass --at LON,LAT[,H]")
         xa = float(values.get("XAxisAbscissa") if values.get("XAxisAbscissa") is not None else 1.0)
         xo = float(values.get("XAxisOrdinate") or 0.0)
         scale = float(values.get("Scale") or 1.0)
@@ -264,7 +465,7 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
         # geometry comes out of IfcOpenShell in metres: s converts project units → map units
         k = scale * u_map / u_p
         kz = scale_z * u_map / u_p
-        if not 0.1 <= k <= 10:
+        if not SCALE_RANGE[0] <= k <= SCALE_RANGE[1]:
             warnings.append(f"{path.name}: {method} Scale {scale} with a project unit of {u_p} m and a map unit of "
                             f"{u_map} m would make the model {k:g} times its size: assumed the Scale only "
                             "converts units (grid scale 1)")
@@ -274,7 +475,7 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
             warnings.append(f"{path.name}: --rotation {rotation} replaces the file's rotation {rot:.4f}°")
             rot = float(rotation)
         return Georef(method, crs=target_crs, eastings=e, northings=n, height=h, rotation_deg=rot,
-                      scale=k, scale_z=kz, warnings=warnings)
+                      scale=k, scale_z=kz, crs_unit=crs_unit, warnings=warnings)
     # IfcSite
     for site in f.by_type("IfcSite"):
         lat, lon = _compound_angle(site.RefLatitude), _compound_angle(site.RefLongitude)
@@ -282,23 +483,10 @@ def read_georef(f, path: Path, *, at: tuple | None = None, rotation: float | Non
             continue
         warnings = [f"{path.name}: no IfcMapConversion: placed by IfcSite RefLatitude/RefLongitude "
                     f"({lat:.6f}, {lon:.6f}), usually only approximate; pass --at LON,LAT[,H] to place it"]
-        offset = (0.0, 0.0, 0.0)
-        try:
-            import ifcopenshell.util.placement
-
-            m = ifcopenshell.util.placement.get_local_placement(site.ObjectPlacement)
-            offset = tuple(float(v) * u_p for v in m[:3, 3])
-        except Exception:
-            pass
-        rot = 0.0
-        for ctx in f.by_type("IfcGeometricRepresentationContext"):
-            if ctx.is_a("IfcGeometricRepresentationSubContext"):
-                continue
-            tn = getattr(ctx, "TrueNorth", None)
-            if tn is not None:
-                nx, ny = tn.DirectionRatios[:2]
-                rot = 90.0 - math.degrees(math.atan2(ny, nx))
-                break
+        offset, why = _site_origin(site, u_p, path)
+        if why:
+            warnings.append(why)
+        rot = _true_north_rotation(f, path, warnings)
         if rotation is not None:
             rot = float(rotation)
         return Georef("IfcSite", lon=lon, lat=lat, height=float(site.RefElevation or 0.0) * u_p,
