@@ -7,9 +7,18 @@ Endpoints (JSON; geometries are GeoJSON points, lon/lat in CGCS2000, EPSG:4490):
 
 - ``GET /geocode/search?q=&limit=10`` — full and partial names of place names, addresses
   (``坂田街道五和大道123号``, ``深圳市龙岗区…3栋``), streets (街道) and communities (社区); ranked,
-  each result with a score (0..1), layer, feature id, name / full address, street, community;
-- ``GET /geocode/autocomplete?q=&limit=8`` — the same candidates without the fuzzy paths,
-  cheap enough to call on every keystroke;
+  each result with a score (0..1, the share of the query it matched), layer, feature id,
+  name / full address, street, community, and how much of the query it matched:
+  ``match_level`` (street / community / road / place / door / building), ``matched`` and
+  ``unmatched`` (the query's parts, as written: {"street": "坂田街道", "road": "五和大道",
+  "door": "123号", …}) and ``approximate`` (a typo'd street / community read as a known one).
+  An address is only given for the road and door number the query names; when the road (or the
+  door number) is not known, the answer is at the level that matched (the street, the community,
+  the road) and ``suggestions`` (top level) offers the known roads named alike, or the door
+  numbers there, each with a query ``q`` to try. The levels and rules: ``spatial_api.geocode.match``;
+- ``GET /geocode/autocomplete?q=&limit=8`` — the same candidates without the fuzzy paths and
+  the suggestions, plus the addresses the typed text is the beginning of; cheap enough to call
+  on every keystroke;
 - ``GET /geocode/reverse?lon=&lat=`` — the nearest address (distance in metres on the
   ellipsoid) plus the street and community containing the point.
 
@@ -179,15 +188,19 @@ def router(settings: Settings | None = None) -> APIRouter:
         return frozenset(name for name, level in conn.execute("SELECT name, access_level FROM layers")
                          if not caller.sees(level))
 
-    def collection(kind: str, q: str, p: ParsedQuery, rows: list[dict], started: float) -> dict:
-        return {
+    def collection(kind: str, q: str, p: ParsedQuery, rows: list[dict], started: float,
+                   suggestions: list[dict] | None = None) -> dict:
+        doc = {
             "type": "FeatureCollection",
             "query": {"q": q, "kind": kind, "parsed": p.as_dict()},
             "numberReturned": len(rows),
             "crs": CRS_URI,
             "timeMs": round((time.perf_counter() - started) * 1000, 2),
-            "features": [_feature(r, {"score": r["score"]}) for r in rows],
+            "features": [_feature(r, {"score": r["score"], **r["match"].as_dict()}) for r in rows],
         }
+        if suggestions is not None:
+            doc["suggestions"] = suggestions
+        return doc
 
     @api.get("/search", summary="Search place names, addresses, streets and communities")
     def search_endpoint(
@@ -199,7 +212,12 @@ def router(settings: Settings | None = None) -> APIRouter:
             text, n = _query_text(q), _limit(limit, 10)
         except ParameterError as e:
             return _error(400, "InvalidParameterValue", str(e))
-        return run(lambda conn: collection("search", text, *_search.search(conn, text, n, hidden(conn)), started))
+
+        def answer(conn):
+            p, rows, suggestions = _search.search(conn, text, n, hidden(conn))
+            return collection("search", text, p, rows, started, suggestions)
+
+        return run(answer)
 
     @api.get("/autocomplete", summary="Suggestions while typing (prefix first)")
     def autocomplete_endpoint(

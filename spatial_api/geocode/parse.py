@@ -1,8 +1,9 @@
-"""Normalising and parsing Chinese place-name / address queries, and scoring candidates.
+"""Normalising and parsing Chinese place-name / address queries.
 
 Address hierarchy (domain.md §5): province – city – district – street (街道) – community (社区) –
 road (路/道/街/巷) – door number (门牌, ``123号``) – building (``3栋``). A query such as
-``深圳市龙岗区坂田街道五和大道123号3栋`` is split into those parts; the parts rank candidates.
+``深圳市龙岗区坂田街道五和大道123号3栋`` is split into those parts; ``match.evaluate`` says how
+much of them a candidate matched.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ BLANKS_RE = re.compile(r"[\s,，、·\-_/]+")
 STREET_RE = re.compile(r"^(.{1,6}?街道)")
 COMMUNITY_RE = re.compile(r"^(.{1,8}?社区)")
 #: road + door number: 五和大道123号, 龙岗大道8288, 上兴西路37号
-ROAD_DOOR_RE = re.compile(r"^(.{1,12}?(?:大道|大街|公路|路|道|街|巷|里|弄))?(\d+)(?:号|$)")
-ROAD_RE = re.compile(r"^(.{1,12}?(?:大道|大街|公路|路|道|街|巷))$")
+ROAD_DOOR_RE = re.compile(r"^(.{1,12}?(?:大道|大街|公路|快速路|快速|高速|路|道|街|巷|里|弄))?(\d+)(?:号|$)")
+ROAD_RE = re.compile(r"^(.{1,12}?(?:大道|大街|公路|快速路|快速|高速|路|道|街|巷))$")
 BUILDING_RE = re.compile(r"(\d+|[A-Za-z])(?:栋|座|幢|号楼)")
 DOOR_DIGITS_RE = re.compile(r"(\d+)号")
 
@@ -124,43 +125,3 @@ def text_score(q: str, target: str) -> float:
     containment = len(qb & tb) / len(qb)
     chars = len(set(q) & set(target)) / len(set(q))
     return 0.7 * (0.75 * containment + 0.25 * chars) - 0.05 * extra
-
-
-def score(p: ParsedQuery, row: dict) -> float:
-    """Rank of one candidate row of geocode_index for a parsed query (0..1, higher first)."""
-    t = max(text_score(p.text, row["search"]),
-            text_score(p.text, row.get("short") or "") if row.get("short") else 0.0)
-    if row["layer"] != "addresses" and p.rest and p.rest != p.text:
-        # 坂田街道华为基地: the place name is the rest; the street confirms it
-        t = max(t, 0.9 * text_score(p.rest, row["search"]))
-    weights = []
-    if row["layer"] == "addresses" and p.structured:
-        if p.road:
-            weights.append((0.3, 1.0 if row.get("road") == p.road
-                            else 0.5 * text_score(p.road, row.get("road") or "")))
-        if p.door_no is not None:
-            weights.append((0.35, 1.0 if row.get("door_no") == p.door_no else 0.0))
-        if p.building:
-            weights.append((0.1, 1.0 if building_no(row.get("building")) == p.building else 0.0))
-        if p.street:
-            weights.append((0.15, 1.0 if row.get("street") == p.street else 0.0))
-        if p.community:
-            weights.append((0.15, 1.0 if row.get("community") == p.community else 0.0))
-        if p.rest:
-            weights.append((0.2, text_score(p.rest, row["search"])))
-    elif p.street and row["layer"] != "streets" and row.get("street"):
-        # a place asked for within a street: the street must agree
-        weights.append((0.2, 1.0 if row.get("street") == p.street else 0.0))
-        if p.rest:
-            weights.append((0.8, max(text_score(p.rest, row["search"]), t)))
-    if weights:
-        total = sum(w for w, _ in weights)
-        structured = sum(w * v for w, v in weights) / total
-        # the parts decide, but a strong plain-text match (prefix of the full address, or a
-        # street name being typed: 吉华街… is not the road 吉华街) is not buried by them
-        s = max(0.35 * t + 0.65 * structured, 0.9 * t)
-    else:
-        s = t
-    # importance breaks ties: streets, communities, landmarks before single addresses
-    s += 0.004 * (5 - int(row.get("rank_base", 5)))
-    return round(max(0.0, min(1.0, s)), 4)

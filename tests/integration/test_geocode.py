@@ -247,3 +247,178 @@ def test_index_follows_new_changesets(client, district):
         counts = {r[0]: r[1] for r in conn.execute("SELECT layer, count(*) FROM geocode_index GROUP BY 1")}
         current = conn.execute("SELECT count(*) FROM features_place_names WHERE valid_to IS NULL").fetchone()[0]
         assert counts["place_names"] == current
+
+
+# -- match levels: how much of the query a result matched (issue 12) --------------------------------
+
+LEVELS = ("street", "community", "road", "place", "door", "building")
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+@pytest.fixture(scope="module")
+def sample(district):
+    """One address of the small demo whose road is also a named road (a place name of kind road)
+    and whose door number is on few roads of its street, plus the names the table needs."""
+    s = district["settings"]
+    addresses = rows(s, """
+        SELECT a.fid, a.properties AS p, (substring(a.properties->>'door_number' from '(\\d+)号'))::int AS door
+        FROM features_addresses a WHERE a.valid_to IS NULL
+          AND EXISTS (SELECT 1 FROM features_place_names n WHERE n.valid_to IS NULL
+                      AND n.properties->>'kind' = 'road' AND n.properties->>'name' = a.properties->>'road')
+        ORDER BY a.fid""")
+    roads = {r["road"] for r in rows(s, """
+        SELECT properties->>'road' AS road FROM features_addresses WHERE valid_to IS NULL
+        UNION SELECT properties->>'name' FROM features_place_names
+        WHERE valid_to IS NULL AND properties->>'kind' = 'road'""")}
+    doors: dict[tuple[str, int], set[str]] = {}
+    for a in addresses:
+        doors.setdefault((a["p"]["street"], a["door"]), set()).add(a["p"]["road"])
+    a = next(a for a in addresses if len(doors[(a["p"]["street"], a["door"])]) <= 3)
+    place = rows(s, """SELECT properties->>'name' AS name FROM features_place_names
+                       WHERE valid_to IS NULL AND properties->>'kind' = 'residential' ORDER BY fid LIMIT 1""")[0]
+    return {**a["p"], "fid": a["fid"], "door": a["door"], "roads": roads, "place": place["name"]}
+
+
+def _typo(road: str) -> str:
+    """One extra character typed inside the road's name: 黄阁路 -> 黄阁的路."""
+    return road[:2] + "的" + road[2:]
+
+
+# (id, query built from the sample, expected match level of the best result or None for no result,
+#  the road a suggestion must offer or None)
+LEVEL_TABLE = [
+    ("full address", lambda a: "深圳市龙岗区" + a["street"] + a["community"] + a["door_number"] + a["building"],
+     "building", None),
+    ("building", lambda a: a["door_number"] + a["building"], "building", None),
+    ("door on a known road", lambda a: a["door_number"], "door", None),
+    ("door in full-width digits", lambda a: a["road"] + str(a["door"]).translate(FULLWIDTH) + "号", "door", None),
+    ("street + door on a known road", lambda a: a["street"] + a["door_number"], "door", None),
+    ("community's short name before the road", lambda a: a["community"].removesuffix("社区") + a["door_number"],
+     "door", None),
+    ("unknown road with door (the issue)", lambda a: "坂田街道五和大道123号", "street", "五和街"),
+    ("unknown road without door", lambda a: "坂田街道五和大道", "street", "五和街"),
+    ("unknown road alone", lambda a: "五和大道", None, "五和街"),
+    ("door without a road", lambda a: a["street"] + f"{a['door']}号", "street", "__road__"),
+    ("known road, unknown door", lambda a: a["street"] + a["road"] + "99999号", "road", "__road__"),
+    ("road only", lambda a: a["road"], "road", None),
+    ("community only", lambda a: a["community"], "community", None),
+    ("street and community", lambda a: a["street"] + a["community"], "community", None),
+    ("street only", lambda a: a["street"], "street", None),
+    ("typo in the street", lambda a: "板田街道", "street", None),
+    ("typo in the road, with door", lambda a: a["street"] + _typo(a["road"]) + f"{a['door']}号", "street", "__road__"),
+    ("place name", lambda a: a["place"], "place", None),
+    ("nonsense (latin)", lambda a: "qwertyuiop", None, None),
+    ("nonsense (chinese)", lambda a: "火星基地", None, None),
+]
+
+
+def _check_result_invariants(body: dict) -> None:
+    """What every answer promises: each result says its level and which parts of the query it
+    matched; an address (a door number) only on the road and door number asked for; a partial
+    match never scores like a full one; best first."""
+    parsed = body["query"]["parsed"]
+    asked = {k for k in ("street", "community", "road", "building") if parsed.get(k)}
+    if parsed.get("door_no") is not None:
+        asked.add("door")
+    if parsed.get("rest"):
+        asked.add("name")
+    scores = []
+    for f in body["features"]:
+        p = f["properties"]
+        assert p["match_level"] in LEVELS, p
+        assert isinstance(p["matched"], dict) and isinstance(p["unmatched"], dict), p
+        assert p["matched"], ("a result that matched nothing", p)
+        if not set(p["matched"]) & {"name", "prefix", "address"}:
+            assert set(p["matched"]) | set(p["unmatched"]) == asked, (p, parsed)
+        if p["unmatched"]:
+            assert p["score"] < 0.95, ("a partial match scored like a full one", p)
+        if p["layer"] == "addresses" and body["query"]["kind"] == "search":
+            # never a door number on a road the query did not ask for
+            assert parsed["road"] and p["road"] == parsed["road"], (p, parsed)
+            if parsed["door_no"] is not None:
+                assert p["door_number"] == f"{parsed['road']}{parsed['door_no']}号", (p, parsed)
+        scores.append(p["score"])
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("case", LEVEL_TABLE, ids=[c[0] for c in LEVEL_TABLE])
+def test_match_level_table(client, sample, case):
+    _, build, level, suggested = case
+    q = build(sample)
+    r = client.get("/geocode/search", params={"q": q})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _check_result_invariants(body)
+    found = [f["properties"] for f in body["features"]]
+    if level is None:
+        assert found == [], (q, found[:3])
+    else:
+        assert found, q
+        assert found[0]["match_level"] == level, (q, found[0])
+    suggestions = body["suggestions"]
+    if suggested is None:
+        assert suggestions == [] or level is not None, (q, suggestions)
+    else:
+        want = sample["road"] if suggested == "__road__" else suggested
+        assert want in [s["road"] for s in suggestions], (q, suggestions)
+        for s in suggestions:  # each suggestion is a query that finds what it offers
+            assert s["q"] and s["road"] in s["q"]
+
+
+def test_unknown_road_answers_at_the_street_with_near_road_names(client, sample, district):
+    """坂田街道五和大道123号: the demo has no 五和大道 (it has 五和街). The answer is the street,
+    saying the road and door number were not matched, with a low score, never an address on
+    another road; 五和街 is offered as a suggestion, and the suggestion's query finds it."""
+    s = district["settings"]
+    assert "五和大道" not in sample["roads"] and "五和街" in sample["roads"]
+    body = client.get("/geocode/search", params={"q": "坂田街道五和大道123号"}).json()
+    best = body["features"][0]["properties"]
+    assert (best["layer"], best["name"], best["match_level"]) == ("streets", "坂田街道", "street")
+    assert best["matched"] == {"street": "坂田街道"}
+    assert best["unmatched"] == {"road": "五和大道", "door": "123号"}
+    assert best["score"] <= 0.5
+    assert all(f["properties"]["layer"] != "addresses" for f in body["features"])
+    centre = rows(s, """SELECT ST_X(ST_PointOnSurface(geom)) AS lon, ST_Y(ST_PointOnSurface(geom)) AS lat
+                        FROM features_streets WHERE valid_to IS NULL AND properties->>'name' = '坂田街道'""")[0]
+    assert body["features"][0]["geometry"]["coordinates"] == pytest.approx([centre["lon"], centre["lat"]], abs=1e-7)
+    wuhe = next(x for x in body["suggestions"] if x["road"] == "五和街")
+    assert wuhe["kind"] == "road" and 0 < wuhe["similarity"] < 1 and wuhe["streets"]
+    retry = client.get("/geocode/search", params={"q": wuhe["q"]}).json()
+    assert retry["features"] and all(f["properties"]["road"] == "五和街"
+                                     for f in retry["features"] if f["properties"]["layer"] == "addresses")
+    # a full match of a real address scores well above it
+    full = client.get("/geocode/search", params={"q": sample["street"] + sample["door_number"]}).json()
+    assert full["features"][0]["properties"]["score"] >= 0.95 > best["score"] + 0.4
+
+
+def test_partial_matches_score_below_full_ones(client, sample):
+    both = props(client.get("/geocode/search", params={"q": sample["street"] + sample["community"]}))
+    community = next(f for f in both if f["layer"] == "communities")
+    street = next(f for f in both if f["layer"] == "streets")
+    assert community["match_level"] == "community" and community["unmatched"] == {}
+    assert street["match_level"] == "street" and street["unmatched"] == {"community": sample["community"]}
+    assert community["score"] > street["score"]
+    # a building asked for that the door does not have: the door, saying the building was not found
+    r = props(client.get("/geocode/search", params={"q": sample["door_number"] + "999栋"}))
+    assert r[0]["match_level"] == "door" and r[0]["unmatched"] == {"building": "999栋"}
+    assert r[0]["score"] < 0.95
+    # a typo in the street: the street, flagged approximate, scored below an exact match
+    typo = props(client.get("/geocode/search", params={"q": "板田街道"}))[0]
+    exact = props(client.get("/geocode/search", params={"q": "坂田街道"}))[0]
+    assert typo["name"] == exact["name"] == "坂田街道"
+    assert typo["approximate"] == {"street": "坂田街道"} and exact["approximate"] == {}
+    assert typo["score"] < exact["score"]
+
+
+def test_autocomplete_never_puts_a_door_on_a_road_not_typed(client, sample):
+    for q in ("坂田街道五和大道", "五和大道1", sample["street"] + f"{sample['door']}号"):
+        body = client.get("/geocode/autocomplete", params={"q": q}).json()
+        for f in body["features"]:
+            p = f["properties"]
+            assert p["match_level"] in LEVELS
+            if p["layer"] == "addresses":
+                assert p["full_address"].removeprefix("深圳市龙岗区").startswith(q) or p["road"] == body["query"]["parsed"]["road"], (q, p)
+    # typing an address still offers its completions, with the level reached so far
+    typed = sample["door_number"][:-2]
+    found = props(client.get("/geocode/autocomplete", params={"q": typed}))
+    assert found and all(f["match_level"] in LEVELS for f in found)
