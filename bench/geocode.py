@@ -1,7 +1,7 @@
 """Autocomplete / search latency on a demo district (not part of the test suite).
 
     geotwin demo build --size medium --out /tmp/medium --no-load
-    .venv/bin/python -m spatial_api.geocode.bench /tmp/medium [--schema geocode_bench] [--http]
+    .venv/bin/python bench/geocode.py /tmp/medium [--schema geocode_bench] [--http]
 
 Loads the naming layers (streets, communities, place_names, addresses) of the demo build into
 a scratch schema (recreated; never ``geotwin``), builds the geocode index, then replays every

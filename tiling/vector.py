@@ -14,26 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import morecantile
-import pyproj
 from psycopg import sql
 
 from spatial_api import store
+from spatial_api.store.types import SQL_CASTS
+from spatial_api.api.grids import CGCS2000_QUAD, GRIDS, TMS  # noqa: F401  (re-exported for the tiling room)
 
 EXTENT, BUFFER = 4096, 64
 MAX_FEATURES = 200_000  # per layer per tile: a guard, not a silent cut at ordinary zooms
 
-#: A CGCS2000 geographic grid (WorldCRS84Quad-like on EPSG:4490): two 256-px tiles at zoom 0.
-CGCS2000_QUAD = morecantile.TileMatrixSet.custom(
-    [-180.0, -90.0, 180.0, 90.0], pyproj.CRS.from_epsg(4490), id="CGCS2000Quad",
-    title="CGCS2000 geographic quad (EPSG:4490)", matrix_scale=[2, 1], minzoom=0, maxzoom=20,
-    geographic_crs=pyproj.CRS.from_epsg(4490),
-)
-TMS = morecantile.tms.register({"CGCS2000Quad": CGCS2000_QUAD})
-GRIDS = {"WebMercatorQuad": 3857, "CGCS2000Quad": 4490}
 
 
 #: MVT values are typed: numbers and booleans stay numbers and booleans; dates go as text.
-_MVT_TYPES = {"integer": "bigint", "number": "double precision", "boolean": "boolean"}
+_MVT_TYPES = {t: SQL_CASTS[t] for t in ("integer", "number", "boolean")}
 
 
 class TileError(ValueError):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, author_default, get_settings
-from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected
+from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected, in_cli_words
 
 __all__ = ["IngestError", "IngestSummary", "ingest_vector", "parse_valid_time", "prepare_properties"]
 
@@ -204,6 +204,7 @@ def _keys(batch: PreparedBatch, key: str) -> np.ndarray:
     return values.to_numpy(dtype=object)
 
 
+@in_cli_words
 def ingest_vector(
     path: str | Path,
     *,

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from spatial_api.api import time as timepolicy
 from spatial_api.ingest.types import IngestError
+from spatial_api.store.types import StoreError
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
@@ -224,8 +225,8 @@ def layers_set(
                           f"({', '.join(layer.schema)})")
                 changes["tile_options"] = opts
             store.update_layer(conn, name, **changes)
-    except IngestError as exc:
-        _fail(str(exc))
+    except StoreError as exc:
+        _fail(str(IngestError.from_store(exc)))
     console.print(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from spatial_api.config import Settings, author_default, get_settings
-from spatial_api.ingest.types import IngestError
+from spatial_api.ingest.types import IngestError, in_cli_words
 
 __all__ = ["ImagerySummary", "ingest_imagery", "managed_dir"]
 
-#: Tile grids whose zoom range is recorded per item (ids as in tiling.vector.TMS).
+#: Tile grids whose zoom range is recorded per item (ids as in spatial_api.api.grids.TMS).
 ZOOM_GRIDS = ("WebMercatorQuad", "CGCS2000Quad")
 
 
@@ -194,7 +194,7 @@ def describe_cog(path: Path) -> dict:
     from rasterio.warp import transform_geom
     from rio_tiler.io import Reader
 
-    from tiling.vector import TMS
+    from spatial_api.api.grids import TMS
 
     with rasterio.open(path) as src:
         b = src.bounds
@@ -211,6 +211,7 @@ def describe_cog(path: Path) -> dict:
 # -- the ingestion ---------------------------------------------------------------------------
 
 
+@in_cli_words
 def ingest_imagery(
     path: str | Path,
     *,

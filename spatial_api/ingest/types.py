@@ -12,15 +12,39 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-#: Property types known to the layer registry.
-PROPERTY_TYPES = ("string", "integer", "number", "boolean", "date", "datetime")
+from spatial_api.store.types import GEOMETRY_FAMILIES, PROPERTY_TYPES, StoreError  # noqa: F401  (the store's words)
 
-#: Geometry families a layer can hold (multi-part variants belong to the family).
-GEOMETRY_FAMILIES = ("Point", "LineString", "Polygon")
+#: The command-line flag that sets each subject of a StoreError.
+CLI_FLAGS = {"access level": "--access", "mode": "--mode", "layer name": "--layer", "valid from": "--valid-from",
+             "kind": "--kind", "collection id": "--collection", "item id": "--item-id", "key": "--key"}
 
 
 class IngestError(Exception):
     """An error the user caused: the message names the file, row or parameter and the fix."""
+
+    @classmethod
+    def from_store(cls, exc: StoreError) -> "IngestError":
+        """The store's refusal in the command line's words: the flag to use in front."""
+        flag = CLI_FLAGS.get(exc.subject or "")
+        text = str(exc)
+        if flag and exc.subject and text.startswith(exc.subject):
+            text = flag + text[len(exc.subject):]
+        elif flag:
+            text = f"{text} ({flag})"
+        return cls(text)
+
+
+def in_cli_words(fn):
+    """Decorator: a StoreError raised inside ``fn`` comes out as an IngestError naming the flag."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StoreError as exc:
+            raise IngestError.from_store(exc) from exc
+    return wrapper
 
 
 @dataclass

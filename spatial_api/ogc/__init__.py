@@ -1,13 +1,4 @@
-"""OGC API – Features over the layer store (Part 1 core, Part 2 CRS by reference) with time
-travel: ``datetime`` selects the versions valid at a valid time; every feature's versions and
-the changes between two times have their own resources.
-
-``router(settings)`` is mounted at the root by ``spatial_api.app.create_app``. Only layers whose
-access level is ``public`` are visible until access control (issue 8) knows the caller.
-"""
-
-from __future__ import annotations
-
-from spatial_api.ogc.features import ApiError, install, router
-
-__all__ = ["ApiError", "install", "router"]
+"""OGC API – Features over the layer store (Part 1 core, Part 2 CRS by reference, Part 3
+filtering with CQL2, Part 4 transactions) with time travel: ``datetime`` selects the versions
+valid at a valid time; every feature's versions and the changes between two times have their own
+resources. Mounted by the ``ogc`` room (spatial_api.ground, spatial_api.ogc.routes)."""

@@ -26,6 +26,7 @@ from typing import Any
 from psycopg import sql
 
 from spatial_api.api import time as timepolicy
+from spatial_api.store.types import SQL_CASTS
 
 __all__ = [
     "FilterError", "parse", "to_sql", "CONFORMANCE", "FILTER_LANGS", "queryable_names",
@@ -841,10 +842,7 @@ def _parse(text_or_json: str | dict, lang: str):
 # public: to_sql
 
 
-_CASTS = {
-    "string": "text", "integer": "bigint", "number": "double precision", "boolean": "boolean",
-    "date": "date", "datetime": "timestamptz",
-}
+_CASTS = SQL_CASTS  # the store's type → SQL cast table
 _NUMERIC = ("integer", "number")
 _TEMPORAL = ("date", "datetime")
 
@@ -870,7 +868,7 @@ def _lit_type(value) -> str:
     return "string"
 
 
-def _parse_srid(filter_crs: str | None) -> tuple[int | None, bool]:
+def parse_srid(filter_crs: str | None) -> tuple[int | None, bool]:
     """(srid, flip): None for CRS84 (lon/lat, stored as-is); flip when the CRS's first axis is
     northing / latitude (EPSG:4490 and 4326 are lat, lon; EPSG:4547 is northing, easting)."""
     if filter_crs is None:
@@ -910,7 +908,7 @@ def to_sql(ast, layer, *, alias: str = "f", filter_crs: str | None = None) -> tu
     """The SQL condition for ``ast`` on ``layer``'s partition aliased ``alias``, and its parameters
     (``%s`` placeholders, in order). Raises :class:`FilterError` for unknown properties, type
     mismatches and unsupported constructs."""
-    srid, flip = _parse_srid(filter_crs)
+    srid, flip = parse_srid(filter_crs)
     ctx = _Ctx(layer=layer, alias=sql.Identifier(alias), srid=srid, flip=flip)
     cond = _cond(ast, ctx)
     return cond, ctx.params

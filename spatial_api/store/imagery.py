@@ -29,7 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from spatial_api.api import time as timepolicy
-from spatial_api.ingest.types import IngestError
+from spatial_api.store.types import StoreError
 
 COLLECTION_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -101,16 +101,16 @@ def _local(value: datetime) -> datetime:
     return timepolicy.local(value, get_settings().timezone)
 
 
-def check_collection_id(cid: str, param: str = "--collection") -> str:
+def check_collection_id(cid: str, param: str = "collection id") -> str:
     if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
-        raise IngestError(f"{param} {cid!r}: a collection id is lower-case ASCII letters, digits and '_', "
+        raise StoreError(subject=param, value=cid, message=f"{param} {cid!r}: a collection id is lower-case ASCII letters, digits and '_', "
                           "starting with a letter, at most 48 characters (e.g. ortho, dem, gf2_2024).")
     return cid
 
 
-def check_item_id(item_id: str, param: str = "--item-id") -> str:
+def check_item_id(item_id: str, param: str = "item id") -> str:
     if not isinstance(item_id, str) or not ITEM_ID_RE.match(item_id):
-        raise IngestError(f"{param} {item_id!r}: an item id is ASCII letters, digits, '_', '-' and '.', "
+        raise StoreError(subject=param, value=item_id, message=f"{param} {item_id!r}: an item id is ASCII letters, digits, '_', '-' and '.', "
                           "starting with a letter or digit, at most 128 characters (e.g. E2023, 2023-11-15).")
     return item_id
 
@@ -186,19 +186,19 @@ def create_collection(conn: psycopg.Connection, cid: str, *, kind: str, title_zh
     (with any titles / description given here updated); a different kind is an error."""
     check_collection_id(cid)
     if kind not in KINDS:
-        raise IngestError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise StoreError.about("kind", kind, f"choose one of {', '.join(KINDS)}")
     if access_level not in ACCESS_LEVELS:
-        raise IngestError(f"--access {access_level!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+        raise StoreError.about("access level", access_level, f"choose one of {', '.join(ACCESS_LEVELS)}")
     fmt = default_format or "png"
     if fmt not in FORMATS:
-        raise IngestError(f"default format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise StoreError(f"default format {fmt!r}: choose one of {', '.join(FORMATS)}")
     existing = get_collection(conn, cid)
     if existing is not None:
         if not exist_ok:
-            raise IngestError(f"imagery collection {cid!r} already exists")
+            raise StoreError(f"imagery collection {cid!r} already exists")
         if existing.kind != kind:
-            raise IngestError(f"--kind {kind!r}: collection {cid!r} holds {existing.kind!r} imagery; "
-                              f"give --kind {existing.kind} or choose another --collection")
+            raise StoreError(subject="kind", value=kind, message=f"kind {kind!r}: collection {cid!r} holds {existing.kind!r} imagery; "
+                              f"give kind {existing.kind} or choose another collection")
         changes = {k: v for k, v in (("title_zh", title_zh), ("title_en", title_en),
                                      ("description", description)) if v is not None and getattr(existing, k) != v}
         if changes:
@@ -339,9 +339,10 @@ def register_item(conn: psycopg.Connection, item: Item) -> Item | None:
     replaced = item_at(conn, item.collection, item.datetime)
     other = get_item(conn, item.collection, item.item_id)
     if other is not None and (replaced is None or other.item_id != replaced.item_id):
-        raise IngestError(
-            f"--item-id {item.item_id!r}: collection {item.collection!r} already has this item, acquired "
-            f"{other.datetime.isoformat()}; choose another --item-id (or give --datetime of that item to replace it)")
+        raise StoreError(
+            f"item id {item.item_id!r}: collection {item.collection!r} already has this item, acquired "
+            f"{other.datetime.isoformat()}; choose another item id (or give the datetime of that item to replace it)",
+            subject="item id", value=item.item_id)
     if replaced is not None:
         conn.execute("DELETE FROM imagery_items WHERE collection = %s AND item_id = %s",
                      (item.collection, replaced.item_id))

@@ -12,10 +12,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from spatial_api.ingest.types import GEOMETRY_FAMILIES, PROPERTY_TYPES, IngestError
+from spatial_api.store.types import ACCESS_LEVELS, GEOMETRY_FAMILIES, PROPERTY_TYPES, StoreError
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-ACCESS_LEVELS = ("public", "internal", "restricted")
 
 
 @dataclass
@@ -45,10 +44,8 @@ class Layer:
 
 def check_layer_name(name: str) -> str:
     if not LAYER_NAME_RE.match(name or ""):
-        raise IngestError(
-            f"--layer {name!r}: a layer name is lower-case ASCII letters, digits and '_', "
-            "starting with a letter, at most 48 characters (e.g. land_use, basic_farmland)."
-        )
+        raise StoreError.about("layer name", name, "a layer name is lower-case ASCII letters, digits and '_', "
+                               "starting with a letter, at most 48 characters (e.g. land_use, basic_farmland).")
     return name
 
 
@@ -84,12 +81,12 @@ def create_layer(conn: psycopg.Connection, layer: Layer, *, with_partition: bool
     Runs in the caller's transaction: a failed first load leaves no trace of the layer."""
     check_layer_name(layer.name)
     if layer.geometry_family not in GEOMETRY_FAMILIES:
-        raise IngestError(f"geometry family {layer.geometry_family!r} is not one of {GEOMETRY_FAMILIES}")
+        raise StoreError(f"geometry family {layer.geometry_family!r} is not one of {GEOMETRY_FAMILIES}")
     if layer.access_level not in ACCESS_LEVELS:
-        raise IngestError(f"--access {layer.access_level!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+        raise StoreError.about("access level", layer.access_level, f"choose one of {', '.join(ACCESS_LEVELS)}")
     for prop in layer.properties:
         if prop["type"] not in PROPERTY_TYPES:
-            raise IngestError(f"property {prop['name']!r}: unknown type {prop['type']!r}")
+            raise StoreError(f"property {prop['name']!r}: unknown type {prop['type']!r}")
     conn.execute(
         """
         INSERT INTO layers (name, title_zh, title_en, geometry_family, properties, key_field,
@@ -119,7 +116,7 @@ def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
     if not changes:
         return
     if "access_level" in changes and changes["access_level"] not in ACCESS_LEVELS:
-        raise IngestError(f"--access {changes['access_level']!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+        raise StoreError.about("access level", changes["access_level"], f"choose one of {', '.join(ACCESS_LEVELS)}")
     if "properties" in changes:
         changes["properties"] = json.dumps(changes["properties"], ensure_ascii=False)
     if "tile_options" in changes:
@@ -153,19 +150,19 @@ def check_tile_options(opts: dict) -> dict:
         if opts.get(k) is not None:
             v = opts[k]
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 24:
-                raise IngestError(f"tile option {k}={v!r}: give a whole zoom level 0–24")
+                raise StoreError(f"tile option {k}={v!r}: give a whole zoom level 0–24")
             out[k] = v
     if "minzoom" in out and "maxzoom" in out and out["minzoom"] > out["maxzoom"]:
-        raise IngestError(f"tile options: minzoom {out['minzoom']} is above maxzoom {out['maxzoom']}")
+        raise StoreError(f"tile options: minzoom {out['minzoom']} is above maxzoom {out['maxzoom']}")
     limits = opts.get("max_features") or {}
     checked = {}
     for z, n in limits.items():
         try:
             zi = int(z)
         except (TypeError, ValueError):
-            raise IngestError(f"tile option max_features: zoom {z!r} is not a whole number") from None
+            raise StoreError(f"tile option max_features: zoom {z!r} is not a whole number") from None
         if not 0 <= zi <= 24 or not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise IngestError(f"tile option max_features {z}:{n!r}: give ZOOM:N with zoom 0–24 and N ≥ 1")
+            raise StoreError(f"tile option max_features {z}:{n!r}: give ZOOM:N with zoom 0–24 and N ≥ 1")
         checked[str(zi)] = n
     if checked:
         out["max_features"] = checked

@@ -29,10 +29,9 @@ import shapely
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from spatial_api.ingest.types import IngestError
 from spatial_api.store.registry import notify, Layer, partition_name
+from spatial_api.store.types import MODES, StoreError
 
-MODES = ("replace", "append", "upsert")
 COPY_CHUNK = 10000
 
 
@@ -204,7 +203,7 @@ def close_features(conn: psycopg.Connection, layer: Layer, fids: list[str], *, v
     _lock_layer(conn, layer.name)
     latest = latest_valid_from(conn, layer.name)
     if latest is not None and valid_from < latest:
-        raise IngestError(f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
+        raise StoreError(f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
                           f"({latest.isoformat()})")
     if expect_versions:
         _check_versions(conn, layer.name, expect_versions)
@@ -276,23 +275,21 @@ def write_changeset(
     absent (their incoming row was rejected, so the file says nothing reliable about them).
     """
     if mode not in MODES:
-        raise IngestError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise StoreError.about("mode", mode, f"choose one of {', '.join(MODES)}")
     if features.fids is None and mode != "append":
-        raise IngestError(
-            f"--mode {mode} matches incoming features to stored ones by key: pass --key FIELD "
-            "(a field whose value identifies a feature, e.g. BSM or parcel_id)."
-        )
+        raise StoreError(
+            f"mode {mode} matches incoming features to stored ones by key: name the key field "
+            "(a field whose value identifies a feature, e.g. BSM or parcel_id).", subject="key", value=None)
     _lock_layer(conn, layer.name)  # held until the caller's transaction ends
     if expect_versions and not new_layer:
         _check_versions(conn, layer.name, expect_versions)
     if not new_layer:
         latest = latest_valid_from(conn, layer.name)
         if latest is not None and valid_from < latest:
-            raise IngestError(
-                f"--valid-from {valid_from.isoformat()} is earlier than the layer's latest change "
+            raise StoreError(
+                f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
                 f"({latest.isoformat()}). Load versions in the order of their valid dates; "
-                "pass a --valid-from on or after that date."
-            )
+                "give a valid-from on or after that date.", subject="valid from", value=valid_from.isoformat())
     cs_id, recorded_at = conn.execute("SELECT nextval('changesets_id_seq'), now()").fetchone()
     result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at)
     fids = features.fids
@@ -393,7 +390,7 @@ def _stage_partition(conn: psycopg.Connection, layer: Layer, features: FeatureRo
                     c.execute(ddl)
                 c.commit()
             except psycopg.errors.UniqueViolation as exc:  # callers check keys; this is the backstop
-                raise IngestError(f"layer {layer.name!r}: duplicate keys ({exc.diag.message_detail})") from exc
+                raise StoreError(f"layer {layer.name!r}: duplicate keys ({exc.diag.message_detail})") from exc
             finally:
                 if not use_stage:
                     c.close()
@@ -468,10 +465,10 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
             "SELECT row_no, fid FROM classified WHERE status <> 'added' ORDER BY row_no LIMIT 1"
         ).fetchone()
         if clash:
-            raise IngestError(
+            raise StoreError(
                 f"row {clash[0]}: a feature with key {clash[1]!r} already exists in layer "
-                f"{layer.name!r}. Append adds new features only; use --mode upsert to update "
-                "existing ones or --mode replace to load a complete new state."
+                f"{layer.name!r}. Append adds new features only; use mode upsert to update "
+                "existing ones or mode replace to load a complete new state."
             )
     counts = dict(cur.execute("SELECT status, count(*) FROM classified GROUP BY status").fetchall())
     result.added = counts.get("added", 0)

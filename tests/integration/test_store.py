@@ -10,7 +10,7 @@ import pytest
 from shapely.geometry import Polygon
 
 from spatial_api import store
-from spatial_api.ingest.types import IngestError
+from spatial_api.store.types import StoreError
 
 CST = timezone(timedelta(hours=8))
 T2020 = datetime(2020, 12, 31, tzinfo=CST)
@@ -100,7 +100,7 @@ def test_upsert_closes_nothing_and_append_refuses_existing_keys(conn, layer_name
                                  "Q1": (square(114.31, 22.7), {"code": "Q1", "dlbm": "1101"})},
               mode="upsert", at=T2023)
     assert (r.added, r.changed, r.closed, r.current_total) == (1, 1, 0, 7)
-    with pytest.raises(IngestError, match="row 1: a feature with key 'P0' already exists"):
+    with pytest.raises(StoreError, match="row 1: a feature with key 'P0' already exists"):
         write(conn, layer_name, {"P0": V1["P0"]}, mode="append", at=T2025)
     conn.rollback()
     assert store.count(conn, layer_name) == 7
@@ -109,7 +109,7 @@ def test_upsert_closes_nothing_and_append_refuses_existing_keys(conn, layer_name
 def test_back_dated_load_is_refused_and_leaves_the_layer_whole(conn, layer_name):
     write(conn, layer_name, V1, new=True, at=T2023)
     before = store.changesets(conn, layer_name)
-    with pytest.raises(IngestError, match="earlier than the layer's latest change"):
+    with pytest.raises(StoreError, match="earlier than the layer's latest change"):
         write(conn, layer_name, {"P0": V1["P0"]}, at=T2020)
     conn.rollback()
     assert store.changesets(conn, layer_name) == before
