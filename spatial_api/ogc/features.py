@@ -94,20 +94,21 @@ def _geometry_sql(srid: int, flipped: bool) -> sql.Composable:
 # -- the router -----------------------------------------------------------------------------------
 
 
-def router(settings: Settings) -> APIRouter:
-    api = APIRouter()
-    cols = Collections(settings)
+class FeaturesAPI:
+    """OGC API – Features: one method per endpoint (landing, conformance, collections, items, a feature, its versions, changes)."""
 
-    pool = db.pool(settings)
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cols = Collections(self.settings)
+        self.pool = db.pool(self.settings)
 
-    def connect():
-        return pool.connection()
+    def connect(self):
+        return self.pool.connection()
 
-    @api.get("/", tags=["OGC API"], summary="Landing page")
-    def landing(request: Request, f: str | None = None):
+    def landing(self, request: Request, f: str | None = None):
         base = base_url(request)
-        with connect() as conn:
-            layers = cols.visible(conn)
+        with self.connect() as conn:
+            layers = self.cols.visible(conn)
         doc = {
             "title": "geotwin — 龙岗区时空信息平台",
             "description": "Spatio-temporal layers of Longgang district: OGC API – Features with time travel",
@@ -131,37 +132,32 @@ def router(settings: Settings) -> APIRouter:
         }
         return respond(request, f, doc, "geotwin")
 
-    @api.get("/conformance", tags=["OGC API"], summary="Conformance classes")
-    def conformance(request: Request, f: str | None = None):
+    def conformance(self, request: Request, f: str | None = None):
         return respond(request, f, {"conformsTo": CONFORMANCE + list(request.app.state.extra_conformance)},
                         "Conformance")
 
-    @api.get("/api", tags=["OGC API"], summary="The API definition (OpenAPI 3)", include_in_schema=False)
-    def api_definition(request: Request):
+    def api_definition(self, request: Request):
         return JSONResponse(request.app.openapi(), media_type="application/vnd.oai.openapi+json;version=3.0")
 
-    @api.get("/collections", tags=["OGC API"], summary="The collections")
-    def collections(request: Request, f: str | None = None):
+    def collections(self, request: Request, f: str | None = None):
         base = base_url(request)
-        with connect() as conn:
-            docs = [cols.document(conn, layer, base) for layer in cols.visible(conn)]
+        with self.connect() as conn:
+            docs = [self.cols.document(conn, layer, base) for layer in self.cols.visible(conn)]
         doc = {"links": [link(f"{base}/collections", "self", "application/json", "this document"),
                          link(f"{base}/collections?f=html", "alternate", "text/html", "as HTML")],
                "collections": docs, "crs": list(CRS_AXES)}
         return respond(request, f, doc, "Collections")
 
-    @api.get("/collections/{collection_id}", tags=["OGC API"], summary="A collection")
-    def collection(request: Request, collection_id: str, f: str | None = None):
-        with connect() as conn:
-            cols.get(conn, collection_id)
-            row = next(r for r in cols.visible(conn) if r["name"] == collection_id)
-            doc = cols.document(conn, row, base_url(request))
+    def collection(self, request: Request, collection_id: str, f: str | None = None):
+        with self.connect() as conn:
+            self.cols.get(conn, collection_id)
+            row = next(r for r in self.cols.visible(conn) if r["name"] == collection_id)
+            doc = self.cols.document(conn, row, base_url(request))
         return respond(request, f, doc, doc["title"])
 
-    @api.get("/collections/{collection_id}/queryables", tags=["OGC API"], summary="Queryable properties")
-    def queryables(request: Request, collection_id: str, f: str | None = None):
-        with connect() as conn:
-            layer = cols.get(conn, collection_id)
+    def queryables(self, request: Request, collection_id: str, f: str | None = None):
+        with self.connect() as conn:
+            layer = self.cols.get(conn, collection_id)
         types = {"string": {"type": "string"}, "integer": {"type": "integer"}, "number": {"type": "number"},
                  "boolean": {"type": "boolean"}, "date": {"type": "string", "format": "date"},
                  "datetime": {"type": "string", "format": "date-time"}}
@@ -175,8 +171,7 @@ def router(settings: Settings) -> APIRouter:
                "additionalProperties": False}
         return respond(request, f, doc, f"{collection_id}: queryables", "application/schema+json")
 
-    @api.get("/collections/{collection_id}/items", tags=["OGC API"], summary="Features")
-    def items(
+    def items(self, 
         request: Request,
         collection_id: str,
         f: str | None = None,
@@ -197,8 +192,8 @@ def router(settings: Settings) -> APIRouter:
         out_crs, srid, flipped = crs_param(crs, "crs")
         dt = interval_param(datetime_)
         _check_unused(bbox_crs, filter_lang, filter_crs)
-        with connect() as conn:
-            layer = cols.get(conn, collection_id)
+        with self.connect() as conn:
+            layer = self.cols.get(conn, collection_id)
             where, params = _temporal(dt)
             conds, cparams = [_in_layer(collection_id), where], list(params)
             spatial = _bbox(bbox, bbox_crs)
@@ -264,15 +259,14 @@ def router(settings: Settings) -> APIRouter:
         body = head + ', "features": [' + ",".join(_feature_json(r, url) for r in rows) + "]}"
         return Response(body, media_type=GEOJSON, headers=headers)
 
-    @api.get("/collections/{collection_id}/items/{feature_id}", tags=["OGC API"], summary="A feature")
-    def item(request: Request, collection_id: str, feature_id: str, f: str | None = None,
+    def item(self, request: Request, collection_id: str, feature_id: str, f: str | None = None,
              crs: str | None = None, datetime_: str | None = Query(None, alias="datetime")):
         out_crs, srid, flipped = crs_param(crs, "crs")
         dt = interval_param(datetime_)
         if dt is not None and dt[2]:
             raise invalid_parameter("datetime", "give an instant for a single feature; its versions are at .../versions")
-        with connect() as conn:
-            cols.get(conn, collection_id)
+        with self.connect() as conn:
+            self.cols.get(conn, collection_id)
             where, params = _temporal(dt)
             query = sql.SQL(
                 "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.properties, {geom} AS geometry "
@@ -294,13 +288,11 @@ def router(settings: Settings) -> APIRouter:
         return respond(request, f, doc, f"{collection_id} / {feature_id}", GEOJSON,
                         {"Content-Crs": f"<{out_crs}>", "ETag": f'"{row["vid"]}"'})
 
-    @api.get("/collections/{collection_id}/items/{feature_id}/versions", tags=["time travel"],
-             summary="Every version of a feature, oldest first")
-    def versions(request: Request, collection_id: str, feature_id: str, f: str | None = None,
+    def versions(self, request: Request, collection_id: str, feature_id: str, f: str | None = None,
                  crs: str | None = None):
         out_crs, srid, flipped = crs_param(crs, "crs")
-        with connect() as conn:
-            cols.get(conn, collection_id)
+        with self.connect() as conn:
+            self.cols.get(conn, collection_id)
             query = sql.SQL(
                 "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by, "
                 "f.properties, {geom} AS geometry FROM {part} f WHERE {in_layer} AND f.fid = %s ORDER BY f.valid_from, f.vid"
@@ -325,16 +317,14 @@ def router(settings: Settings) -> APIRouter:
         return respond(request, f, doc, f"{collection_id} / {feature_id}: versions", GEOJSON,
                         {"Content-Crs": f"<{out_crs}>"})
 
-    @api.get("/collections/{collection_id}/changes", tags=["time travel"],
-             summary="Features added, changed and removed between two valid times")
-    def changes(request: Request, collection_id: str, from_: str = Query(..., alias="from"),
+    def changes(self, request: Request, collection_id: str, from_: str = Query(..., alias="from"),
                 to: str = Query(...), f: str | None = None, crs: str | None = None):
         out_crs, srid, flipped = crs_param(crs, "crs")
         t1, t2 = instant_param(from_, "from", "start"), instant_param(to, "to")
         if t1 is None or t2 is None:
             raise invalid_parameter("from/to", "give two instants")
-        with connect() as conn:
-            cols.get(conn, collection_id)
+        with self.connect() as conn:
+            self.cols.get(conn, collection_id)
             d = store.diff(conn, collection_id, t1, t2)
             part = sql.Identifier(store.partition_name(collection_id))
             feats = []
@@ -356,7 +346,34 @@ def router(settings: Settings) -> APIRouter:
                "geotwin:from": t1.isoformat(), "geotwin:to": t2.isoformat(), "links": []}
         return respond(request, f, doc, f"{collection_id}: changes", GEOJSON, {"Content-Crs": f"<{out_crs}>"})
 
-    return api
+    def router(self) -> APIRouter:
+        """The endpoints above, each under its path."""
+        api = APIRouter()
+        api.add_api_route("/", self.landing, methods=["GET"], tags=["OGC API"], summary="Landing page")
+        api.add_api_route("/conformance", self.conformance, methods=["GET"], tags=["OGC API"],
+                          summary="Conformance classes")
+        api.add_api_route("/api", self.api_definition, methods=["GET"], tags=["OGC API"],
+                          summary="The API definition (OpenAPI 3)", include_in_schema=False)
+        api.add_api_route("/collections", self.collections, methods=["GET"], tags=["OGC API"],
+                          summary="The collections")
+        api.add_api_route("/collections/{collection_id}", self.collection, methods=["GET"], tags=["OGC API"],
+                          summary="A collection")
+        api.add_api_route("/collections/{collection_id}/queryables", self.queryables, methods=["GET"],
+                          tags=["OGC API"], summary="Queryable properties")
+        api.add_api_route("/collections/{collection_id}/items", self.items, methods=["GET"], tags=["OGC API"],
+                          summary="Features")
+        api.add_api_route("/collections/{collection_id}/items/{feature_id}", self.item, methods=["GET"],
+                          tags=["OGC API"], summary="A feature")
+        api.add_api_route("/collections/{collection_id}/items/{feature_id}/versions", self.versions, methods=["GET"],
+                          tags=["time travel"], summary="Every version of a feature, oldest first")
+        api.add_api_route("/collections/{collection_id}/changes", self.changes, methods=["GET"],
+                          tags=["time travel"],
+                          summary="Features added, changed and removed between two valid times")
+        return api
+
+
+def router(settings: Settings) -> APIRouter:
+    return FeaturesAPI(settings).router()
 
 
 def _in_layer(name: str) -> sql.Composable:
