@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from spatial_api.security.roles import ROLES
 
 #: The checkout this package runs from (editable install) — the default home of local state.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,6 @@ class Settings:
         except (ZoneInfoNotFoundError, ValueError):
             raise SettingsError(f"GEOTWIN_TIMEZONE={self.timezone!r} is not a time zone name "
                                 "(e.g. Asia/Shanghai)") from None
-        from spatial_api.security.roles import ROLES
 
         if self.anonymous_role not in ROLES:
             raise SettingsError(f"GEOTWIN_ANONYMOUS_ROLE={self.anonymous_role!r}: choose one of {', '.join(ROLES)}")

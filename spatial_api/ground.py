@@ -3,27 +3,16 @@
 
 from __future__ import annotations
 
+from spatial_api import geocode
+from spatial_api.ogc import routes as ogc_routes
 from spatial_api.rooms import ORDER_GROUND, Room
-
-
-def _ogc(app, settings) -> None:
-    from spatial_api.ogc import routes
-
-    routes.install(app, settings)
-
-
-def _security(app, settings) -> None:
-    from spatial_api.security import routes
-
-    routes.install(app, settings)
+from spatial_api.security import routes as security_routes
 
 
 def _geocode(app, settings) -> None:
-    from spatial_api import geocode
-
     app.include_router(geocode.router(settings))
 
 
-OGC = Room("ogc", _ogc, ORDER_GROUND, "OGC API – Features (Parts 1–4) with time travel")
-SECURITY = Room("security", _security, ORDER_GROUND + 1, "/whoami and /admin/audit")
+OGC = Room("ogc", ogc_routes.install, ORDER_GROUND, "OGC API – Features (Parts 1–4) with time travel")
+SECURITY = Room("security", security_routes.install, ORDER_GROUND + 1, "/whoami and /admin/audit")
 GEOCODE = Room("geocode", _geocode, ORDER_GROUND + 2, "place names and addresses: search, autocomplete, reverse")

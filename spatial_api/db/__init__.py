@@ -11,6 +11,7 @@ from typing import Iterator
 import psycopg
 
 from spatial_api.config import Settings, get_settings
+from spatial_api.db.cluster import ClusterError, LocalCluster
 
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -20,7 +21,6 @@ def database_url(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.database_url:
         return settings.database_url
-    from spatial_api.db.cluster import ClusterError, LocalCluster
 
     cluster = LocalCluster(settings)
     if not cluster.password_file.exists():
@@ -101,7 +101,7 @@ def sqlalchemy_url(settings: Settings | None = None) -> str:
 
 def migrate(settings: Settings | None = None, revision: str = "head") -> str:
     """Bring the schema to ``revision`` (default: the latest). Returns the revision reached."""
-    from spatial_api.db.migrations import run_upgrade
+    from spatial_api.db.migrations import run_upgrade  # deferred: alembic loads only for a migration
 
     return run_upgrade(settings or get_settings(), revision)
 

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
 
+from spatial_api import db
 from spatial_api.config import Settings
+from spatial_api.db.cluster import ClusterError, find_pg_bin
 
 
 class BackupError(RuntimeError):
@@ -27,8 +29,6 @@ class BackupError(RuntimeError):
 
 def _tool(name: str) -> str:
     """pg_dump / pg_restore of the server's major version when the local cluster's binaries exist."""
-    from spatial_api.db.cluster import ClusterError, find_pg_bin
-
     try:
         bindir, _ = find_pg_bin()
         if (bindir / name).exists():
@@ -54,8 +54,6 @@ def _conn_args(url: str) -> tuple[list[str], dict]:
 
 
 def backup(settings: Settings, path: Path) -> dict:
-    from spatial_api import db
-
     url, schema = db.database_url(settings), db.schema_name(settings)
     args, env = _conn_args(url)
     path = Path(path)
@@ -73,8 +71,6 @@ def backup(settings: Settings, path: Path) -> dict:
 
 def restore(settings: Settings, path: Path) -> dict:
     from psycopg import sql
-
-    from spatial_api import db
 
     path = Path(path)
     if not path.is_file():

@@ -51,6 +51,7 @@ from spatial_api.config import Settings, get_settings
 from spatial_api.geocode import search as _search
 from spatial_api.geocode.index import SOURCE_LAYERS, is_stale, refresh, state
 from spatial_api.geocode.parse import ParsedQuery, normalize, parse_query
+from spatial_api import db
 
 __all__ = ["router", "refresh", "is_stale", "state", "parse_query", "normalize", "SOURCE_LAYERS",
            "connection_pool"]
@@ -67,7 +68,6 @@ def connection_pool(settings: Settings):
     """A small psycopg pool per database and schema (connecting costs more than a query)."""
     from psycopg_pool import ConnectionPool
 
-    from spatial_api import db
 
     url, schema = db.database_url(settings), db.schema_name(settings)
     key = (url, schema)

@@ -18,9 +18,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from spatial_api import db, events, store
 from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, author_default, get_settings
-from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected, in_cli_words
+from spatial_api.ingest.readers import read_vector
+from spatial_api.ingest.types import IngestError, PreparedBatch, Rejected, in_cli_words  # noqa: F401 (Rejected: re-exported)
 
 __all__ = ["IngestError", "IngestSummary", "ingest_vector", "parse_valid_time", "prepare_properties"]
 
@@ -226,8 +228,6 @@ def ingest_vector(
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> IngestSummary:
-    from spatial_api import db, store
-    from spatial_api.ingest.readers import read_vector
 
     started = time.perf_counter()
     settings = settings or get_settings()
@@ -298,7 +298,6 @@ def _create_or_explain(conn, layer, *, with_partition: bool) -> None:
     """Register a new layer; another load registering the same name meanwhile is a clear error."""
     import psycopg
 
-    from spatial_api import store
 
     try:
         store.create_layer(conn, layer, with_partition=with_partition)
@@ -312,8 +311,6 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
            title_zh: str | None, title_en: str | None, access_level: str | None,
            author: str | None, evolve_schema: bool, message: str | None,
            progress: Progress | None) -> IngestSummary:
-    from spatial_api import db, store
-
     with db.transaction(settings) as conn:
         existing = store.get_layer(conn, layer)
         if existing is not None:
@@ -402,7 +399,6 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             "current": summary.current_total,
         })
     # Committed: this process's caches drop what the changeset touched (others hear the NOTIFY).
-    from spatial_api import events
 
     events.committed(settings.db_schema, layer, summary.changeset_id)
     summary.seconds = round(time.perf_counter() - started, 3)

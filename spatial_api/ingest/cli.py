@@ -1,4 +1,7 @@
-"""``geotwin ingest vector`` and ``geotwin layers list | history | diff | show``."""
+"""``geotwin ingest vector`` and ``geotwin layers list | history | diff | show``.
+
+Imports inside the commands are deliberate: a command loads only what it runs (pandas, pyogrio,
+rasterio, the database driver …), so that ``geotwin --help`` and each command start fast."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from rich.table import Table
 from spatial_api.api import time as timepolicy
 from spatial_api.ingest.types import IngestError
 from spatial_api.store.types import StoreError
+from spatial_api.config import get_settings
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
@@ -36,8 +40,6 @@ def _json_default(value):
 
 def _local(value: datetime) -> datetime:
     """A stored instant in the district's time zone (dates are meant there)."""
-    from spatial_api.config import get_settings
-
     return timepolicy.local(value, get_settings().timezone)
 
 
@@ -262,7 +264,6 @@ def layers_diff(
 ) -> None:
     """Features added, changed and removed between two valid dates."""
     from spatial_api import db, store
-    from spatial_api.config import get_settings
     from spatial_api.ingest import parse_valid_time
 
     tz = get_settings().timezone

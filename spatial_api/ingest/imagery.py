@@ -31,6 +31,10 @@ from typing import Any
 
 from spatial_api.config import Settings, author_default, get_settings
 from spatial_api.ingest.types import IngestError, in_cli_words
+from spatial_api.api.grids import TMS
+from spatial_api import db
+from spatial_api.ingest import parse_valid_time
+from spatial_api.store import imagery as cat
 
 __all__ = ["ImagerySummary", "ingest_imagery", "managed_dir"]
 
@@ -194,7 +198,6 @@ def describe_cog(path: Path) -> dict:
     from rasterio.warp import transform_geom
     from rio_tiler.io import Reader
 
-    from spatial_api.api.grids import TMS
 
     with rasterio.open(path) as src:
         b = src.bounds
@@ -230,9 +233,6 @@ def ingest_imagery(
 ) -> ImagerySummary:
     """Register one GeoTIFF as the item of ``collection`` acquired at ``datetime_`` (a date means
     midnight in the district's time zone). See the module docstring; raises IngestError."""
-    from spatial_api import db
-    from spatial_api.ingest import parse_valid_time
-    from spatial_api.store import imagery as cat
 
     t0 = time.perf_counter()
     settings = settings or get_settings()

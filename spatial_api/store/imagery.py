@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 
 from spatial_api.api import time as timepolicy
 from spatial_api.store.types import StoreError
+from spatial_api.config import get_settings
 
 COLLECTION_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -96,8 +97,6 @@ class Item:
 
 def _local(value: datetime) -> datetime:
     """An instant in the district's time zone, so that ``.date()`` is the acquisition date as meant."""
-    from spatial_api.config import get_settings
-
     return timepolicy.local(value, get_settings().timezone)
 
 

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from spatial_api.events import CHANNEL
 from spatial_api.store.types import ACCESS_LEVELS, GEOMETRY_FAMILIES, PROPERTY_TYPES, StoreError
 
 LAYER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -134,8 +135,6 @@ def update_layer(conn: psycopg.Connection, name: str, **changes) -> None:
 
 def notify(conn: psycopg.Connection, layer: str, changeset_id: int | None) -> None:
     """NOTIFY the other processes (see spatial_api.events) — delivered when the transaction commits."""
-    from spatial_api.events import CHANNEL
-
     schema = conn.execute("SELECT current_schema()").fetchone()[0]
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(
         {"schema": schema, "layer": layer, "changeset": changeset_id})))

@@ -31,6 +31,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from spatial_api.store.registry import notify, Layer, partition_name
 from spatial_api.store.types import MODES, StoreError
+from spatial_api.db import connect, connect_like
 
 COPY_CHUNK = 10000
 
@@ -367,8 +368,6 @@ def _stage_partition(conn: psycopg.Connection, layer: Layer, features: FeatureRo
     Safe because the caller holds the layer's lock and the table is neither attached nor its
     layer registered until the caller's transaction commits; a failed load leaves an orphan that
     :func:`drop_orphan_partition` (called by ingest on failure, and by the next load) removes."""
-    from spatial_api.db import connect_like
-
     part = partition_name(layer.name)
     drop_orphan_partition(layer.name, conn=conn)
     with connect_like(conn) as stage:
@@ -405,8 +404,6 @@ def _stage_partition(conn: psycopg.Connection, layer: Layer, features: FeatureRo
 def drop_orphan_partition(layer: str, *, conn: psycopg.Connection | None = None, settings=None) -> bool:
     """Drop ``features_<layer>`` if it is a leftover of a failed first load: not attached and its
     layer not registered. Runs in its own short transaction; never touches a live partition."""
-    from spatial_api.db import connect, connect_like
-
     part = partition_name(layer)
     with (connect_like(conn) if conn is not None else connect(settings)) as c:
         row = c.execute(
