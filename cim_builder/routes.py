@@ -124,7 +124,8 @@ def router(settings) -> APIRouter:
         etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
         immutable = path != "tileset.json"
         headers = {**CORS, "ETag": etag, "Vary": "Accept-Encoding",
-                   "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache"}
+                   # the security middleware makes these private when the tileset's layer is not public
+                   "Cache-Control": "public, max-age=31536000, immutable" if immutable else "public, no-cache"}
         if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
             return Response(status_code=304, headers=headers)
         media = MEDIA_TYPES[suffix]

@@ -205,7 +205,10 @@ def router(settings: Settings) -> APIRouter:
     cache = TileCache(settings.tile_cache_mb << 20, settings.tile_cache_dir) if settings.tile_cache_mb > 0 else None
     invalidator = Invalidator(cache, settings) if cache else None
     started = threading.Lock()
-    cache_control = f"public, max-age={settings.tile_max_age}, must-revalidate"
+    # A tile of public layers is the same for everyone: shared caches may keep it. A tile with any
+    # internal / restricted layer is for its caller only: private, varying on the credentials.
+    cache_control = {level: f"{'public' if level == 'public' else 'private'}, max-age={settings.tile_max_age}, "
+                            "must-revalidate" for level in ("public", "internal", "restricted")}
 
     def ensure_listening() -> None:
         if invalidator is not None and not invalidator.connected.is_set():
@@ -245,7 +248,9 @@ def router(settings: Settings) -> APIRouter:
         return cache.put(key, body, generation=generation, level=level)
 
     def respond(request: Request, entry: Entry) -> Response:
-        headers = {"ETag": entry.etag, "Cache-Control": cache_control}
+        headers = {"ETag": entry.etag, "Cache-Control": cache_control[entry.level]}
+        if entry.level != "public":
+            headers["Vary"] = "Authorization, X-API-Key"
         if request.headers.get("if-none-match") == entry.etag:
             return Response(status_code=304, headers=headers)
         if not entry.body:

@@ -2,7 +2,9 @@
 editable layers. Each write is a changeset of the store with its author; nothing is deleted (a
 deleted feature's version is closed). Optimistic locking: every feature carries an ``ETag``
 (its version id); replace, update and delete need ``If-Match`` with the current one — a stale
-one gets 412 and changes nothing, a missing one 428.
+one gets 412 and changes nothing, a missing one 428. The caller is checked first: 404 for a
+layer they cannot see (or that does not exist), 401 / 403 when they may not edit, 405 for a layer
+that is not editable — only then are If-Match and the body examined.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pyproj import Transformer
 from shapely.geometry import shape
@@ -22,6 +25,7 @@ from spatial_api import db, events, security, store
 from spatial_api.config import Settings
 from spatial_api.ingest import prepare_properties
 from spatial_api.ingest.types import IngestError, PreparedBatch
+from spatial_api.store.types import StoreError
 from spatial_api.ogc.features import GEOJSON, ApiError, Collections, _crs, _instant, bad
 
 CONFORMANCE = [
@@ -212,6 +216,12 @@ def router(settings: Settings) -> APIRouter:
                            "(GIS staff: `geotwin layers set NAME --editable`)")
         return layer
 
+    def may_write(collection_id: str) -> None:
+        """404 / 401 / 403 / 405 before anything of the request itself (If-Match, body) is examined:
+        a caller who may not write there learns nothing about what the write would have needed."""
+        with db.pool(settings).connection() as conn:
+            editable_layer(conn, collection_id)
+
     def current_vid(conn, layer: str, fid: str) -> int | None:
         from psycopg import sql
 
@@ -230,7 +240,7 @@ def router(settings: Settings) -> APIRouter:
         except store.VersionConflict as exc:
             raise ApiError(409 if source == "api:create" else 412,
                            "Conflict" if source == "api:create" else "PreconditionFailed", str(exc)) from None
-        except IngestError as exc:
+        except (IngestError, StoreError) as exc:
             raise bad("body", str(exc)) from None
         store.finish_changeset(conn, res.changeset_id, {"added": res.added, "changed": res.changed,
                                                         "unchanged": res.unchanged})
@@ -248,6 +258,7 @@ def router(settings: Settings) -> APIRouter:
     @api.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature",
               openapi_extra=_FEATURE_BODY)
     async def create(request: Request, collection_id: str):
+        await run_in_threadpool(may_write, collection_id)
         feature = await _body(request)
         with db.connect(settings) as conn:
             layer = editable_layer(conn, collection_id)
@@ -261,6 +272,7 @@ def router(settings: Settings) -> APIRouter:
     @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature",
              openapi_extra={**_FEATURE_BODY, "parameters": [_IF_MATCH]})
     async def replace(request: Request, collection_id: str, feature_id: str):
+        await run_in_threadpool(may_write, collection_id)
         feature = await _body(request)
         tag = _if_match(request)
         with db.connect(settings) as conn:
@@ -275,6 +287,7 @@ def router(settings: Settings) -> APIRouter:
     @api.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature (JSON merge patch)",
                openapi_extra=_PATCH_BODY)
     async def update(request: Request, collection_id: str, feature_id: str):
+        await run_in_threadpool(may_write, collection_id)
         patch = await _body(request)
         unknown = sorted(set(patch) - {"type", "id", "geometry", "properties", "bbox", "links"})
         if unknown or patch.get("type", "Feature") != "Feature":
@@ -308,15 +321,17 @@ def router(settings: Settings) -> APIRouter:
     @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature",
                 openapi_extra={"parameters": [_IF_MATCH]})
     def delete(request: Request, collection_id: str, feature_id: str):
-        tag = _if_match(request)
         with db.connect(settings) as conn:
-            layer = editable_layer(conn, collection_id)
+            layer = editable_layer(conn, collection_id)  # who may write comes before If-Match
+            tag = _if_match(request)
             expect = _expected(tag, feature_id, current_vid(conn, collection_id, feature_id))
             try:
                 res = store.close_features(conn, layer, [feature_id], valid_from=valid_from(request),
                                            author=_author(request), source="api:delete", expect_versions=expect)
             except store.VersionConflict as exc:
                 raise ApiError(412, "PreconditionFailed", str(exc)) from None
+            except StoreError as exc:
+                raise bad("valid_from", str(exc)) from None
             conn.commit()
         committed(layer.name, res.changeset_id)
         return Response(status_code=204)

@@ -10,7 +10,14 @@
   tileset the caller may not see does not exist for them (404, absent from every listing).
   Actions that change something need a role (``require``): 401 without credentials, 403 with a
   role that lacks it.
-- **Rate limits** per key (and optionally per anonymous client address): 429 with Retry-After.
+- **Rate limits** per key (and optionally per anonymous client address), counted across every
+  server process and replica in the database (``limits.py``); unknown keys are throttled per
+  client address: 429 with Retry-After.
+- **No credential is stored or logged**: query strings are redacted (``redact.py``) before they
+  reach the audit log or the server's request log.
+- **Caching follows the access level**: a response that depends on the caller (anything not
+  public was involved, or a permission was checked) is ``Cache-Control: private`` with
+  ``Vary: Authorization, X-API-Key`` (the middleware does it); tiles of public layers stay public.
 - **Audit** (``audit.py``): every write request and every read of a restricted layer — who, role,
   what, when, from where, status — in ``audit_log``, queryable by admins at ``/admin/audit``.
 
@@ -36,9 +43,12 @@ class Principal:
     rate_per_min: int = 0  # 0: unlimited
 
     def sees(self, level: str) -> bool:
+        if level != "public":  # everyone sees public things; anything else depends on who asks
+            depends_on_caller()
         return can_see(self.role, level)
 
     def may(self, action: str) -> bool:
+        depends_on_caller()
         return may(self.role, action)
 
     @property
@@ -54,6 +64,9 @@ class RequestContext:
     principal: Principal
     client: str | None = None
     restricted: set[str] = field(default_factory=set)  # restricted things read by this request
+    #: The answer depends on who asks (something not public was looked at, a permission was
+    #: checked): the middleware makes it ``Cache-Control: private`` and ``Vary`` on the credentials.
+    varies: bool = False
 
 
 _CTX: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("geotwin_request", default=None)
@@ -75,6 +88,22 @@ def set_context(ctx: RequestContext):
 
 def reset_context(token) -> None:
     _CTX.reset(token)
+
+
+def depends_on_caller() -> None:
+    """Mark the current response as depending on the caller (see :class:`RequestContext`).
+    ``Principal.sees`` of a non-public level and ``Principal.may`` do this themselves; code that
+    reads the caller otherwise (e.g. ``current().role``) calls it."""
+    ctx = _CTX.get()
+    if ctx is not None:
+        ctx.varies = True
+
+
+def note_level(level: str) -> None:
+    """The response holds (or was decided by) something of this access level: anything but
+    ``public`` makes it private to the caller."""
+    if level != "public":
+        depends_on_caller()
 
 
 def note_restricted(what: str) -> None:
@@ -105,5 +134,5 @@ def require(action: str) -> Principal:
 
 
 __all__ = ["ANONYMOUS", "Forbidden", "LEVELS", "MAY", "Principal", "ROLES", "RequestContext", "SEES",
-           "can_see", "context", "current", "highest", "may", "note_restricted", "require", "reset_context",
-           "set_context"]
+           "can_see", "context", "current", "depends_on_caller", "highest", "may", "note_level", "note_restricted",
+           "require", "reset_context", "set_context"]

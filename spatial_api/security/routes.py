@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 
 from spatial_api import db, security
 from spatial_api.config import Settings
-from spatial_api.security import MAY, Forbidden, SEES
+from spatial_api.security import MAY, SEES, Forbidden, redact
 
 
 def router(settings: Settings) -> APIRouter:
@@ -47,7 +47,9 @@ def router(settings: Settings) -> APIRouter:
         with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(f"SELECT * FROM audit_log WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC "
                                "LIMIT %s", [*params, limit]).fetchall()
-        return {"entries": [{**r, "at": r["at"].isoformat()} for r in rows], "limit": limit}
+        # entries recorded before credentials were redacted on the way in are redacted on the way out
+        return {"entries": [{**r, "at": r["at"].isoformat(), "detail": redact.detail(r["detail"])} for r in rows],
+                "limit": limit}
 
     @api.get("/admin/keys", summary="API keys (admins; the keys themselves are never shown)")
     def list_keys(include_revoked: bool = False):
@@ -66,6 +68,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     from spatial_api.security.middleware import SecurityMiddleware
 
     app.add_middleware(SecurityMiddleware, settings=settings)
+    redact.install_log_filter()  # the server's own request log: no credentials from query strings
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden):
