@@ -108,3 +108,30 @@ def test_entries_written_before_the_fix_are_shown_redacted(app, auth, api_keys, 
     (entry,) = audit_entries(app, auth, marker, 1)
     assert key not in json.dumps(entry) and "abc" not in entry["detail"]["query"]
     assert entry["detail"]["query"].startswith(f"m={marker}&api_key=")
+
+
+def test_migration_scrubs_entries_stored_before_the_fix(database):
+    """Migration 0010 redacts the credentials that audit rows written before the fix still hold."""
+    import uuid
+
+    from spatial_api import db
+    from spatial_api.db.migrations import run_upgrade
+
+    scratch = database.replace(db_schema=f"geotwin_test_scrub_{uuid.uuid4().hex[:6]}")
+    try:
+        run_upgrade(scratch, "0009")
+        leaked = "gtk_0123456789_abcdefabcdefabcdefabcdef"
+        with db.connect(scratch) as conn:
+            conn.execute("INSERT INTO audit_log (principal, role, via, action, target, detail) VALUES "
+                         "('x', 'planner', 'key', 'read-restricted', 'tiles/a', %s::jsonb), "
+                         "('y', 'planner', 'key', 'write', 'collections/a', %s::jsonb)",
+                         (json.dumps({"query": f"datetime=2024-01-01&api_key={leaked}"}),
+                          json.dumps({"query": "limit=5"})))
+            conn.commit()
+        run_upgrade(scratch, "head")
+        with db.connect(scratch) as conn:
+            queries = [r[0] for r in conn.execute("SELECT detail->>'query' FROM audit_log ORDER BY id")]
+        assert queries == ["datetime=2024-01-01&api_key=REDACTED", "limit=5"]
+    finally:
+        with db.connect(database, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{scratch.db_schema}" CASCADE')
