@@ -66,6 +66,12 @@ def to_3857(expr_4490: str) -> str:
     return f"ST_SetSRID(ST_Transform({expr_4490}, '{GEOG_PROJ}', '{MERC_PROJ}'), 3857)"
 
 
+#: errors one subject's data can cause in a rule's statement (SQLSTATE class 22, e.g. "date out of
+#: range"; XX000, which PostGIS raises for GEOS errors such as a self-intersecting outline)
+SUBJECT_ERRORS = (psycopg.DataError, psycopg.errors.InternalError_)
+#: beyond this many failing subjects a rule's failure is not one subject's data (a run fails instead)
+MAX_FAILED_SUBJECTS = 20
+
 PARCEL_RULES = {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13"}
 BUILDING_RULES = {"R8", "R9", "R10", "R11"}
 
@@ -304,7 +310,14 @@ class Engine:
                 f"{self._typed(PARCEL_TEXT, 'text', 'f.properties')}",
                 "{part} f CROSS JOIN LATERAL (SELECT ST_Transform(f.geom, 4547) AS g OFFSET 0) t",
                 PARCEL_DATES, PARCEL_NUMBERS + ([self.params["R9"]["green_ratio_field"]] if "R9" in self.rules else []))
-            c.execute("DELETE FROM _sup_p WHERE area_m2 > 0 IS NOT TRUE")
+            gone = [r[0] for r in c.execute(
+                "DELETE FROM _sup_p WHERE area_m2 > 0 IS NOT TRUE RETURNING parcel_id").fetchall()]
+            if gone:
+                gone.sort()
+                self.notes.append(
+                    f"parcels: {len(gone)} parcel(s) of layer {self.parcels!r} have no area (an empty or degenerate "
+                    f"outline) and were not evaluated: {', '.join(map(repr, gone[:10]))}{' …' if len(gone) > 10 else ''}"
+                    ". Correct their outlines and re-load the layer")
             c.execute("CREATE UNIQUE INDEX ON _sup_p (parcel_id); CREATE INDEX ON _sup_p USING gist (g)")
             counts["parcels"] = c.execute("SELECT count(*) FROM _sup_p").fetchone()[0]
         if self.buildings:
@@ -358,6 +371,10 @@ class Engine:
         raise RuleError(f"rule {rid}: no evaluation")  # pragma: no cover - catalogue and families agree
 
     def insert_findings(self, run_id: int, rid: str) -> int:
+        """The rule's findings, one INSERT … SELECT. A statement that one subject's data makes fail
+        (a date out of range, a GEOS error on a self-intersecting outline, …) does not end the run:
+        the rule is evaluated again on halves of its subjects until the failing ones are singled
+        out, each recorded as a note of the run; every other subject's findings are kept."""
         q, params = self.rule_query(rid)
         insert = sql.SQL(
             """
@@ -375,8 +392,57 @@ class Engine:
                                WHERE ST_Intersects(s.g4490, pt) ORDER BY s.fid LIMIT 1) s ON true
             """
         ).format(q=q, g3857=sql.SQL(to_3857("e.g4490")))
-        cur = self.conn.execute(insert, {**params, "run_id": run_id, "rule": rid})
-        return cur.rowcount
+        args = {**params, "run_id": run_id, "rule": rid}
+        try:
+            with self.conn.transaction():  # a savepoint: a failure here leaves the run's transaction usable
+                return self.conn.execute(insert, args).rowcount
+        except SUBJECT_ERRORS as exc:
+            first = exc
+        return self._isolate(rid, insert, args, first)
+
+    def _isolate(self, rid: str, insert: sql.Composable, args: dict, first: Exception) -> int:
+        """Evaluate ``insert`` on parts of the rule's subjects (parcels, for R13 approval batches):
+        the subject snapshot is swapped for a part of it inside a savepoint; a part that fails is
+        halved until single subjects remain, which become notes. Returns the findings inserted."""
+        table, key, what = ("_sup_a", "approval_id", "approval") if rid == "R13" else ("_sup_p", "parcel_id", "parcel")
+        c = self.conn
+        keys = [r[0] for r in c.execute(sql.SQL("SELECT {} FROM {} ORDER BY 1").format(
+            sql.Identifier(key), sql.Identifier(table))).fetchall()]
+        t, t_all = sql.Identifier(table), sql.Identifier(f"{table}_all")
+        swap_in = [sql.SQL("ALTER TABLE {} RENAME TO {}").format(t, t_all),
+                   sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT * FROM {} WHERE {} = ANY(%(keys)s)").format(
+                       t, t_all, sql.Identifier(key))]
+        swap_out = [sql.SQL("DROP TABLE {}").format(t), sql.SQL("ALTER TABLE {} RENAME TO {}").format(t_all, t)]
+        if not keys:  # it fails without any subject: no subject's data is the cause
+            raise first
+        inserted, failed = 0, []
+        todo = [keys[len(keys) // 2:], keys[:len(keys) // 2]] if len(keys) > 1 else [keys]
+        while todo:
+            part = todo.pop()
+            try:
+                with c.transaction():
+                    for q in swap_in:
+                        c.execute(q, {"keys": part})
+                    inserted += c.execute(insert, args).rowcount
+                    for q in swap_out:
+                        c.execute(q)
+            except SUBJECT_ERRORS as exc:
+                if len(part) > 1:
+                    todo += [part[len(part) // 2:], part[:len(part) // 2]]
+                    continue
+                reason = (exc.diag.message_primary or str(exc)).strip()
+                failed.append((part[0], reason))
+                if len(failed) > MAX_FAILED_SUBJECTS:
+                    listed = "; ".join(f"{what} {k!r}: {r}" for k, r in failed[:5])
+                    raise RuleError(
+                        f"rule {rid} fails on more than {MAX_FAILED_SUBJECTS} {what}s ({listed}; …): this is no "
+                        f"single {what}'s data; check the rule's parameters and the layers, or leave {rid} out "
+                        "with --rules") from None
+        fix = ("this batch's data, or that of the parcels over it," if what == "approval" else "this parcel's data")
+        for k, reason in failed:
+            self.notes.append(f"{rid}: {what} {k!r} could not be evaluated ({reason}); the rule's other {what}s "
+                              f"were. Correct {fix} and re-load the layer")
+        return inserted
 
     def layer_versions(self, counts: dict[str, int]) -> dict:
         out = {}

@@ -29,7 +29,7 @@ threshold go into the finding's ``measures``.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +88,25 @@ def measure(eng, *, has_field: bool) -> int:
             eng.used["green_imagery"] = f"catalogue:{P['green_collection']}"
     layer = eng.layers.get("imagery", "imagery")
     if layer in eng.registry:
+        # rows whose acquired_on looks like a date but is none (2025-02-30) would fail the cast below
+        # for every parcel they meet: found here (a handful of rows), left out with a note
+        rows = conn.execute(sql.SQL(
+            "SELECT f.fid, f.properties ->> 'acquired_on' FROM {part} f WHERE f.layer = {layer} AND {cond} "
+            "AND f.properties ->> 'path' IS NOT NULL "
+            "AND f.properties ->> 'acquired_on' ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}'").format(
+                part=sql.Identifier(store.partition_name(layer)), layer=sql.Literal(layer),
+                cond=eng.temporal("f"))).fetchall()
+        undated = sorted(fid for fid, day in rows if not _is_date(day[:10]))
+        if undated:
+            eng.notes.append(f"R9: imagery layer {layer!r} rows whose acquired_on is no date (YYYY-MM-DD) were left "
+                             f"out: {', '.join(map(repr, undated[:10]))}")
         epochs = sql.SQL(
             "SELECT coalesce(f.properties ->> 'epoch_id', f.fid) AS item_id, "
             "left(f.properties ->> 'acquired_on', 10)::date AS acquired_on, f.properties ->> 'path' AS path "
             "FROM {part} f WHERE f.layer = {layer} AND {cond} AND f.properties ->> 'path' IS NOT NULL "
-            "AND f.properties ->> 'acquired_on' ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}' "
-            "AND left(f.properties ->> 'acquired_on', 10)::date <= %(as_of)s "
+            # CASE: the cast only where the checks passed (PostgreSQL may order AND-ed conditions)
+            "AND CASE WHEN f.properties ->> 'acquired_on' ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}' "
+            "AND f.fid <> ALL(%(undated)s) THEN left(f.properties ->> 'acquired_on', 10)::date END <= %(as_of)s "
             "AND f.geom && p.g4490 AND ST_Covers(f.geom, p.g4490) "
             "ORDER BY 2 DESC, f.fid LIMIT 1").format(
                 part=sql.Identifier(store.partition_name(layer)), layer=sql.Literal(layer), cond=eng.temporal("f"))
@@ -102,7 +115,7 @@ def measure(eng, *, has_field: bool) -> int:
             "SELECT p.parcel_id, e.item_id, e.acquired_on, {src}, e.path {cand} {not_yet}").format(
                 src=sql.Literal(f"layer:{layer}"), cand=cand, not_yet=not_yet).as_string(conn)
         q = q.replace("FROM _sup_p p ", "FROM _sup_p p CROSS JOIN LATERAL (" + epochs.as_string(conn) + ") e ", 1)
-        if conn.execute(q, P).rowcount:
+        if conn.execute(q, {**P, "undated": undated}).rowcount:
             eng.used["imagery"] = layer
     uncovered = conn.execute(sql.SQL("SELECT count(*) {cand} {not_yet}").format(cand=cand, not_yet=not_yet),
                              P).fetchone()[0]
@@ -112,20 +125,39 @@ def measure(eng, *, has_field: bool) -> int:
     return _read_pixels(eng, P)
 
 
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parcel_window(src, bounds, *, clip: bool = True):
+    """The pixel window of ``src`` over ``bounds`` (in the raster's CRS), whole pixels; None when
+    it misses the raster (a parcel outside the imagery: rasterio's intersection raises then).
+    ``clip``: cut to the raster (else the whole window, for a boundless read)."""
+    import rasterio
+    from rasterio.windows import Window, from_bounds
+
+    try:
+        w = from_bounds(*bounds, src.transform).round_offsets().round_lengths()
+        inter = w.intersection(Window(0, 0, src.width, src.height))
+    except rasterio.errors.WindowError:
+        return None
+    if inter.width < 1 or inter.height < 1:
+        return None
+    return inter if clip else w
+
+
 def green_fraction(src, geom, threshold: float) -> tuple[float | None, int]:
     """(green fraction, pixels) of the pixel centres of ``src`` inside ``geom`` (in the raster's
     CRS); (None, 0) when no pixel centre lies inside."""
-    import rasterio
     from rasterio.enums import MaskFlags
     from rasterio.features import geometry_mask
-    from rasterio.windows import Window, from_bounds
 
-    w = from_bounds(*geom.bounds, src.transform).round_offsets().round_lengths()
-    try:
-        w = w.intersection(Window(0, 0, src.width, src.height))
-    except rasterio.errors.WindowError:
-        return None, 0
-    if w.width < 1 or w.height < 1:
+    w = parcel_window(src, geom.bounds)
+    if w is None:
         return None, 0
     data = src.read([1, 2, 3], window=w).astype(np.float32)
     inside = ~geometry_mask([geom], out_shape=data.shape[1:], transform=src.window_transform(w))
@@ -165,7 +197,13 @@ def _read_pixels(eng, P: dict) -> int:
                 (src.crs.to_epsg(), path)).fetchall()
             geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
             for (pid, _), geom in zip(rows, geoms):
-                ratio, n = green_fraction(src, geom, P["green_index_min"])
+                try:
+                    ratio, n = green_fraction(src, geom, P["green_index_min"])
+                except (OSError, rasterio.errors.RasterioError, shapely.errors.GEOSException, ValueError) as exc:
+                    # a damaged block, a geometry the mask cannot take: this parcel only
+                    eng.notes.append(f"R9: cannot read imagery {path} for parcel {pid!r} ({exc}); its green ratio "
+                                     "was not measured")
+                    continue
                 if ratio is None:
                     too_small += 1
                     continue

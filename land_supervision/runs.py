@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from land_supervision.catalogue import RULES, VERIFY_RULE
+from land_supervision.spreadsheet import CSV_QUOTING, csv_cell, xlsx_cell
 
 FINDING_COLUMNS = ("f.id, f.run_id, f.rule, f.subject_id, f.parcel_id, f.severity, f.status, f.message, f.measures, "
                    "f.sources, f.area_m2, f.street_code, f.street_name, f.land_use_code")
@@ -168,10 +169,12 @@ def to_csv(conn: psycopg.Connection, run_id: int, **filters) -> str:
     if not cols:
         cols = ["finding_id", "run_id", "rule", "subject_id", "parcel_id", "severity", "status", "message"]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
+    # every cell through csv_cell (formula injection: see spreadsheet.py); text quoted, numbers not
+    w = csv.writer(buf, quoting=CSV_QUOTING)
+    w.writerow([csv_cell(c) for c in cols])
     for r in rows:
-        w.writerow({k: (_json_default(v) if isinstance(v, (date, datetime, Decimal)) else v) for k, v in r.items()})
+        w.writerow([csv_cell(_json_default(v) if isinstance(v, (date, datetime, Decimal)) else v)
+                    for v in (r.get(c) for c in cols)])
     return "\ufeff" + buf.getvalue()  # BOM: Excel opens UTF-8 Chinese text correctly
 
 
@@ -194,16 +197,17 @@ def to_xlsx(conn: psycopg.Connection, run_id: int, **filters) -> bytes:
             ("上次运行 previous run", run["previous_run_id"]),
             ("发现 findings", run["counts"].get("total")), ("新增 new", run["counts"].get("new")),
             ("持续 persisting", run["counts"].get("persisting")), ("已消除 resolved", run["counts"].get("resolved"))]
+    # every cell through xlsx_cell / _cell (formula injection: see spreadsheet.py)
     for k, v in info:
-        ws.append([k, v])
+        ws.append([xlsx_cell(k), xlsx_cell(v)])
         ws.cell(ws.max_row, 1).font = bold
     for note in run["notes"] or []:
-        ws.append(["说明 note", note])
+        ws.append(["说明 note", xlsx_cell(note)])
 
     def sheet(title: str, rows: list[dict], cols: list[str] | None = None) -> None:
         s = wb.create_sheet(title)
         cols = cols or ([k for k in rows[0]] if rows else ["(none)"])
-        s.append(cols)
+        s.append([xlsx_cell(c) for c in cols])
         for c in range(1, len(cols) + 1):
             s.cell(1, c).font = bold
         for r in rows:
@@ -230,11 +234,12 @@ def to_xlsx(conn: psycopg.Connection, run_id: int, **filters) -> bytes:
 
 
 def _cell(v):
+    """A value of a findings / statistics row as an XLSX cell (neutralised: see spreadsheet.py)."""
     if isinstance(v, Decimal):
         return float(v)
     if isinstance(v, (dict, list)):
-        return json.dumps(v, ensure_ascii=False, default=_json_default)
-    return v
+        return xlsx_cell(json.dumps(v, ensure_ascii=False, default=_json_default))
+    return xlsx_cell(v)
 
 
 def export(conn: psycopg.Connection, run_id: int, fmt: str, **filters) -> bytes:
