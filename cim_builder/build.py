@@ -1,17 +1,29 @@
 """``geotwin cim build``: the buildings layer (as of a date) + registered BIM models → a 3D Tiles
 1.1 tileset, rebuilt incrementally.
 
-Steps: read the buildings (``store.features``) → EPSG:4547 → drop the buildings a registered BIM
-model replaces (its footprint covers ≥ 30% of theirs, or their centre) → footprints → base height
-(lowest DEM value under the footprint's vertices, orthometric) and roof (base + height_m, or
-floors × floor height) → size σ and quadtree cell (:mod:`cim_builder.tileset`) → one content
-hash per tile (builder version, layout, DEM, geoid separation, and every (fid, version) in it) →
-only tiles whose hash changed are meshed and written → tileset.json → the registry
-(``cim_tilesets`` / ``cim_tiles``).
+:func:`build` runs these stages in order on one :class:`BuildContext` (timing laps in brackets):
+
+1. :func:`_lock_and_locate` — one build of a tileset at a time; the previous build's folder,
+   layout and parameters; :func:`_read_sources` — the buildings as of the date
+   (``store.features``), the DEM, the registered BIM models [read];
+2. :func:`_to_metric` — footprints → EPSG:4547; :func:`_replace_by_bim` — drop the buildings a
+   model replaces (its footprint covers ≥ 30% of theirs, or their centre); :func:`_heights` —
+   roof height (height_m, or floors × floor height), centre and size σ [prepare];
+3. :func:`_choose_layout` — keep the previous quadtree grid or pick a new one;
+   :func:`_order_by_tile` — each building's cell (:mod:`cim_builder.tileset`), buildings sorted by
+   tile; :func:`_plan_tiles` — one content hash per tile (builder version, layout, DEM, geoid
+   separation, and every (fid, version) in it): what changed [layout];
+4. :func:`_stand_on_ground` — base height (lowest DEM value under the footprint's vertices,
+   orthometric) and bounds of the buildings in changed tiles only [footprints];
+5. :func:`_write_building_tiles` — mesh and write the changed tiles, reuse the others [tiles];
+6. :func:`_write_bim_tiles` — the models' glbs, converted again only when they changed [bim];
+7. :func:`_write_tileset` — tileset.json and the registry (``cim_tilesets`` / ``cim_tiles``);
+   :func:`_remove_unreferenced` — files no tile references any more [write].
 
 All-or-nothing: content file names carry their hash, so new files never overwrite the ones the
 current tileset.json references; tileset.json is replaced atomically and the registry updated in
-one transaction; files no longer referenced are removed last.
+one transaction; files no longer referenced are removed last. A failure in stages 5–7 removes
+the files it wrote (:func:`_roll_back`).
 """
 
 from __future__ import annotations
@@ -21,20 +33,24 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import shapely
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from spatial_api.api import time as timepolicy
-from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, METRIC_CRS, CimError, Frame, enu_rotation,
-                             resolve_dem, to_ecef, transformer)
+from cim_builder import ifc
+from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, GEOGRAPHIC_CRS, METRIC_CRS, CimError, Dem, Frame,
+                             enu_rotation, resolve_dem, tilesets_dir, to_ecef, transformer)
 from cim_builder.glb import GlbWriter, Primitive, PropertyTable
-from cim_builder.lod1 import footprints, prism_mesh
+from cim_builder.lod1 import Footprints, footprints, prism_mesh
 from cim_builder.tileset import Layout, build_tree, cap_levels, choose_layout, tile_key, tileset_json
+from spatial_api import db, store
+from spatial_api.api import time as timepolicy
+from spatial_api.config import get_settings
 
 BUILDER_VERSION = "geotwin-cim/1"
 TILESET_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -75,8 +91,6 @@ class BuildReport:
 def default_out_dir(settings, tileset_id: str) -> Path:
     """``<tilesets>/<id>``; for a schema other than the default one, ``<tilesets>/<schema>/<id>``
     (test and bench schemas on one machine must not write into each other's tilesets)."""
-    from cim_builder.geo import tilesets_dir
-
     if settings.db_schema != "geotwin":
         return tilesets_dir(settings) / settings.db_schema / tileset_id
     return tilesets_dir(settings) / tileset_id
@@ -91,21 +105,18 @@ def _as_datetime(value, settings) -> datetime | None:
         raise CimError(f"--as-of {value!r}: give a date like 2025-06-30 (or an ISO date-time); {exc.message}") from None
 
 
-def _num(v, default=np.nan) -> float:
+def _as_float(value, default=np.nan) -> float:
+    """A property value as a finite float, else ``default``."""
     try:
-        f = float(v)
+        number = float(value)
     except (TypeError, ValueError):
         return default
-    return f if np.isfinite(f) else default
+    return number if np.isfinite(number) else default
 
 
 def read_buildings(conn, at: datetime | None, layer: str = "buildings") -> dict:
     """The layer's footprints as of ``at`` (the store's temporal filter), as WKB: one query, the
     properties the twin needs pulled out by the database (4–5× faster than WKT rows)."""
-    from psycopg import sql
-
-    from spatial_api import store
-
     if store.get_layer(conn, layer) is None:
         raise CimError(f"no {layer!r} layer: load building footprints first "
                        f"(geotwin ingest vector FILE --layer {layer} --key building_id)")
@@ -118,8 +129,8 @@ def read_buildings(conn, at: datetime | None, layer: str = "buildings") -> dict:
         rows = cur.execute(query, [layer, *params]).fetchall()
     cols = list(zip(*rows)) if rows else [[]] * 7
     geoms = shapely.from_wkb(np.array(cols[6], dtype=object)) if rows else np.array([], object)
-    props = [{"parcel_id": p, "use": u, "height_m": h, "floors": fl}
-             for p, u, h, fl in zip(cols[2], cols[3], cols[4], cols[5])]
+    props = [{"parcel_id": parcel, "use": use, "height_m": height, "floors": floors}
+             for parcel, use, height, floors in zip(cols[2], cols[3], cols[4], cols[5])]
     return {"fids": np.array(cols[0], dtype=object), "vids": np.array(cols[1], dtype=np.int64),
             "props": props, "geoms": geoms}
 
@@ -139,309 +150,556 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _project_to_metric(geoms):
+    """Geometries (one or an array) from EPSG:4490 to EPSG:4547."""
+    to_metric = transformer(GEOGRAPHIC_CRS, METRIC_CRS)
+    return shapely.transform(geoms, lambda c: np.column_stack(to_metric.transform(c[:, 0], c[:, 1])))
+
+
+# ------------------------------------------------------------------------------------------
+# the build's state
+
+
+@dataclass
+class Buildings:
+    """The buildings to draw: every array (and ``props``) holds one entry per building, in the
+    same order. Filled in stage by stage; the fields still ``None`` are not computed yet."""
+
+    geoms: np.ndarray  # footprints, EPSG:4547 (from _to_metric on)
+    fids: np.ndarray  # feature ids (str)
+    vids: np.ndarray  # feature versions
+    props: list[dict]  # parcel_id, use, height_m, floors as read
+    height: np.ndarray | None = None  # roof above base, m
+    floors: np.ndarray | None = None  # NaN where unknown
+    centre_x: np.ndarray | None = None  # footprint bbox centre, EPSG:4547
+    centre_y: np.ndarray | None = None
+    sigma: np.ndarray | None = None  # size σ = max(bbox diagonal, height): picks the tile level
+    level: np.ndarray | None = None  # quadtree cell (level, ix, iy)
+    ix: np.ndarray | None = None
+    iy: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.geoms)
+
+    def take(self, index) -> Buildings:
+        """The buildings picked by ``index`` (a boolean mask, or positions in the new order)."""
+        index = np.asarray(index)
+        positions = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+        picked = {}
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if isinstance(values, list):
+                picked[f.name] = [values[i] for i in positions]
+            else:
+                picked[f.name] = None if values is None else values[positions]
+        return Buildings(**picked)
+
+
+@dataclass
+class TilePlan:
+    """One building tile of the new tileset, before meshing."""
+
+    key: str  # "level/ix/iy"
+    level: int
+    ix: int
+    iy: int
+    start: int  # its buildings: ctx.buildings[start:end] (tile-ordered)
+    end: int
+    content_hash: str
+    old: dict | None  # the registry's row from the previous build, if any
+    reuse: bool  # unchanged and its file still there: nothing to mesh
+    mesh_start: int = 0  # its buildings among those being meshed (MeshInput), if not reused
+    mesh_end: int = 0
+
+
+@dataclass
+class MeshInput:
+    """The buildings of the tiles to (re)write only, in tile order: their footprints, base and roof
+    heights (orthometric m), lon/lat bounds (radians) and local up vectors (ECEF)."""
+
+    fp: Footprints
+    vertex_building: np.ndarray  # the building of every footprint vertex
+    base: np.ndarray
+    top: np.ndarray
+    west: np.ndarray
+    south: np.ndarray
+    east: np.ndarray
+    north: np.ndarray
+    up: np.ndarray
+
+
+@dataclass
+class BuildContext:
+    """One build's options and state, filled in stage by stage (see the module docstring)."""
+
+    conn: object
+    tileset_id: str
+    at: datetime | None
+    geoid_separation: float
+    full: bool
+    max_per_tile: int
+    floor_height_m: float
+    layer: str
+    title: str | None
+    started: float  # perf_counter at the start of build()
+    progress: object = None  # called with each stage's lap name
+    timings: dict[str, float] = field(default_factory=dict)
+    lap_started: float = field(default_factory=time.perf_counter)
+    # _lock_and_locate
+    out_dir: Path | None = None
+    previous: dict | None = None  # the previous build's out_dir, layout and params
+    report: BuildReport | None = None
+    # _read_sources
+    raw: dict | None = None  # read_buildings' result
+    dem_source: Dem | None = None
+    models: list = field(default_factory=list)  # registered BIM models
+    # _to_metric … _order_by_tile
+    buildings: Buildings | None = None
+    # _choose_layout
+    model_tiles: list[dict] = field(default_factory=list)  # ifc.model_tile_info of each model
+    params: dict = field(default_factory=dict)  # the build parameters recorded with the tileset
+    layout: Layout | None = None
+    # _plan_tiles
+    stored: dict[str, dict] = field(default_factory=dict)  # the registry's tiles of the previous build
+    tiles: list[TilePlan] = field(default_factory=list)
+    # _stand_on_ground
+    meshing: MeshInput | None = None
+    # _write_building_tiles, _write_bim_tiles
+    content: dict[str, dict] = field(default_factory=dict)  # building tile key → uri, region, transform
+    bim_tiles: list[dict] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)  # the new cim_tiles rows
+    written_files: list[Path] = field(default_factory=list)  # new files, removed if the build fails
+
+    def lap(self, name: str) -> None:
+        """Ends the timing lap ``name`` (and tells ``progress``)."""
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.lap_started, 3)
+        self.lap_started = now
+        if self.progress:
+            self.progress(name)
+
+    @property
+    def tmp_json(self) -> Path:
+        return self.out_dir / f"tileset.json.tmp{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------------------
+# the stages
+
+
 def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Path | None = None,
           dem: str | Path | None = None, geoid_separation: float | None = None, full: bool = False,
           max_per_tile: int = 1500, floor_height_m: float = 3.0, layer: str = "buildings",
           title: str | None = None, progress=None) -> BuildReport:
-    from spatial_api import db
-    from spatial_api.config import get_settings
-
+    """Build (or incrementally rebuild) tileset ``tileset_id``: the stages of the module
+    docstring, in order. ``progress`` is called with each stage's name as it ends."""
     settings = settings or get_settings()
     started = time.perf_counter()
     if not TILESET_ID_RE.match(tileset_id):
         raise CimError(f"--id {tileset_id!r}: use lower-case letters, digits, '-' and '_' (≤ 63)")
     at = _as_datetime(as_of, settings)
-    timings: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> float:
-        t1 = time.perf_counter()
-        timings[name] = round(t1 - t0, 3)
-        if progress:
-            progress(name)
-        return t1
-
+    separation = DEFAULT_GEOID_SEPARATION if geoid_separation is None else float(geoid_separation)
     with db.connect(settings) as conn:
-        t = time.perf_counter()
-        # one build of a tileset at a time (held until this transaction ends)
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geotwin-cim:{tileset_id}",))
-        existing = conn.execute("SELECT out_dir, layout, params FROM cim_tilesets WHERE id = %s",
-                                (tileset_id,)).fetchone()
-        out_dir = Path(out) if out else (Path(existing[0]) if existing else default_out_dir(settings, tileset_id))
-        out_dir = out_dir.resolve()
-        report = BuildReport(tileset_id=tileset_id, out_dir=str(out_dir))
-        sep = DEFAULT_GEOID_SEPARATION if geoid_separation is None else float(geoid_separation)
-        report.geoid_separation = sep
-        data = read_buildings(conn, at, layer)
-        demo = resolve_dem(conn, dem, at)
-        report.dem = str(demo.path)
-        from cim_builder import ifc
-
-        models = ifc.registered_models(conn)
-        t = lap("read", t)
-
-        # --- geometry in EPSG:4547, BIM replacement ---------------------------------------
-        to_metric = transformer("EPSG:4490", METRIC_CRS)
-        geoms = data["geoms"]
-        empty = shapely.is_empty(geoms) | shapely.is_missing(geoms)
-        if empty.any():
-            report.warnings.append(f"{int(empty.sum())} buildings without a geometry were left out")
-        flat = ~empty & ((~np.isin(shapely.get_type_id(geoms), (3, 6))) | ~(shapely.area(geoms) > 0))
-        if flat.any():
-            report.warnings.append(f"{int(flat.sum())} buildings are not polygons with an area, left out (e.g. "
-                                   + ", ".join(map(str, data["fids"][flat][:3])) + ")")
-        keep = ~empty & ~flat
-        if len(geoms):
-            g = shapely.transform(geoms[keep], lambda c: np.column_stack(to_metric.transform(c[:, 0], c[:, 1])))
-        else:
-            g = np.array([], object)
-        fids, vids = data["fids"][keep], data["vids"][keep]
-        props = [p for p, k in zip(data["props"], keep) if k]
-        if models and len(g):
-            tree = shapely.STRtree(g)
-            replaced = np.zeros(len(g), bool)
-            for m in models:
-                fp = shapely.transform(m.footprint, lambda c: np.column_stack(to_metric.transform(c[:, 0], c[:, 1])))
-                cand = tree.query(fp, predicate="intersects")
-                if len(cand):
-                    share = shapely.area(shapely.intersection(g[cand], fp)) / np.maximum(shapely.area(g[cand]), 1e-9)
-                    inside = shapely.contains(fp, shapely.centroid(g[cand]))
-                    hit = cand[(share >= REPLACE_SHARE) | inside]
-                    replaced[hit] = True
-                    m.replaces = sorted(str(f) for f in fids[hit])
-            report.replaced_by_bim = sorted(str(f) for f in fids[replaced])
-            g, fids, vids = g[~replaced], fids[~replaced], vids[~replaced]
-            props = [p for p, r in zip(props, replaced) if not r]
-        report.buildings = len(g)
-        report.models = len(models)
-
-        # --- heights -----------------------------------------------------------------------
-        height = np.array([_num(p.get("height_m")) for p in props], float)
-        floors = np.array([_num(p.get("floors")) for p in props], float)
-        from_floors = ~(height > 0) & (floors > 0)
-        height = np.where(from_floors, floors * floor_height_m, height)
-        no_height = ~(height > 0)
-        if no_height.any():
-            report.warnings.append(f"{int(no_height.sum())} buildings have neither height_m nor floors: "
-                                   f"drawn {floor_height_m} m high")
-            height = np.where(no_height, floor_height_m, height)
-        nb = len(g)
-        if nb:
-            bounds = shapely.bounds(g)
-            cx, cy = (bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2
-            sigma = np.maximum(np.hypot(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]), height)
-        else:
-            cx = cy = sigma = np.zeros(0)
-        t = lap("prepare", t)
-
-        # --- layout --------------------------------------------------------------------------
-        model_tiles = [ifc.model_tile_info(m, sep) for m in models]
-        layout = None
-        params = {"builder": BUILDER_VERSION, "geoid_separation": sep, "dem": demo.identity,
-                  "floor_height_m": floor_height_m, "layer": layer, "max_per_tile": max_per_tile}
-        if existing and not full:
-            old_layout = Layout.from_json(existing[1])
-            mx = np.r_[cx, [mt["x"] for mt in model_tiles]]
-            my = np.r_[cy, [mt["y"] for mt in model_tiles]]
-            if existing[2] != params:
-                report.reason = "build parameters changed (DEM, geoid separation, floor height or builder)"
-            elif not old_layout.contains(mx, my):
-                report.reason = "buildings outside the previous grid"
-            else:
-                layout = old_layout
-        elif full:
-            report.reason = "--full"
-        else:
-            report.reason = "first build"
-        if layout is None:
-            report.full_rebuild = True
-            layout = choose_layout(np.r_[cx, [mt["x"] for mt in model_tiles]],
-                                   np.r_[cy, [mt["y"] for mt in model_tiles]],
-                                   np.r_[sigma, [mt["sigma"] for mt in model_tiles]], max_per_tile=max_per_tile)
-        report.max_level = layout.max_level
-        fid_rank = np.argsort(np.argsort(fids.astype(str), kind="stable"), kind="stable")
-        lev, ix, iy = cap_levels(layout, cx, cy, sigma, fid_rank, max_per_tile)
-        order = np.lexsort((fids.astype(str), iy, ix, lev)) if nb else np.zeros(0, np.int64)
-        # re-order every per-building array by tile, then by fid
-        g, fids, vids = g[order], fids[order], vids[order]
-        props = [props[i] for i in order]
-        height, sigma, lev, ix, iy = (a[order] for a in (height, sigma, lev, ix, iy))
-        floors = floors[order]
-        codes = np.stack([lev, ix, iy], axis=1) if nb else np.zeros((0, 3), np.int64)
-        brk = np.r_[0, np.flatnonzero(np.any(codes[1:] != codes[:-1], axis=1)) + 1, nb] if nb else np.array([0])
-        layout_id = json.dumps(layout.to_json(), sort_keys=True)
-        stored = {} if report.full_rebuild else {
-            r[0]: {"hash": r[1], "uri": r[2], "count": r[3], "bytes": r[4], "region": r[5], "transform": r[6]}
-            for r in conn.execute("SELECT tile_key, content_hash, uri, feature_count, bytes, region, transform "
-                                  "FROM cim_tiles WHERE tileset_id = %s", (tileset_id,))}
-        tiles: list[dict] = []
-        todo_count = 0
-        for a, b in zip(brk[:-1], brk[1:]):
-            l, x, y = (int(v) for v in codes[a])
-            key = tile_key(l, x, y)
-            h = _hash(BUILDER_VERSION, layout_id, demo.identity, sep, floor_height_m,
-                      *(f"{f}:{v}" for f, v in zip(fids[a:b], vids[a:b])))
-            old = stored.get(key)
-            reuse = bool(old and old["hash"] == h and (out_dir / old["uri"]).is_file())
-            tile = {"key": key, "a": int(a), "b": int(b), "level": l, "ix": x, "iy": y, "hash": h, "old": old,
-                    "reuse": reuse}
-            if not reuse:  # position of its buildings among those to mesh
-                tile["sa"], tile["sb"] = todo_count, todo_count + int(b - a)
-                todo_count += int(b - a)
-            tiles.append(tile)
-        t = lap("layout", t)
-
-        # footprints, heights and regions of the buildings in tiles to (re)write only (a tile's
-        # region depends on its own content, so unchanged tiles keep the stored one):
-        # base = the lowest DEM value under the footprint's vertices
-        todo = [tl for tl in tiles if not tl["reuse"]]
-        sel = np.concatenate([np.arange(tl["a"], tl["b"]) for tl in todo]) if todo else np.zeros(0, np.int64)
-        if len(sel):
-            fp = footprints(g[sel])
-            ns = len(sel)
-            vb = fp.vertex_building()
-            ground = demo.sample(fp.xy[:, 0], fp.xy[:, 1], METRIC_CRS)
-            ground = np.where(np.isfinite(ground), ground, np.inf)
-            base = np.full(ns, np.inf)
-            np.minimum.at(base, vb, ground)
-            off_dem = ~np.isfinite(base)
-            if off_dem.any():
-                report.warnings.append(f"{int(off_dem.sum())} buildings lie outside the DEM {demo.path}: "
-                                       "standing at 0 m (e.g. " + ", ".join(map(str, fids[sel][off_dem][:3])) + ")")
-                base = np.where(off_dem, 0.0, base)
-            top = base + height[sel]
-            lon, lat = transformer(METRIC_CRS, "EPSG:4490").transform(fp.xy[:, 0], fp.xy[:, 1])
-            lon_r, lat_r = np.radians(lon), np.radians(lat)
-            bw = np.full(ns, np.inf); bs = np.full(ns, np.inf); be = np.full(ns, -np.inf); bn = np.full(ns, -np.inf)
-            np.minimum.at(bw, vb, lon_r); np.minimum.at(bs, vb, lat_r)
-            np.maximum.at(be, vb, lon_r); np.maximum.at(bn, vb, lat_r)
-            up = enu_rotation(lon[fp.voff[:-1]], lat[fp.voff[:-1]])[:, 2, :]
-        t = lap("footprints", t)
-
-        written_files: list[Path] = []
-        tmp_json = out_dir / f"tileset.json.tmp{os.getpid()}"
+        ctx = BuildContext(conn=conn, tileset_id=tileset_id, at=at, geoid_separation=separation, full=full,
+                           max_per_tile=max_per_tile, floor_height_m=floor_height_m, layer=layer, title=title,
+                           started=started, progress=progress)
+        _lock_and_locate(ctx, settings, out)
+        _read_sources(ctx, dem)
+        ctx.lap("read")
+        _to_metric(ctx)
+        _replace_by_bim(ctx)
+        _heights(ctx)
+        ctx.lap("prepare")
+        _choose_layout(ctx)
+        _order_by_tile(ctx)
+        _plan_tiles(ctx)
+        ctx.lap("layout")
+        _stand_on_ground(ctx)
+        ctx.lap("footprints")
         try:
-            # --- mesh and write changed tiles -----------------------------------------------------
-            content: dict[str, dict] = {}
-            new_rows: list[tuple] = []
-            ecef = to_ecef(METRIC_CRS)
-            for tinfo in tiles:
-                if tinfo["reuse"]:
-                    old = tinfo["old"]
-                    content[tinfo["key"]] = {"uri": old["uri"], "region": old["region"], "transform": old["transform"]}
-                    new_rows.append((tinfo["key"], old["uri"], old["hash"], old["count"], old["bytes"], old["region"],
-                                     old["transform"]))
-                    report.tiles_unchanged += 1
-                    report.bytes_total += old["bytes"]
-                    continue
-                a, b = tinfo["a"], tinfo["b"]  # in the tile-ordered arrays
-                sa, sb = tinfo["sa"], tinfo["sb"]  # in the footprints being meshed
-                region = [float(bw[sa:sb].min()), float(bs[sa:sb].min()), float(be[sa:sb].max()),
-                          float(bn[sa:sb].max()), float(base[sa:sb].min() + sep), float(top[sa:sb].max() + sep)]
-                cxl, cyl = layout.cell_centre(tinfo["level"], tinfo["ix"], tinfo["iy"])
-                clon, clat = transformer(METRIC_CRS, "EPSG:4490").transform(cxl, cyl)
-                frame = Frame.at(clon, clat, 0.0)
-                v0, v1 = fp.voff[sa], fp.voff[sb]
-                vb_t = vb[v0:v1]
-                xs, ys = fp.xy[v0:v1, 0], fp.xy[v0:v1, 1]
-                bx, by, bz = ecef.transform(xs, ys, base[vb_t] + sep)
-                tx, ty, tz = ecef.transform(xs, ys, top[vb_t] + sep)
-                mesh = prism_mesh(fp, sa, sb, np.column_stack([bx, by, bz]), np.column_stack([tx, ty, tz]), up, frame)
-                w = GlbWriter()
-                mat = w.material(BUILDING_COLOUR, name="building")
-                n = b - a
-                table = PropertyTable("building", n, {
-                    "building_id": [str(f) for f in fids[a:b]],
-                    "parcel_id": [props[i].get("parcel_id") or "" for i in range(a, b)],
-                    "use": [props[i].get("use") or "" for i in range(a, b)],
-                    "height_m": height[a:b],
-                    "floors": np.where(floors[a:b] > 0, floors[a:b], -1).astype(np.int16),
-                    "base_height_m": base[sa:sb],
-                    "source": [f"{layer} layer v{v} (LOD1)" for v in vids[a:b]],
-                })
-                glb = w.write([Primitive(mesh.positions, mesh.normals, mesh.indices, mesh.feature_ids, n, 0, mat)],
-                              [table])
-                uri = f"tiles/{tinfo['level']}/{tinfo['ix']}/{tinfo['iy']}-{tinfo['hash'][:12]}.glb"
-                path = out_dir / uri
-                if not path.exists():
-                    _atomic_write(path, glb)
-                    written_files.append(path)
-                transform = frame.transform()
-                content[tinfo["key"]] = {"uri": uri, "region": region, "transform": transform}
-                new_rows.append((tinfo["key"], uri, tinfo["hash"], n, len(glb), region, transform))
-                report.tiles_written += 1
-                report.written.append(tinfo["key"])
-                report.bytes_total += len(glb)
-                report.bytes_written += len(glb)
-            t = lap("tiles", t)
-
-            # --- BIM models ----------------------------------------------------------------------
-            extra = []
-            for m, mt in zip(models, model_tiles):
-                key = f"bim/{m.id}"
-                h = _hash(BUILDER_VERSION, mt["hash"])
-                old = stored.get(key)
-                lvl = int(layout.levels(np.array([mt["sigma"]]))[0])
-                plevel = max(lvl - 1, 0)
-                pix, piy = layout.index(np.array([mt["x"]]), np.array([mt["y"]]), plevel)
-                parent = (plevel, int(pix[0]), int(piy[0]))
-                if old and old["hash"] == h and (out_dir / old["uri"]).is_file():
-                    uri, region, transform, count, nbytes = old["uri"], old["region"], old["transform"], old["count"], old["bytes"]
-                    report.tiles_unchanged += 1
-                else:
-                    glb, region, transform, count = ifc.model_glb(m, sep)
-                    uri = f"bim/{m.id}-{h[:12]}.glb"
-                    if not (out_dir / uri).exists():
-                        _atomic_write(out_dir / uri, glb)
-                        written_files.append(out_dir / uri)
-                    nbytes = len(glb)
-                    report.tiles_written += 1
-                    report.written.append(key)
-                    report.bytes_written += nbytes
-                report.bytes_total += nbytes
-                extra.append({"key": key, "uri": uri, "region": region, "transform": transform, "parent": parent})
-                new_rows.append((key, uri, h, count, nbytes, region, transform))
-            t = lap("bim", t)
-
-            root = build_tree(layout, content, extra)
-            doc = tileset_json(root, extras={"geotwin": {
-                "tileset": tileset_id, "as_of": at.isoformat() if at else None, "built_at": datetime.now().astimezone().isoformat(),
-                "heights": f"ellipsoidal = orthometric (DEM) + geoid separation {sep} m",
-                "geoid_separation_m": sep, "crs": METRIC_CRS, "buildings": report.buildings,
-                "bim_models": [m.id for m in models]}})
-            report.tiles = len(new_rows)
-            old_keys = {r[0] for r in conn.execute("SELECT tile_key FROM cim_tiles WHERE tileset_id = %s", (tileset_id,))}
-            report.tiles_removed = len(old_keys - {r[0] for r in new_rows})
-            report.seconds = round(time.perf_counter() - started, 3)
-            report.timings = timings
-            stats = {k: v for k, v in report.as_dict().items() if k not in ("written", "warnings", "out_dir")}
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tmp_json.write_text(json.dumps(doc, separators=(",", ":")))
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO cim_tilesets (id, title, out_dir, as_of, built_at, layout, params, stats) "
-                    "VALUES (%s, %s, %s, %s, now(), %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-                    "title = coalesce(EXCLUDED.title, cim_tilesets.title), out_dir = EXCLUDED.out_dir, "
-                    "as_of = EXCLUDED.as_of, built_at = now(), layout = EXCLUDED.layout, "
-                    "params = EXCLUDED.params, stats = EXCLUDED.stats",
-                    (tileset_id, title, str(out_dir), at, Jsonb(layout.to_json()), Jsonb(params), Jsonb(stats)))
-                conn.execute("DELETE FROM cim_tiles WHERE tileset_id = %s", (tileset_id,))
-                with conn.cursor().copy("COPY cim_tiles (tileset_id, tile_key, uri, content_hash, feature_count, "
-                                        "bytes, region, transform) FROM STDIN") as cp:
-                    for row in new_rows:
-                        cp.write_row((tileset_id, *row))
-                ifc.record_replacements(conn, models)
-                os.replace(tmp_json, out_dir / "tileset.json")
+            _write_building_tiles(ctx)
+            ctx.lap("tiles")
+            _write_bim_tiles(ctx)
+            ctx.lap("bim")
+            _write_tileset(ctx)
         except BaseException:
-            tmp_json.unlink(missing_ok=True)
-            for p in written_files:
-                p.unlink(missing_ok=True)
+            _roll_back(ctx)
             raise
-        # files no longer referenced
-        keep_uris = {r[1] for r in new_rows}
-        for sub in ("tiles", "bim"):
-            for p in (out_dir / sub).rglob("*.glb") if (out_dir / sub).exists() else []:
-                if p.relative_to(out_dir).as_posix() not in keep_uris:
-                    p.unlink(missing_ok=True)
-        lap("write", t)
-        report.seconds = round(time.perf_counter() - started, 3)
-    return report
+        _remove_unreferenced(ctx)
+        ctx.lap("write")
+        ctx.report.seconds = round(time.perf_counter() - started, 3)
+    return ctx.report
+
+
+def _lock_and_locate(ctx: BuildContext, settings, out: str | Path | None) -> None:
+    """Takes the tileset id and ``--out``; takes the tileset's build lock (held until the
+    connection's transaction ends) and gives ``ctx.previous`` (the last build's folder, layout and
+    parameters, or None), ``ctx.out_dir`` (``--out``, else the previous folder, else the default)
+    and a fresh ``ctx.report``."""
+    ctx.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geotwin-cim:{ctx.tileset_id}",))
+    row = ctx.conn.execute("SELECT out_dir, layout, params FROM cim_tilesets WHERE id = %s",
+                           (ctx.tileset_id,)).fetchone()
+    ctx.previous = {"out_dir": row[0], "layout": row[1], "params": row[2]} if row else None
+    if out:
+        out_dir = Path(out)
+    else:
+        out_dir = Path(row[0]) if row else default_out_dir(settings, ctx.tileset_id)
+    ctx.out_dir = out_dir.resolve()
+    ctx.report = BuildReport(tileset_id=ctx.tileset_id, out_dir=str(ctx.out_dir))
+    ctx.report.geoid_separation = ctx.geoid_separation
+
+
+def _read_sources(ctx: BuildContext, dem: str | Path | None) -> None:
+    """Takes the layer, the date and ``--dem``; gives ``ctx.raw`` (the buildings as of the date,
+    EPSG:4490), ``ctx.dem_source`` (``--dem`` or the imagery catalogue's) and ``ctx.models`` (the
+    registered BIM models)."""
+    ctx.raw = read_buildings(ctx.conn, ctx.at, ctx.layer)
+    ctx.dem_source = resolve_dem(ctx.conn, dem, ctx.at)
+    ctx.report.dem = str(ctx.dem_source.path)
+    ctx.models = ifc.registered_models(ctx.conn)
+
+
+def _to_metric(ctx: BuildContext) -> None:
+    """Takes ``ctx.raw``; gives ``ctx.buildings``: those that are polygons with an area, their
+    footprints in EPSG:4547 (the others are left out, with a warning)."""
+    raw, warnings = ctx.raw, ctx.report.warnings
+    geoms = raw["geoms"]
+    empty = shapely.is_empty(geoms) | shapely.is_missing(geoms)
+    if empty.any():
+        warnings.append(f"{int(empty.sum())} buildings without a geometry were left out")
+    flat = ~empty & ((~np.isin(shapely.get_type_id(geoms), (3, 6))) | ~(shapely.area(geoms) > 0))
+    if flat.any():
+        warnings.append(f"{int(flat.sum())} buildings are not polygons with an area, left out (e.g. "
+                        + ", ".join(map(str, raw["fids"][flat][:3])) + ")")
+    buildings = Buildings(geoms, raw["fids"], raw["vids"], raw["props"]).take(~empty & ~flat)
+    buildings.geoms = _project_to_metric(buildings.geoms) if len(geoms) else np.array([], object)
+    ctx.buildings = buildings
+
+
+def _replace_by_bim(ctx: BuildContext) -> None:
+    """Takes the buildings and the models; drops the buildings a model replaces (it covers at least
+    REPLACE_SHARE of their footprint, or their centre), naming them in ``model.replaces`` and
+    ``report.replaced_by_bim``; gives ``report.buildings`` and ``report.models``."""
+    buildings, report = ctx.buildings, ctx.report
+    if ctx.models and len(buildings):
+        tree = shapely.STRtree(buildings.geoms)
+        replaced = np.zeros(len(buildings), bool)
+        for model in ctx.models:
+            model_footprint = _project_to_metric(model.footprint)
+            candidates = tree.query(model_footprint, predicate="intersects")
+            if len(candidates):
+                under = buildings.geoms[candidates]
+                overlap = shapely.area(shapely.intersection(under, model_footprint))
+                share = overlap / np.maximum(shapely.area(under), 1e-9)
+                inside = shapely.contains(model_footprint, shapely.centroid(under))
+                hit = candidates[(share >= REPLACE_SHARE) | inside]
+                replaced[hit] = True
+                model.replaces = sorted(str(f) for f in buildings.fids[hit])
+        report.replaced_by_bim = sorted(str(f) for f in buildings.fids[replaced])
+        ctx.buildings = buildings.take(~replaced)
+    report.buildings = len(ctx.buildings)
+    report.models = len(ctx.models)
+
+
+def _heights(ctx: BuildContext) -> None:
+    """Takes the buildings' properties; gives their ``height`` (height_m, else floors × floor
+    height, else one floor height, with a warning), ``floors``, footprint centre and size σ."""
+    buildings, floor_height = ctx.buildings, ctx.floor_height_m
+    height = np.array([_as_float(p.get("height_m")) for p in buildings.props], float)
+    floors = np.array([_as_float(p.get("floors")) for p in buildings.props], float)
+    from_floors = ~(height > 0) & (floors > 0)
+    height = np.where(from_floors, floors * floor_height, height)
+    no_height = ~(height > 0)
+    if no_height.any():
+        ctx.report.warnings.append(f"{int(no_height.sum())} buildings have neither height_m nor floors: "
+                                   f"drawn {floor_height} m high")
+        height = np.where(no_height, floor_height, height)
+    buildings.height, buildings.floors = height, floors
+    if len(buildings):
+        west, south, east, north = shapely.bounds(buildings.geoms).T
+        buildings.centre_x, buildings.centre_y = (west + east) / 2, (south + north) / 2
+        buildings.sigma = np.maximum(np.hypot(east - west, north - south), height)
+    else:
+        buildings.centre_x = buildings.centre_y = buildings.sigma = np.zeros(0)
+
+
+def _choose_layout(ctx: BuildContext) -> None:
+    """Takes the buildings' centres and sizes, the models and ``ctx.previous``; gives
+    ``ctx.model_tiles``, ``ctx.params`` and ``ctx.layout``: the previous grid when the parameters
+    are the same and every building still fits in it, else (``report.full_rebuild``, with the
+    ``report.reason``) a new grid."""
+    buildings, report = ctx.buildings, ctx.report
+    ctx.model_tiles = [ifc.model_tile_info(m, ctx.geoid_separation) for m in ctx.models]
+    ctx.params = {"builder": BUILDER_VERSION, "geoid_separation": ctx.geoid_separation,
+                  "dem": ctx.dem_source.identity, "floor_height_m": ctx.floor_height_m, "layer": ctx.layer,
+                  "max_per_tile": ctx.max_per_tile}
+    xs = np.r_[buildings.centre_x, [mt["x"] for mt in ctx.model_tiles]]
+    ys = np.r_[buildings.centre_y, [mt["y"] for mt in ctx.model_tiles]]
+    layout = None
+    if ctx.previous and not ctx.full:
+        old_layout = Layout.from_json(ctx.previous["layout"])
+        if ctx.previous["params"] != ctx.params:
+            report.reason = "build parameters changed (DEM, geoid separation, floor height or builder)"
+        elif not old_layout.contains(xs, ys):
+            report.reason = "buildings outside the previous grid"
+        else:
+            layout = old_layout
+    elif ctx.full:
+        report.reason = "--full"
+    else:
+        report.reason = "first build"
+    if layout is None:
+        report.full_rebuild = True
+        sizes = np.r_[buildings.sigma, [mt["sigma"] for mt in ctx.model_tiles]]
+        layout = choose_layout(xs, ys, sizes, max_per_tile=ctx.max_per_tile)
+    report.max_level = layout.max_level
+    ctx.layout = layout
+
+
+def _order_by_tile(ctx: BuildContext) -> None:
+    """Takes the layout and the buildings; gives every building its cell (``level``, ``ix``,
+    ``iy``: :func:`cap_levels`, ties broken by fid) and sorts ``ctx.buildings`` by cell, then fid,
+    so that each tile's buildings are one slice."""
+    buildings = ctx.buildings
+    fid_rank = np.argsort(np.argsort(buildings.fids.astype(str), kind="stable"), kind="stable")
+    buildings.level, buildings.ix, buildings.iy = cap_levels(
+        ctx.layout, buildings.centre_x, buildings.centre_y, buildings.sigma, fid_rank, ctx.max_per_tile)
+    if len(buildings):
+        order = np.lexsort((buildings.fids.astype(str), buildings.iy, buildings.ix, buildings.level))
+    else:
+        order = np.zeros(0, np.int64)
+    ctx.buildings = buildings.take(order)
+
+
+def _stored_tiles(conn, tileset_id: str) -> dict[str, dict]:
+    """The registry's tiles of a tileset: tile key → hash, uri, count, bytes, region, transform."""
+    rows = conn.execute("SELECT tile_key, content_hash, uri, feature_count, bytes, region, transform "
+                        "FROM cim_tiles WHERE tileset_id = %s", (tileset_id,))
+    return {r[0]: {"hash": r[1], "uri": r[2], "count": r[3], "bytes": r[4], "region": r[5], "transform": r[6]}
+            for r in rows}
+
+
+def _plan_tiles(ctx: BuildContext) -> None:
+    """Takes the tile-ordered buildings; gives ``ctx.stored`` (the previous build's tiles; none at a
+    full build) and ``ctx.tiles``: a :class:`TilePlan` per building tile with its content hash
+    (builder, layout, DEM, geoid separation, floor height, every (fid, version) in it) — reused
+    when the hash is unchanged and its file is there, else given its slice of the buildings to mesh."""
+    buildings = ctx.buildings
+    count = len(buildings)
+    if count:
+        cells = np.stack([buildings.level, buildings.ix, buildings.iy], axis=1)
+        starts = np.r_[0, np.flatnonzero(np.any(cells[1:] != cells[:-1], axis=1)) + 1, count]
+    else:
+        cells, starts = np.zeros((0, 3), np.int64), np.array([0])
+    layout_id = json.dumps(ctx.layout.to_json(), sort_keys=True)
+    ctx.stored = {} if ctx.report.full_rebuild else _stored_tiles(ctx.conn, ctx.tileset_id)
+    to_mesh = 0  # buildings in the tiles to mesh so far
+    for start, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        level, ix, iy = (int(v) for v in cells[start])
+        key = tile_key(level, ix, iy)
+        content_hash = _hash(BUILDER_VERSION, layout_id, ctx.dem_source.identity, ctx.geoid_separation,
+                             ctx.floor_height_m, *(f"{fid}:{vid}" for fid, vid in
+                                                   zip(buildings.fids[start:end], buildings.vids[start:end])))
+        old = ctx.stored.get(key)
+        reuse = bool(old and old["hash"] == content_hash and (ctx.out_dir / old["uri"]).is_file())
+        tile = TilePlan(key, level, ix, iy, start, end, content_hash, old, reuse)
+        if not reuse:
+            tile.mesh_start, tile.mesh_end = to_mesh, to_mesh + (end - start)
+            to_mesh += end - start
+        ctx.tiles.append(tile)
+
+
+def _stand_on_ground(ctx: BuildContext) -> None:
+    """Takes the tiles to (re)write and the DEM; gives ``ctx.meshing`` for their buildings only (a
+    tile's region depends on its own content, so unchanged tiles keep the stored one): base = the
+    lowest DEM value under the footprint's vertices (0 m off the DEM, with a warning), roof = base
+    + height, lon/lat bounds and up vectors. None when no tile needs meshing."""
+    todo = [tile for tile in ctx.tiles if not tile.reuse]
+    if not todo:
+        return
+    buildings = ctx.buildings
+    picked = np.concatenate([np.arange(tile.start, tile.end) for tile in todo])
+    count = len(picked)
+    fp = footprints(buildings.geoms[picked])
+    vertex_building = fp.vertex_building()
+    ground = ctx.dem_source.sample(fp.xy[:, 0], fp.xy[:, 1], METRIC_CRS)
+    ground = np.where(np.isfinite(ground), ground, np.inf)
+    base = np.full(count, np.inf)
+    np.minimum.at(base, vertex_building, ground)
+    off_dem = ~np.isfinite(base)
+    if off_dem.any():
+        ctx.report.warnings.append(
+            f"{int(off_dem.sum())} buildings lie outside the DEM {ctx.dem_source.path}: standing at 0 m (e.g. "
+            + ", ".join(map(str, buildings.fids[picked][off_dem][:3])) + ")")
+        base = np.where(off_dem, 0.0, base)
+    lon, lat = transformer(METRIC_CRS, GEOGRAPHIC_CRS).transform(fp.xy[:, 0], fp.xy[:, 1])
+    lon_rad, lat_rad = np.radians(lon), np.radians(lat)
+    west, south = np.full(count, np.inf), np.full(count, np.inf)
+    east, north = np.full(count, -np.inf), np.full(count, -np.inf)
+    np.minimum.at(west, vertex_building, lon_rad)
+    np.minimum.at(south, vertex_building, lat_rad)
+    np.maximum.at(east, vertex_building, lon_rad)
+    np.maximum.at(north, vertex_building, lat_rad)
+    up = enu_rotation(lon[fp.voff[:-1]], lat[fp.voff[:-1]])[:, 2, :]
+    ctx.meshing = MeshInput(fp, vertex_building, base, base + buildings.height[picked], west, south, east,
+                            north, up)
+
+
+def _write_new(ctx: BuildContext, uri: str, data: bytes) -> None:
+    """Writes a content file unless it is there already (same name, same hash: same bytes)."""
+    path = ctx.out_dir / uri
+    if not path.exists():
+        _atomic_write(path, data)
+        ctx.written_files.append(path)
+
+
+def _mesh_tile(ctx: BuildContext, tile: TilePlan) -> tuple[bytes, list[float], list[float]]:
+    """Takes one tile to (re)write; gives its glb (LOD1 prisms in the east-north-up frame at the
+    cell's centre, one property-table row per building), region (radians, ellipsoidal m) and
+    transform."""
+    buildings, meshing, separation = ctx.buildings, ctx.meshing, ctx.geoid_separation
+    start, end = tile.start, tile.end  # in the tile-ordered buildings
+    first, stop = tile.mesh_start, tile.mesh_end  # in the buildings being meshed
+    region = [float(meshing.west[first:stop].min()), float(meshing.south[first:stop].min()),
+              float(meshing.east[first:stop].max()), float(meshing.north[first:stop].max()),
+              float(meshing.base[first:stop].min() + separation), float(meshing.top[first:stop].max() + separation)]
+    cell_x, cell_y = ctx.layout.cell_centre(tile.level, tile.ix, tile.iy)
+    cell_lon, cell_lat = transformer(METRIC_CRS, GEOGRAPHIC_CRS).transform(cell_x, cell_y)
+    frame = Frame.at(cell_lon, cell_lat, 0.0)
+    fp = meshing.fp
+    v0, v1 = fp.voff[first], fp.voff[stop]
+    owner = meshing.vertex_building[v0:v1]
+    xs, ys = fp.xy[v0:v1, 0], fp.xy[v0:v1, 1]
+    ecef = to_ecef(METRIC_CRS)
+    base_ecef = np.column_stack(ecef.transform(xs, ys, meshing.base[owner] + separation))
+    top_ecef = np.column_stack(ecef.transform(xs, ys, meshing.top[owner] + separation))
+    mesh = prism_mesh(fp, first, stop, base_ecef, top_ecef, meshing.up, frame)
+    writer = GlbWriter()
+    material = writer.material(BUILDING_COLOUR, name="building")
+    count = end - start
+    floors = buildings.floors[start:end]
+    table = PropertyTable("building", count, {
+        "building_id": [str(f) for f in buildings.fids[start:end]],
+        "parcel_id": [buildings.props[i].get("parcel_id") or "" for i in range(start, end)],
+        "use": [buildings.props[i].get("use") or "" for i in range(start, end)],
+        "height_m": buildings.height[start:end],
+        "floors": np.where(floors > 0, floors, -1).astype(np.int16),
+        "base_height_m": meshing.base[first:stop],
+        "source": [f"{ctx.layer} layer v{v} (LOD1)" for v in buildings.vids[start:end]],
+    })
+    primitive = Primitive(mesh.positions, mesh.normals, mesh.indices, mesh.feature_ids, count, 0, material)
+    return writer.write([primitive], [table]), region, frame.transform()
+
+
+def _write_building_tiles(ctx: BuildContext) -> None:
+    """Takes the tile plans; keeps the unchanged tiles' files, meshes and writes the others (their
+    names carry the hash: nothing the current tileset.json references is overwritten); gives
+    ``ctx.content`` and the tiles' ``ctx.rows``, and counts tiles and bytes in the report."""
+    report = ctx.report
+    for tile in ctx.tiles:
+        if tile.reuse:
+            old = tile.old
+            ctx.content[tile.key] = {"uri": old["uri"], "region": old["region"], "transform": old["transform"]}
+            ctx.rows.append((tile.key, old["uri"], old["hash"], old["count"], old["bytes"], old["region"],
+                             old["transform"]))
+            report.tiles_unchanged += 1
+            report.bytes_total += old["bytes"]
+            continue
+        glb, region, transform = _mesh_tile(ctx, tile)
+        uri = f"tiles/{tile.level}/{tile.ix}/{tile.iy}-{tile.content_hash[:12]}.glb"
+        _write_new(ctx, uri, glb)
+        ctx.content[tile.key] = {"uri": uri, "region": region, "transform": transform}
+        ctx.rows.append((tile.key, uri, tile.content_hash, tile.end - tile.start, len(glb), region, transform))
+        report.tiles_written += 1
+        report.written.append(tile.key)
+        report.bytes_total += len(glb)
+        report.bytes_written += len(glb)
+
+
+def _bim_parent_cell(layout: Layout, model_tile: dict) -> tuple[int, int, int]:
+    """The quadtree cell a model's tile hangs under: one level above the one its size σ picks."""
+    level = int(layout.levels(np.array([model_tile["sigma"]]))[0])
+    parent_level = max(level - 1, 0)
+    ix, iy = layout.index(np.array([model_tile["x"]]), np.array([model_tile["y"]]), parent_level)
+    return parent_level, int(ix[0]), int(iy[0])
+
+
+def _write_bim_tiles(ctx: BuildContext) -> None:
+    """Takes the models; keeps a model's stored glb while its hash is unchanged, else converts it
+    (``ifc.model_glb``) and writes it; gives ``ctx.bim_tiles`` and their ``ctx.rows``."""
+    report = ctx.report
+    for model, model_tile in zip(ctx.models, ctx.model_tiles):
+        key = f"bim/{model.id}"
+        content_hash = _hash(BUILDER_VERSION, model_tile["hash"])
+        old = ctx.stored.get(key)
+        if old and old["hash"] == content_hash and (ctx.out_dir / old["uri"]).is_file():
+            uri, region, transform, count, size = (old[k] for k in ("uri", "region", "transform", "count", "bytes"))
+            report.tiles_unchanged += 1
+        else:
+            glb, region, transform, count = ifc.model_glb(model, ctx.geoid_separation)
+            uri = f"bim/{model.id}-{content_hash[:12]}.glb"
+            _write_new(ctx, uri, glb)
+            size = len(glb)
+            report.tiles_written += 1
+            report.written.append(key)
+            report.bytes_written += size
+        report.bytes_total += size
+        ctx.bim_tiles.append({"key": key, "uri": uri, "region": region, "transform": transform,
+                              "parent": _bim_parent_cell(ctx.layout, model_tile)})
+        ctx.rows.append((key, uri, content_hash, count, size, region, transform))
+
+
+def _write_tileset(ctx: BuildContext) -> None:
+    """Takes the content, BIM tiles and rows; fills in the report's totals, writes tileset.json to
+    a temporary file and, in one transaction, updates the registry and moves it into place."""
+    report, conn = ctx.report, ctx.conn
+    root = build_tree(ctx.layout, ctx.content, ctx.bim_tiles)
+    separation = ctx.geoid_separation
+    doc = tileset_json(root, extras={"geotwin": {
+        "tileset": ctx.tileset_id, "as_of": ctx.at.isoformat() if ctx.at else None,
+        "built_at": datetime.now().astimezone().isoformat(),
+        "heights": f"ellipsoidal = orthometric (DEM) + geoid separation {separation} m",
+        "geoid_separation_m": separation, "crs": METRIC_CRS, "buildings": report.buildings,
+        "bim_models": [m.id for m in ctx.models]}})
+    report.tiles = len(ctx.rows)
+    old_keys = {r[0] for r in conn.execute("SELECT tile_key FROM cim_tiles WHERE tileset_id = %s", (ctx.tileset_id,))}
+    report.tiles_removed = len(old_keys - {r[0] for r in ctx.rows})
+    report.seconds = round(time.perf_counter() - ctx.started, 3)
+    report.timings = ctx.timings
+    stats = {k: v for k, v in report.as_dict().items() if k not in ("written", "warnings", "out_dir")}
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.tmp_json.write_text(json.dumps(doc, separators=(",", ":")))
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO cim_tilesets (id, title, out_dir, as_of, built_at, layout, params, stats) "
+            "VALUES (%s, %s, %s, %s, now(), %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+            "title = coalesce(EXCLUDED.title, cim_tilesets.title), out_dir = EXCLUDED.out_dir, "
+            "as_of = EXCLUDED.as_of, built_at = now(), layout = EXCLUDED.layout, "
+            "params = EXCLUDED.params, stats = EXCLUDED.stats",
+            (ctx.tileset_id, ctx.title, str(ctx.out_dir), ctx.at, Jsonb(ctx.layout.to_json()), Jsonb(ctx.params),
+             Jsonb(stats)))
+        conn.execute("DELETE FROM cim_tiles WHERE tileset_id = %s", (ctx.tileset_id,))
+        with conn.cursor().copy("COPY cim_tiles (tileset_id, tile_key, uri, content_hash, feature_count, "
+                                "bytes, region, transform) FROM STDIN") as copy:
+            for row in ctx.rows:
+                copy.write_row((ctx.tileset_id, *row))
+        ifc.record_replacements(conn, ctx.models)
+        os.replace(ctx.tmp_json, ctx.out_dir / "tileset.json")
+
+
+def _roll_back(ctx: BuildContext) -> None:
+    """After a failure while writing: removes the temporary tileset.json and every file this build
+    wrote (the registry's transaction rolls back by itself)."""
+    ctx.tmp_json.unlink(missing_ok=True)
+    for path in ctx.written_files:
+        path.unlink(missing_ok=True)
+
+
+def _remove_unreferenced(ctx: BuildContext) -> None:
+    """Once the new tileset is in place: removes the content files no tile references any more."""
+    keep_uris = {r[1] for r in ctx.rows}
+    for sub in ("tiles", "bim"):
+        folder = ctx.out_dir / sub
+        for path in folder.rglob("*.glb") if folder.exists() else []:
+            if path.relative_to(ctx.out_dir).as_posix() not in keep_uris:
+                path.unlink(missing_ok=True)

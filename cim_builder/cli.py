@@ -11,6 +11,13 @@ from psycopg.errors import UndefinedTable
 from rich.console import Console
 from rich.table import Table
 
+from cim_builder.build import build
+from cim_builder.geo import CimError
+from cim_builder.ifc import convert, register
+from cim_builder.tileset import check_tileset
+from spatial_api import db
+from spatial_api.config import get_settings
+
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -24,15 +31,11 @@ def _fail(message: str) -> None:
 
 def _not_migrated(exc: Exception) -> None:
     """A missing cim_* table: the schema predates migration 0005."""
-    from spatial_api.config import get_settings
-
     _fail(f"schema {get_settings().db_schema!r} has no CIM tables ({str(exc).splitlines()[0]}): "
           "run `geotwin db up` to migrate it")
 
 
 def _settings():
-    from spatial_api.config import get_settings
-
     return get_settings()
 
 
@@ -50,9 +53,6 @@ def build_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Build (or incrementally rebuild) the twin's 3D Tiles tileset."""
-    from cim_builder.build import build
-    from cim_builder.geo import CimError
-
     try:
         with console.status("building the twin…") as status:
             report = build(_settings(), tileset_id=tileset_id, as_of=as_of, out=out, dem=dem,
@@ -105,9 +105,6 @@ def add_ifc_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Register a BIM model; the next `geotwin cim build` (or --build) merges it into the twin."""
-    from cim_builder.geo import CimError
-    from cim_builder.ifc import register
-
     try:
         with console.status(f"reading {path.name}…"):
             info = register(_settings(), path, model_id=model_id, at=_parse_at(at), rotation=rotation, crs=crs,
@@ -120,8 +117,6 @@ def add_ifc_cmd(
         err.print(f"[yellow]warning:[/] {w}")
     report = None
     if build_now:
-        from cim_builder.build import build
-
         try:
             report = build(_settings(), tileset_id=tileset_id, dem=dem, layer=layer)
         except CimError as exc:
@@ -153,9 +148,6 @@ def convert_ifc_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """One IFC file → a stand-alone 3D Tiles 1.1 tileset with per-element metadata (no database)."""
-    from cim_builder.geo import CimError
-    from cim_builder.ifc import convert
-
     try:
         info = convert(path, out, at=_parse_at(at), rotation=rotation, crs=crs, geoid_separation=geoid_separation)
     except CimError as exc:
@@ -172,8 +164,6 @@ def convert_ifc_cmd(
 @cim_app.command("models")
 def models_cmd() -> None:
     """Registered BIM models."""
-    from spatial_api import db
-
     with db.connect(_settings()) as conn:
         rows = conn.execute("SELECT id, ifc_schema, element_count, georef->>'method', active, registered_at, "
                             "source_path FROM cim_models ORDER BY id").fetchall()
@@ -186,8 +176,6 @@ def models_cmd() -> None:
 @cim_app.command("remove-model")
 def remove_model_cmd(model_id: str = typer.Argument(...)) -> None:
     """Take a model out of the twin (at the next build); its record stays, inactive."""
-    from spatial_api import db
-
     with db.connect(_settings()) as conn:
         n = conn.execute("UPDATE cim_models SET active = false WHERE id = %s", (model_id,)).rowcount
     if not n:
@@ -198,8 +186,6 @@ def remove_model_cmd(model_id: str = typer.Argument(...)) -> None:
 @cim_app.command("list")
 def list_cmd() -> None:
     """Built tilesets."""
-    from spatial_api import db
-
     with db.connect(_settings()) as conn:
         rows = conn.execute("SELECT id, built_at, as_of, stats->>'buildings', stats->>'tiles', out_dir "
                             "FROM cim_tilesets ORDER BY id").fetchall()
@@ -212,8 +198,6 @@ def list_cmd() -> None:
 @cim_app.command("check")
 def check_cmd(folder: Path = typer.Argument(..., help="Folder holding tileset.json.")) -> None:
     """Structural check of a tileset (regions nest, errors shrink, content resolves, metadata)."""
-    from cim_builder.tileset import check_tileset
-
     problems = check_tileset(folder)
     for p in problems[:50]:
         err.print(f"[red]✗[/] {p}")

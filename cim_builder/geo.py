@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,15 +40,11 @@ class CimError(ValueError):
 
 def tilesets_dir(settings) -> Path:
     """Where built tilesets go: ``$GEOTWIN_TILESETS_DIR``, default ``<home>/tilesets``."""
-    import os
-
     return Path(os.environ.get("GEOTWIN_TILESETS_DIR") or Path(settings.home) / "tilesets")
 
 
 def models_dir(settings) -> Path:
     """Where registered IFC files are copied: ``$GEOTWIN_MODELS_DIR``, default ``<home>/models``."""
-    import os
-
     return Path(os.environ.get("GEOTWIN_MODELS_DIR") or Path(settings.home) / "models")
 
 
@@ -155,6 +152,8 @@ class Dem:
 
     @classmethod
     def open(cls, path: str | Path) -> "Dem":
+        # deferred: rasterio takes ~0.7 s to import and only reading a DEM (a build) needs it;
+        # convert-ifc and `geotwin cim check` do not
         import rasterio
 
         path = Path(path)
@@ -214,6 +213,9 @@ def resolve_dem(conn, dem: str | Path | None, at=None) -> Dem:
         return Dem.open(dem)
     path = None
     try:
+        # deferred: spatial_api.store pulls in psycopg and pandas (~1.5 s); geo is the light base
+        # every cim_builder module imports (convert-ifc needs no database), and only a build
+        # without --dem asks the imagery catalogue
         from spatial_api.store import imagery
     except ImportError:  # the imagery catalogue is not installed in this tree
         imagery = None

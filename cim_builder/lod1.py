@@ -62,15 +62,15 @@ def footprints(geoms: np.ndarray) -> Footprints:
     nxt[rend - 1] = rstart
     # rings with fewer than 3 vertices after cleaning cannot make a face: they stay in the
     # vertex arrays (walls of zero area are skipped later by normal length) but get no roof
-    vbuild = poly_building[ring_poly[vring]]
-    nb = len(geoms)
-    voff = np.zeros(nb + 1, np.int64)
-    np.cumsum(np.bincount(vbuild, minlength=nb), out=voff[1:])
+    vertex_building = poly_building[ring_poly[vring]]
+    count = len(geoms)
+    voff = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(vertex_building, minlength=count), out=voff[1:])
 
     # roofs
-    prv = np.empty_like(nxt)
-    prv[nxt] = np.arange(len(nxt))
-    d1 = xy - xy[prv]
+    prev = np.empty_like(nxt)
+    prev[nxt] = np.arange(len(nxt))
+    d1 = xy - xy[prev]
     d2 = xy[nxt] - xy
     cross = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
     rings_per_poly = np.bincount(ring_poly, minlength=len(polys))
@@ -83,14 +83,14 @@ def footprints(geoms: np.ndarray) -> Footprints:
     convex = (rings_per_poly == 1) & (min_cross[pstart_ring] >= -1e-9) & (nvert_ext >= 3)
     fan_polys = np.flatnonzero(convex)
     ntri = nvert_ext[fan_polys] - 2
-    pidx = np.repeat(np.arange(len(fan_polys)), ntri)
-    k = np.arange(ntri.sum()) - np.repeat(np.cumsum(ntri) - ntri, ntri) + 1
-    base = first_v[fan_polys][pidx]
-    fan = np.stack([base, base + k, base + k + 1], axis=1)
-    fan_b = poly_building[fan_polys][pidx]
+    fan_poly = np.repeat(np.arange(len(fan_polys)), ntri)  # of each fan triangle
+    k = np.arange(ntri.sum()) - np.repeat(np.cumsum(ntri) - ntri, ntri) + 1  # its rank in the fan, from 1
+    hub = first_v[fan_polys][fan_poly]
+    fan = np.stack([hub, hub + k, hub + k + 1], axis=1)
+    fan_building = poly_building[fan_polys][fan_poly]
 
     other = np.flatnonzero(~convex & (nvert_ext >= 3))
-    ear_tris, ear_b = [], []
+    ear_tris, ear_building = [], []
     for p in other:
         r0 = pstart_ring[p]
         r1 = r0 + rings_per_poly[p]
@@ -99,18 +99,18 @@ def footprints(geoms: np.ndarray) -> Footprints:
         local = mapbox_earcut.triangulate_float64(xy[v0:v1] - xy[v0], ends)
         if len(local):
             ear_tris.append(local.reshape(-1, 3).astype(np.int64) + v0)
-            ear_b.append(np.full(len(local) // 3, poly_building[p]))
+            ear_building.append(np.full(len(local) // 3, poly_building[p]))
     tri = np.concatenate([fan] + ear_tris) if ear_tris else fan
-    tri_b = np.concatenate([fan_b] + ear_b) if ear_b else fan_b
-    order = np.argsort(tri_b, kind="stable")
-    tri, tri_b = tri[order], tri_b[order]
+    tri_building = np.concatenate([fan_building] + ear_building) if ear_building else fan_building
+    order = np.argsort(tri_building, kind="stable")
+    tri, tri_building = tri[order], tri_building[order]
     # counter-clockwise from above
     a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]
     area2 = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
     flip = area2 < 0
     tri[flip] = tri[flip][:, [0, 2, 1]]
-    toff = np.zeros(nb + 1, np.int64)
-    np.cumsum(np.bincount(tri_b, minlength=nb), out=toff[1:])
+    toff = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(tri_building, minlength=count), out=toff[1:])
     return Footprints(xy=xy, nxt=nxt, voff=voff, tri=tri, toff=toff)
 
 
@@ -131,28 +131,27 @@ def prism_mesh(fp: Footprints, b0: int, b1: int, base_ecef: np.ndarray, top_ecef
     ``top_ecef`` are the ECEF positions of their vertices (``fp.voff[b0]:fp.voff[b1]``) at the
     base / roof height; ``up_ecef`` is every building's local up unit vector (global array)."""
     v0, v1 = fp.voff[b0], fp.voff[b1]
-    nv = v1 - v0
-    lb = frame.local(base_ecef)
-    lt = frame.local(top_ecef)
-    lb = np.stack([lb[:, 0], lb[:, 2], -lb[:, 1]], axis=1)
-    lt = np.stack([lt[:, 0], lt[:, 2], -lt[:, 1]], axis=1)
-    vb = np.repeat(np.arange(b1 - b0), np.diff(fp.voff[b0:b1 + 1]))
-    v = np.arange(nv)
+    base = frame.local(base_ecef)
+    top = frame.local(top_ecef)
+    base = np.stack([base[:, 0], base[:, 2], -base[:, 1]], axis=1)  # ENU → glTF y-up
+    top = np.stack([top[:, 0], top[:, 2], -top[:, 1]], axis=1)
+    vertex_building = np.repeat(np.arange(b1 - b0), np.diff(fp.voff[b0:b1 + 1]))
+    v = np.arange(v1 - v0)
     w = fp.nxt[v0:v1] - v0
     # walls: one quad per edge (v → w): base v, base w, top w, top v
-    walls = np.stack([lb[v], lb[w], lt[w], lt[v]], axis=1)  # (E, 4, 3)
-    n = np.cross(lb[w] - lb[v], lt[v] - lb[v])
-    length = np.linalg.norm(n, axis=1)
+    walls = np.stack([base[v], base[w], top[w], top[v]], axis=1)  # (E, 4, 3)
+    normal = np.cross(base[w] - base[v], top[v] - base[v])
+    length = np.linalg.norm(normal, axis=1)
     ok = length > 1e-9
-    walls, n, length, wb = walls[ok], n[ok], length[ok], vb[ok]
-    n = n / length[:, None]
-    ne = len(walls)
-    wall_idx = (np.arange(ne)[:, None] * 4 + _QUAD).reshape(-1)
+    walls, normal, length, wall_building = walls[ok], normal[ok], length[ok], vertex_building[ok]
+    normal = normal / length[:, None]
+    wall_count = len(walls)
+    wall_idx = (np.arange(wall_count)[:, None] * 4 + _QUAD).reshape(-1)
     t0, t1 = fp.toff[b0], fp.toff[b1]
-    roof_idx = (fp.tri[t0:t1] - v0).reshape(-1) + 4 * ne
+    roof_idx = (fp.tri[t0:t1] - v0).reshape(-1) + 4 * wall_count
     up = frame.direction_gltf(up_ecef[b0:b1])
-    positions = np.concatenate([walls.reshape(-1, 3), lt]).astype(np.float32)
-    normals = np.concatenate([np.repeat(n, 4, axis=0), up[vb]]).astype(np.float32)
-    fids = np.concatenate([np.repeat(wb, 4), vb])
+    positions = np.concatenate([walls.reshape(-1, 3), top]).astype(np.float32)
+    normals = np.concatenate([np.repeat(normal, 4, axis=0), up[vertex_building]]).astype(np.float32)
+    feature_ids = np.concatenate([np.repeat(wall_building, 4), vertex_building])
     indices = np.concatenate([wall_idx, roof_idx])
-    return Mesh(positions, normals, indices, fids)
+    return Mesh(positions, normals, indices, feature_ids)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cim_builder.geo import ecef_to_lonlat
+from cim_builder.glb import accessor_array, read_glb
 
 
 @dataclass(frozen=True)
@@ -42,19 +44,20 @@ class Layout:
 
     def levels(self, sigma: np.ndarray) -> np.ndarray:
         sigma = np.maximum(np.asarray(sigma, float), 1e-3)
-        lev = np.ceil(np.log2(self.size / (2 * self.k * sigma)))
-        return np.clip(lev, 0, self.max_level).astype(np.int64)
+        level = np.ceil(np.log2(self.size / (2 * self.k * sigma)))
+        return np.clip(level, 0, self.max_level).astype(np.int64)
 
     def index(self, x: np.ndarray, y: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s = self.size / 2.0 ** level
-        return np.floor((x - self.x0) / s).astype(np.int64), np.floor((y - self.y0) / s).astype(np.int64)
+        cell_size = self.size / 2.0 ** level
+        return (np.floor((x - self.x0) / cell_size).astype(np.int64),
+                np.floor((y - self.y0) / cell_size).astype(np.int64))
 
     def contains(self, x: np.ndarray, y: np.ndarray) -> bool:
         return bool(np.all((x >= self.x0) & (x < self.x0 + self.size) & (y >= self.y0) & (y < self.y0 + self.size)))
 
     def cell_centre(self, level: int, ix: int, iy: int) -> tuple[float, float]:
-        s = self.cell(level)
-        return self.x0 + (ix + 0.5) * s, self.y0 + (iy + 0.5) * s
+        cell_size = self.cell(level)
+        return self.x0 + (ix + 0.5) * cell_size, self.y0 + (iy + 0.5) * cell_size
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,15 +78,14 @@ def choose_layout(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, *, max_per_ti
     extent = max(x.max() + margin - x0, y.max() + margin - y0, 256.0)
     size = 256.0 * 2 ** math.ceil(math.log2(extent / 256.0))
     layout = Layout(x0, y0, size, 0, k)
-    for L in range(1, 20):
-        layout = Layout(x0, y0, size, L, k)
-        if layout.cell(L) <= 64:
+    for depth in range(1, 20):
+        layout = Layout(x0, y0, size, depth, k)
+        if layout.cell(depth) <= 64:
             break
-        lev = layout.levels(sigma)
-        leaf = lev == L
+        leaf = layout.levels(sigma) == depth
         if not leaf.any():
             continue
-        ix, iy = layout.index(x[leaf], y[leaf], L)
+        ix, iy = layout.index(x[leaf], y[leaf], depth)
         _, counts = np.unique(ix * (1 << 21) + iy, return_counts=True)
         if counts.max() <= max_per_tile:
             break
@@ -96,22 +98,22 @@ def cap_levels(layout: Layout, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, 
     leaves would hold more than ``cap`` buildings (many towers in one cell), its smallest ones
     (ties broken by ``tiebreak``) move one level down, level by level. Leaves are bounded by the
     depth :func:`choose_layout` picked."""
-    lev = layout.levels(sigma)
-    ix, iy = layout.index(x, y, lev)
+    levels = layout.levels(sigma)
+    ix, iy = layout.index(x, y, levels)
     for level in range(layout.max_level):
-        at = np.flatnonzero(lev == level)
-        if len(at) <= cap:
+        here = np.flatnonzero(levels == level)
+        if len(here) <= cap:
             continue
-        code = ix[at] * (1 << 24) + iy[at]
-        order = np.lexsort((tiebreak[at], -sigma[at], code))
-        sc = code[order]
-        start = np.r_[0, np.flatnonzero(np.diff(sc)) + 1]
-        rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
-        down = at[order[rank >= cap]]
+        cell_code = ix[here] * (1 << 24) + iy[here]
+        order = np.lexsort((tiebreak[here], -sigma[here], cell_code))
+        sorted_cells = cell_code[order]
+        start = np.r_[0, np.flatnonzero(np.diff(sorted_cells)) + 1]
+        rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))  # within its cell
+        down = here[order[rank >= cap]]
         if len(down):
-            lev[down] = level + 1
-            ix[down], iy[down] = layout.index(x[down], y[down], lev[down])
-    return lev, ix, iy
+            levels[down] = level + 1
+            ix[down], iy[down] = layout.index(x[down], y[down], levels[down])
+    return levels, ix, iy
 
 
 def tile_key(level: int, ix: int, iy: int) -> str:
@@ -139,8 +141,9 @@ def union_region(a: list[float] | None, b: list[float] | None) -> list[float] | 
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), min(a[4], b[4]), max(a[5], b[5])]
 
 
-def _mat(t: list[float] | None) -> np.ndarray:
-    return np.eye(4) if t is None else np.asarray(t, float).reshape(4, 4).T
+def _matrix(transform: list[float] | None) -> np.ndarray:
+    """A 3D Tiles transform (16 numbers, column-major) as a 4×4 matrix; identity for none."""
+    return np.eye(4) if transform is None else np.asarray(transform, float).reshape(4, 4).T
 
 
 def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]) -> Node:
@@ -149,18 +152,18 @@ def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]
     nodes: dict[tuple[int, int, int], Node] = {}
 
     def get(level: int, ix: int, iy: int) -> Node:
-        k = (level, ix, iy)
-        if k not in nodes:
-            nodes[k] = Node(tile_key(level, ix, iy), level, ix, iy)
+        cell = (level, ix, iy)
+        if cell not in nodes:
+            nodes[cell] = Node(tile_key(level, ix, iy), level, ix, iy)
             if level > 0:
-                get(level - 1, ix >> 1, iy >> 1).children.append(nodes[k])
-        return nodes[k]
+                get(level - 1, ix >> 1, iy >> 1).children.append(nodes[cell])
+        return nodes[cell]
 
     root = get(0, 0, 0)
     for key, info in content_tiles.items():
         level, ix, iy = (int(v) for v in key.split("/"))
-        n = get(level, ix, iy)
-        n.content, n.region, n.transform = info["uri"], list(info["region"]), info["transform"]
+        node = get(level, ix, iy)
+        node.content, node.region, node.transform = info["uri"], list(info["region"]), info["transform"]
     for info in extra:
         parent = get(*info["parent"])
         parent.children.append(Node(info["key"], parent.level + 1, -1, -1, list(info["region"]),
@@ -185,7 +188,7 @@ def tileset_json(root: Node, *, extras: dict | None = None) -> dict:
                      "geometricError": float(n.error)}
         world = parent_world
         if n.transform is not None:
-            world = _mat(n.transform)
+            world = _matrix(n.transform)
             rel = np.linalg.solve(parent_world, world)
             out["transform"] = [float(v) for v in rel.T.reshape(-1)]
         if n.content:
@@ -214,7 +217,7 @@ def world_transforms(doc: dict) -> list[tuple[dict, np.ndarray, list[dict]]]:
     out = []
 
     def walk(t: dict, parent: np.ndarray, ancestors: list[dict]) -> None:
-        world = parent @ _mat(t.get("transform"))
+        world = parent @ _matrix(t.get("transform"))
         out.append((t, world, ancestors))
         for c in t.get("children", []):
             walk(c, world, ancestors + [t])
@@ -228,9 +231,6 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
     """Problems found in a tileset (empty list: fine): version, regions nested, geometric error
     non-increasing and 0 only at leaves, every content URI resolves to a glb whose metadata
     property tables match its schema, and (optionally) every vertex inside its tile's region."""
-    from cim_builder.geo import ecef_to_lonlat
-    from cim_builder.glb import accessor_array, read_glb
-
     folder = Path(folder)
     doc = doc or json.loads((folder / "tileset.json").read_text())
     problems: list[str] = []
@@ -241,18 +241,19 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
     if doc["geometricError"] < doc["root"]["geometricError"]:
         problems.append("tileset geometricError below the root's")
     for tile, world, ancestors in world_transforms(doc):
-        r = tile["boundingVolume"].get("region")
+        region = tile["boundingVolume"].get("region")
         name = tile.get("content", {}).get("uri", "(no content)")
-        if r is None:
+        if region is None:
             problems.append(f"{name}: no region")
             continue
-        if not (r[0] <= r[2] and r[1] <= r[3] and r[4] <= r[5]):
-            problems.append(f"{name}: region inverted {r}")
+        if not (region[0] <= region[2] and region[1] <= region[3] and region[4] <= region[5]):
+            problems.append(f"{name}: region inverted {region}")
         if ancestors:
-            p = ancestors[-1]["boundingVolume"]["region"]
-            if (r[0] < p[0] - tol_rad or r[1] < p[1] - tol_rad or r[2] > p[2] + tol_rad or r[3] > p[3] + tol_rad
-                    or r[4] < p[4] - tol_m or r[5] > p[5] + tol_m):
-                problems.append(f"{name}: region {r} not inside the parent's {p}")
+            parent = ancestors[-1]["boundingVolume"]["region"]
+            if (region[0] < parent[0] - tol_rad or region[1] < parent[1] - tol_rad
+                    or region[2] > parent[2] + tol_rad or region[3] > parent[3] + tol_rad
+                    or region[4] < parent[4] - tol_m or region[5] > parent[5] + tol_m):
+                problems.append(f"{name}: region {region} not inside the parent's {parent}")
             if tile["geometricError"] > ancestors[-1]["geometricError"]:
                 problems.append(f"{name}: geometricError grows from its parent")
             if ancestors[-1]["geometricError"] <= 0:
@@ -265,8 +266,8 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
         if not path.is_file():
             problems.append(f"content {tile['content']['uri']} does not resolve")
             continue
-        gl, binary = read_glb(path.read_bytes())
-        meta = gl.get("extensions", {}).get("EXT_structural_metadata")
+        gltf, binary = read_glb(path.read_bytes())
+        meta = gltf.get("extensions", {}).get("EXT_structural_metadata")
         if not meta:
             problems.append(f"{name}: no EXT_structural_metadata")
             continue
@@ -280,20 +281,21 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
             unknown = set(table["properties"]) - set(cls["properties"])
             if missing or unknown:
                 problems.append(f"{name}: table {i} missing {sorted(missing)} unknown {sorted(unknown)}")
-        for prim in gl["meshes"][0]["primitives"]:
+        for prim in gltf["meshes"][0]["primitives"]:
             fid = prim["extensions"]["EXT_mesh_features"]["featureIds"][0]
             table = meta["propertyTables"][fid["propertyTable"]]
-            ids = accessor_array(gl, binary, prim["attributes"]["_FEATURE_ID_%d" % fid["attribute"]])
+            ids = accessor_array(gltf, binary, prim["attributes"]["_FEATURE_ID_%d" % fid["attribute"]])
             if fid["featureCount"] != table["count"] or (len(ids) and ids.max() >= table["count"]):
                 problems.append(f"{name}: feature ids exceed the property table")
             if check_positions:
-                pos = accessor_array(gl, binary, prim["attributes"]["POSITION"]).astype(float)
+                pos = accessor_array(gltf, binary, prim["attributes"]["POSITION"]).astype(float)
                 enu = np.stack([pos[:, 0], -pos[:, 2], pos[:, 1]], axis=1)
                 ecef = enu @ world[:3, :3].T + world[:3, 3]
                 llh = ecef_to_lonlat(ecef)
                 lon, lat = np.radians(llh[:, 0]), np.radians(llh[:, 1])
                 eps = 1e-7
-                if (lon.min() < r[0] - eps or lon.max() > r[2] + eps or lat.min() < r[1] - eps
-                        or lat.max() > r[3] + eps or llh[:, 2].min() < r[4] - 0.05 or llh[:, 2].max() > r[5] + 0.05):
+                if (lon.min() < region[0] - eps or lon.max() > region[2] + eps or lat.min() < region[1] - eps
+                        or lat.max() > region[3] + eps or llh[:, 2].min() < region[4] - 0.05
+                        or llh[:, 2].max() > region[5] + 0.05):
                     problems.append(f"{name}: vertices outside the tile's region")
     return problems
