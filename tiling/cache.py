@@ -391,14 +391,16 @@ class Invalidator:
     def _drop_for(self, layer: str, changeset_id: int, conn=None) -> None:
         part = sql.Identifier(store.partition_name(layer))
         try:
-            n = self._query(conn, sql.SQL("SELECT count(*) FROM {} WHERE changeset_id = %s OR closed_by = %s").format(part),
-                            (changeset_id, changeset_id))[0][0]
+            n = self._query(conn, sql.SQL("SELECT count(*) FROM {} WHERE changeset_id = %s OR closed_by = %s "
+                                             "OR superseded_by = %s").format(part),
+                            (changeset_id, changeset_id, changeset_id))[0][0]
             if n > WHOLE_LAYER_ABOVE:
                 self.cache.drop_layer(layer)
                 return
             rows = self._query(conn, sql.SQL(
                 "SELECT ST_AsBinary(geom_3857), ST_AsBinary(geom) FROM {} "
-                "WHERE changeset_id = %s OR closed_by = %s").format(part), (changeset_id, changeset_id))
+                "WHERE changeset_id = %s OR closed_by = %s OR superseded_by = %s").format(part),
+                (changeset_id, changeset_id, changeset_id))
         except Exception:  # the layer's partition is gone, or a bug: never keep a tile we cannot vouch for
             log.exception("tile cache: could not read changeset %s of %s; dropping the layer's tiles",
                           changeset_id, layer)

@@ -101,7 +101,8 @@ def tile_sql(layer: store.Layer, srid: int, *, properties: list[str] | None = No
     if at is None:
         temporal, n_temporal = sql.SQL("f.valid_to IS NULL"), 0
     else:
-        temporal, n_temporal = sql.SQL("f.valid_from <= %s AND (f.valid_to IS NULL OR f.valid_to > %s)"), 2
+        temporal, n_temporal = sql.SQL("f.valid_from <= %s AND (f.valid_to IS NULL OR f.valid_to > %s) "
+                                      "AND f.superseded_at IS NULL"), 2
     geom = sql.Identifier(col)
     query = sql.SQL(
         """

@@ -51,6 +51,7 @@ class IngestSummary:
     rejected_rows: list[dict] = field(default_factory=list)
     repaired_rows: list[int] = field(default_factory=list)
     samples: dict[str, list[str]] = field(default_factory=dict)
+    correction: bool = False  # valid from before the layer's latest change: history re-derived from there
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -391,12 +392,13 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
         summary.unchanged, summary.closed = result.unchanged, result.closed
         summary.current_total = result.current_total
         summary.samples = result.samples
+        summary.correction = result.correction
         summary.seconds = round(time.perf_counter() - started, 3)
         store.finish_changeset(conn, result.changeset_id, {
             "added": summary.added, "changed": summary.changed, "unchanged": summary.unchanged,
             "closed": summary.closed, "repaired": summary.repaired, "rejected": summary.rejected,
             "seconds": summary.seconds, "source_crs": summary.source_crs,
-            "current": summary.current_total,
+            "current": summary.current_total, **({"correction": True} if result.correction else {}),
         })
     # Committed: this process's caches drop what the changeset touched (others hear the NOTIFY).
 

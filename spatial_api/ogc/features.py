@@ -49,7 +49,7 @@ def _temporal(dt) -> tuple[sql.Composable, list]:
     start, end, interval = dt
     if not interval:
         return store.temporal_filter(start, None)
-    parts, params = [], []
+    parts, params = [sql.SQL("f.superseded_at IS NULL")], []
     if end is not None:
         parts.append(sql.SQL("f.valid_from <= %s"))
         params.append(end)
@@ -295,7 +295,8 @@ class FeaturesAPI:
             self.cols.get(conn, collection_id)
             query = sql.SQL(
                 "SELECT f.fid, f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by, "
-                "f.properties, {geom} AS geometry FROM {part} f WHERE {in_layer} AND f.fid = %s ORDER BY f.valid_from, f.vid"
+                "f.superseded_at, f.superseded_by, f.properties, {geom} AS geometry FROM {part} f "
+                "WHERE {in_layer} AND f.fid = %s ORDER BY f.valid_from, f.tx_from, f.vid"
             ).format(geom=_geometry_sql(srid, flipped), part=sql.Identifier(store.partition_name(collection_id)),
                      in_layer=_in_layer(collection_id))
             with conn.cursor(row_factory=dict_row) as cur:
@@ -306,9 +307,16 @@ class FeaturesAPI:
         feats = []
         for r in rows:
             feat = _feature(r, url)
-            feat["geotwin:version"] = {"changeset": r["changeset_id"], "closedBy": r["closed_by"],
-                                       "recorded": r["tx_from"].isoformat(),
-                                       "superseded": r["tx_to"].isoformat() if r["tx_to"] else None}
+            # both time axes: valid time in "time"; transaction time here — when the store learnt the
+            # version, when it learnt its end, and (a correction in valid time) when it stopped
+            # believing it and which changeset replaced it
+            feat["geotwin:version"] = {
+                "vid": r["vid"], "changeset": r["changeset_id"], "closedBy": r["closed_by"],
+                "recorded": r["tx_from"].isoformat(),
+                "endRecorded": r["tx_to"].isoformat() if r["tx_to"] else None,
+                "believed": r["superseded_at"] is None,
+                "supersededAt": r["superseded_at"].isoformat() if r["superseded_at"] else None,
+                "supersededBy": r["superseded_by"]}
             feats.append(feat)
         doc = {"type": "FeatureCollection", "features": feats, "numberMatched": len(feats),
                "numberReturned": len(feats),

@@ -190,6 +190,10 @@ _GEOMETRY_SCHEMA = {"type": "object", "required": ["type", "coordinates"], "prop
 #: in the OpenAPI document: clients (and the schemathesis fuzz run) see what to send.
 _EXAMPLE = {"type": "Feature", "properties": {"code": "DEMO-1"}, "geometry": {"type": "Polygon", "coordinates": [
     [[114.26, 22.73], [114.2603, 22.73], [114.2603, 22.7303], [114.26, 22.7303], [114.26, 22.73]]]}}
+_VALID_FROM = {"name": "valid_from", "in": "query", "required": False, "schema": {"type": "string"},
+               "description": "when the edit is true in the world (RFC 3339 date or date-time; naive = district "
+                              "time). Default: now. A date before the layer's latest change is a correction in "
+                              "valid time: recorded now, it applies until the feature's next recorded change."}
 _IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
              "description": "the feature's ETag (required: 428 without it, 412 when stale)"}
 _FEATURE_BODY = {"requestBody": {"required": True, "content": {media: {"schema": {
@@ -200,7 +204,7 @@ _FEATURE_BODY = {"requestBody": {"required": True, "content": {media: {"schema":
 _PATCH_BODY = {"requestBody": {"required": True, "content": {media: {"schema": {
     "type": "object", "properties": {"type": {"type": "string", "enum": ["Feature"]}, "geometry": _GEOMETRY_SCHEMA,
                                      "properties": {"type": "object"}}}, "example": {"properties": {"dlbm": "0701"}}}
-    for media in ("application/merge-patch+json", "application/json")}}, "parameters": [_IF_MATCH]}
+    for media in ("application/merge-patch+json", "application/json")}}, "parameters": [_IF_MATCH, _VALID_FROM]}
 
 
 def router(settings: Settings) -> APIRouter:
@@ -256,7 +260,7 @@ def router(settings: Settings) -> APIRouter:
         return Response(status_code=status, headers={"Location": url, "ETag": f'"{vid}"'})
 
     @api.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature",
-              openapi_extra=_FEATURE_BODY)
+              openapi_extra={**_FEATURE_BODY, "parameters": [_VALID_FROM]})
     async def create(request: Request, collection_id: str):
         await run_in_threadpool(may_write, collection_id)
         feature = await _body(request)
@@ -270,7 +274,7 @@ def router(settings: Settings) -> APIRouter:
         return done(request, collection_id, fid, vid, 201)
 
     @api.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature",
-             openapi_extra={**_FEATURE_BODY, "parameters": [_IF_MATCH]})
+             openapi_extra={**_FEATURE_BODY, "parameters": [_IF_MATCH, _VALID_FROM]})
     async def replace(request: Request, collection_id: str, feature_id: str):
         await run_in_threadpool(may_write, collection_id)
         feature = await _body(request)
@@ -319,7 +323,7 @@ def router(settings: Settings) -> APIRouter:
         return done(request, collection_id, fid, vid, 200)
 
     @api.delete("/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature",
-                openapi_extra={"parameters": [_IF_MATCH]})
+                openapi_extra={"parameters": [_IF_MATCH, _VALID_FROM]})
     def delete(request: Request, collection_id: str, feature_id: str):
         with db.connect(settings) as conn:
             layer = editable_layer(conn, collection_id)  # who may write comes before If-Match

@@ -15,15 +15,20 @@ from spatial_api.store.registry import partition_name
 
 def temporal_filter(at: datetime | None, known_at: datetime | None, alias: str = "f") -> tuple[sql.Composable, list]:
     """SQL condition selecting the versions valid at ``at`` (None: now / current) as the store
-    knew them at ``known_at`` (None: now). A version closed after ``known_at`` was still open then."""
+    knew them at ``known_at`` (None: now). A version closed after ``known_at`` was still open
+    then; a version superseded by a correction (0011) after ``known_at`` was still believed then."""
     a = sql.Identifier(alias)
     if at is None and known_at is None:
-        return sql.SQL("{}.valid_to IS NULL").format(a), []
+        return sql.SQL("{}.valid_to IS NULL").format(a), []  # superseded versions are never open
     params: list = []
     parts: list[sql.Composable] = []
     if known_at is not None:
         parts.append(sql.SQL("{}.tx_from <= %s").format(a))
         params.append(known_at)
+        parts.append(sql.SQL("({a}.superseded_at IS NULL OR {a}.superseded_at > %s)").format(a=a))
+        params.append(known_at)
+    else:
+        parts.append(sql.SQL("{}.superseded_at IS NULL").format(a))
     if at is None:
         # current as known at known_at: open then
         parts.append(sql.SQL("({a}.tx_to IS NULL OR {a}.tx_to > %s)").format(a=a))
@@ -81,11 +86,12 @@ def count(conn: psycopg.Connection, layer: str, *, at: datetime | None = None,
 
 
 def feature_history(conn: psycopg.Connection, layer: str, fid: str) -> list[dict]:
-    """Every version of one feature, oldest first, with the changeset that made and closed it."""
+    """Every version of one feature, oldest first, with the changeset that made and closed it (and,
+    for a version a later correction replaced, when and by which changeset it was superseded)."""
     query = sql.SQL(
         """
         SELECT f.vid, f.valid_from, f.valid_to, f.tx_from, f.tx_to, f.changeset_id, f.closed_by,
-               f.properties, ST_AsText(f.geom) AS geometry
+               f.superseded_at, f.superseded_by, f.properties, ST_AsText(f.geom) AS geometry
         FROM {} f WHERE f.layer = {} AND f.fid = %s ORDER BY f.valid_from, f.vid
         """
     ).format(sql.Identifier(partition_name(layer)), sql.Literal(layer))

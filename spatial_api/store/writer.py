@@ -151,6 +151,7 @@ class WriteResult:
     closed: int = 0
     current_total: int = 0
     samples: dict[str, list[str]] = field(default_factory=dict)  # a few fids per status
+    correction: bool = False  # valid from before the layer's latest change (a correction in valid time)
 
 
 def _copy_text(value: str) -> str:
@@ -200,26 +201,73 @@ def _check_versions(conn: psycopg.Connection, layer: str, expect: dict[str, int 
 def close_features(conn: psycopg.Connection, layer: Layer, fids: list[str], *, valid_from: datetime,
                    author: str, source: str | None, expect_versions: dict[str, int | None] | None = None,
                    message: str | None = None) -> WriteResult:
-    """A changeset that ends features (their current versions get ``valid_to``). Nothing is deleted."""
+    """A changeset that ends features at ``valid_from`` (which may lie in the past: the version
+    valid then ends there, later recorded versions stay). Nothing is deleted."""
     _lock_layer(conn, layer.name)
-    latest = latest_valid_from(conn, layer.name)
-    if latest is not None and valid_from < latest:
-        raise StoreError(f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
-                          f"({latest.isoformat()})")
     if expect_versions:
         _check_versions(conn, layer.name, expect_versions)
+    past = _is_past(conn, layer.name, valid_from)
     cs_id, recorded_at = conn.execute(
         """
         INSERT INTO changesets (layer, author, valid_from, mode, source, message)
         VALUES (%s, %s, %s, 'delete', %s, %s) RETURNING id, recorded_at
         """, (layer.name, author, valid_from, source, message)).fetchone()
-    cur = conn.execute(
-        sql.SQL("UPDATE {} SET valid_to = %s, tx_to = now(), closed_by = %s "
-                "WHERE valid_to IS NULL AND fid = ANY(%s)").format(sql.Identifier(partition_name(layer.name))),
-        (valid_from, cs_id, list(fids)))
-    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at, closed=cur.rowcount)
-    finish_changeset(conn, cs_id, {"closed": result.closed})
+    part = sql.Identifier(partition_name(layer.name))
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE closing (vid bigint PRIMARY KEY) ON COMMIT DROP")
+        cur.execute(sql.SQL("INSERT INTO closing SELECT f.vid FROM {} f WHERE f.fid = ANY(%s) AND {}").format(
+            part, _covering(past)), (list(fids), *_covering_params(past, valid_from)))
+        closed = _close_versions(cur, part, layer.name, valid_from, cs_id)
+        cur.execute("DROP TABLE closing")
+    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at, closed=closed, correction=past)
+    finish_changeset(conn, cs_id, {"closed": result.closed, **({"correction": True} if past else {})})
     return result
+
+
+def _is_past(conn: psycopg.Connection, layer: str, valid_from: datetime) -> bool:
+    """Is a change valid from ``valid_from`` earlier than the layer's latest recorded change?"""
+    latest = latest_valid_from(conn, layer)
+    return latest is not None and valid_from < latest
+
+
+def _covering(past: bool, alias: str = "f") -> sql.Composable:
+    """The believed version of a feature that a change valid from D replaces: the current one
+    (the usual case), or — for a correction in the past — the one valid at D."""
+    if not past:
+        return sql.SQL("{a}.valid_to IS NULL").format(a=sql.Identifier(alias))
+    return sql.SQL("{a}.valid_from <= %s AND ({a}.valid_to IS NULL OR {a}.valid_to > %s) "
+                   "AND {a}.superseded_at IS NULL").format(a=sql.Identifier(alias))
+
+
+def _covering_params(past: bool, valid_from: datetime) -> tuple:
+    return (valid_from, valid_from) if past else ()
+
+
+def _close_versions(cur: psycopg.Cursor, part: sql.Identifier, layer: str, valid_from: datetime,
+                    cs_id: int) -> int:
+    """End the versions listed in the temp table ``closing`` at ``valid_from``.
+
+    An open version is closed (``valid_to``, ``tx_to`` = now: the one update the store makes).
+    A closed version [a, b) that a correction cuts at D is superseded — kept, marked as no longer
+    believed since now — and replaced by a copy [a, D) recorded now; [D, b) is then the
+    correction's (or, for a removal, nothing)."""
+    cur.execute(sql.SQL(
+        """
+        INSERT INTO {part} (layer, fid, valid_from, valid_to, tx_from, tx_to, changeset_id, closed_by,
+                            properties, geom, geom_3857, content_hash)
+        SELECT f.layer, f.fid, f.valid_from, %s, now(), now(), f.changeset_id, %s,
+               f.properties, f.geom, f.geom_3857, f.content_hash
+        FROM {part} f JOIN closing c USING (vid)
+        WHERE f.valid_to IS NOT NULL AND f.valid_from < %s
+        """).format(part=part), (valid_from, cs_id, valid_from))
+    cur.execute(sql.SQL(
+        "UPDATE {} f SET superseded_at = now(), superseded_by = %s FROM closing c "
+        "WHERE f.vid = c.vid AND f.valid_to IS NOT NULL").format(part), (cs_id,))
+    superseded = cur.rowcount
+    cur.execute(sql.SQL(
+        "UPDATE {} f SET valid_to = %s, tx_to = now(), closed_by = %s FROM closing c "
+        "WHERE f.vid = c.vid AND f.valid_to IS NULL").format(part), (valid_from, cs_id))
+    return superseded + cur.rowcount
 
 
 def _lock_layer(conn: psycopg.Connection, layer: str) -> None:
@@ -240,7 +288,8 @@ def matches_state(conn: psycopg.Connection, layer: Layer, features: FeatureRows,
         return False
     stored = dict(conn.execute(
         sql.SQL("SELECT fid, content_hash::text FROM {} WHERE valid_from <= %s "
-                "AND (valid_to IS NULL OR valid_to > %s)").format(sql.Identifier(partition_name(layer.name))),
+                "AND (valid_to IS NULL OR valid_to > %s) AND superseded_at IS NULL").format(
+            sql.Identifier(partition_name(layer.name))),
         (at, at),
     ).fetchall())
     if mode == "replace" and len(stored) != len(features):
@@ -284,15 +333,11 @@ def write_changeset(
     _lock_layer(conn, layer.name)  # held until the caller's transaction ends
     if expect_versions and not new_layer:
         _check_versions(conn, layer.name, expect_versions)
-    if not new_layer:
-        latest = latest_valid_from(conn, layer.name)
-        if latest is not None and valid_from < latest:
-            raise StoreError(
-                f"valid from {valid_from.isoformat()} is earlier than the layer's latest change "
-                f"({latest.isoformat()}). Load versions in the order of their valid dates; "
-                "give a valid-from on or after that date.", subject="valid from", value=valid_from.isoformat())
+    # A change valid from before the layer's latest change is a correction in valid time: it is
+    # recorded now and re-derives the affected versions (see _write_incremental).
+    past = not new_layer and _is_past(conn, layer.name, valid_from)
     cs_id, recorded_at = conn.execute("SELECT nextval('changesets_id_seq'), now()").fetchone()
-    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at)
+    result = WriteResult(changeset_id=cs_id, recorded_at=recorded_at, correction=past)
     fids = features.fids
     if fids is None:
         fids = np.array([f"{cs_id}-{r}" for r in features.rows], dtype=object)
@@ -318,7 +363,7 @@ def write_changeset(
             result.samples["added"] = [str(x) for x in fids[:5]]
         else:
             _write_incremental(cur, layer, features, mode, valid_from, cs_id, recorded_at,
-                               keep_keys or set(), result, progress)
+                               keep_keys or set(), result, progress, past=past)
         result.current_total = result.added if new_layer else cur.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
         ).fetchone()[0]
@@ -425,10 +470,15 @@ def drop_orphan_partition(layer: str, *, conn: psycopg.Connection | None = None,
 
 def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows, mode: str,
                        valid_from: datetime, cs_id: int, recorded_at: datetime, keep_keys: set[str],
-                       result: WriteResult, progress: Progress | None) -> None:
+                       result: WriteResult, progress: Progress | None, *, past: bool = False) -> None:
     """Compare first, write second: only keys and content hashes of every incoming feature go to
     the server; full rows follow for the added and changed ones alone. A yearly survey
-    re-ingested costs its changes, not its size."""
+    re-ingested costs its changes, not its size.
+
+    ``past``: a correction valid from D before the layer's latest change. Incoming features are
+    compared with the versions believed valid at D (not the current ones); a replaced version
+    ends at D (see _close_versions), and a new version lasts until the feature's next recorded
+    change after D, which stays as recorded."""
     part = sql.Identifier(partition_name(layer.name))
     cur.execute("CREATE TEMP TABLE incoming_keys (row_no int, fid text, content_hash uuid) ON COMMIT DROP")
     total = len(features)
@@ -453,9 +503,9 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
                         WHEN f.content_hash = i.content_hash THEN 'unchanged'
                         ELSE 'changed' END AS status
             FROM incoming_keys i
-            LEFT JOIN {} f ON f.fid = i.fid AND f.valid_to IS NULL
+            LEFT JOIN {} f ON f.fid = i.fid AND {}
             """
-        ).format(part)
+        ).format(part, _covering(past)), _covering_params(past, valid_from)
     )
     if mode == "append":
         clash = cur.execute(
@@ -484,35 +534,46 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
                 """
                 INSERT INTO closing
                 SELECT f.vid FROM {} f
-                WHERE f.valid_to IS NULL
+                WHERE {}
                   AND NOT EXISTS (SELECT 1 FROM incoming_keys i WHERE i.fid = f.fid)
                   AND NOT (f.fid = ANY(%s))
                 """
-            ).format(part),
-            (sorted(keep_keys),),
+            ).format(part, _covering(past)),
+            (*_covering_params(past, valid_from), sorted(keep_keys)),
         )
         result.closed = cur.rowcount
         result.samples["closed"] = [r[0] for r in cur.execute(
             sql.SQL("SELECT f.fid FROM {} f JOIN closing c USING (vid) "
                     "WHERE NOT EXISTS (SELECT 1 FROM incoming_keys i WHERE i.fid = f.fid) "
                     "ORDER BY f.fid LIMIT 5").format(part))]
-    cur.execute(
-        sql.SQL(
-            """
-            UPDATE {} f SET valid_to = %s, tx_to = now(), closed_by = %s
-            FROM closing c WHERE f.vid = c.vid
-            """
-        ).format(part),
-        (valid_from, cs_id),
-    )
-    # The new versions: full rows for added and changed features only, straight into the layer.
+    _close_versions(cur, part, layer.name, valid_from, cs_id)
+    # The new versions: full rows for added and changed features only, straight into the layer
+    # (a correction's go through a staging table: each ends where the feature's next change starts).
     new_rows = np.array([r[0] for r in cur.execute(
         "SELECT row_no FROM classified WHERE status IN ('added', 'changed') ORDER BY row_no")], dtype=np.int64)
     if len(new_rows):
         position = {int(r): i for i, r in enumerate(features.rows)}
         subset = features.subset(np.array([position[int(r)] for r in new_rows], dtype=np.int64))
-        _copy_rows(cur, partition_name(layer.name), subset,
-                   _copy_prefix(layer.name, valid_from, recorded_at, cs_id), progress)
+        prefix = _copy_prefix(layer.name, valid_from, recorded_at, cs_id)
+        if not past:
+            _copy_rows(cur, partition_name(layer.name), subset, prefix, progress)
+        else:
+            cur.execute("CREATE TEMP TABLE staged_versions (LIKE features INCLUDING DEFAULTS) ON COMMIT DROP")
+            _copy_rows(cur, "staged_versions", subset, prefix, progress)
+            cur.execute(sql.SQL(
+                """
+                INSERT INTO {part} (layer, vid, fid, valid_from, valid_to, tx_from, tx_to, changeset_id,
+                                    properties, geom, geom_3857, content_hash)
+                SELECT s.layer, s.vid, s.fid, s.valid_from, nx.next_from,
+                       s.tx_from, CASE WHEN nx.next_from IS NULL THEN NULL ELSE s.tx_from END,
+                       s.changeset_id, s.properties, s.geom, s.geom_3857, s.content_hash
+                FROM staged_versions s
+                LEFT JOIN LATERAL (SELECT min(g.valid_from) AS next_from FROM {part} g
+                                   WHERE g.fid = s.fid AND g.valid_from > s.valid_from
+                                     AND g.superseded_at IS NULL) nx ON true
+                """).format(part=part))
+            cur.execute("DROP TABLE staged_versions")
+
     for name in ("classified", "closing", "incoming_keys"):
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 

@@ -106,14 +106,89 @@ def test_upsert_closes_nothing_and_append_refuses_existing_keys(conn, layer_name
     assert store.count(conn, layer_name) == 7
 
 
-def test_back_dated_load_is_refused_and_leaves_the_layer_whole(conn, layer_name):
+T2024 = datetime(2024, 6, 30, tzinfo=CST)
+
+
+def _history(conn, layer, fid, known_at=None):
+    """(valid_from, valid_to, dlbm) of the versions believed (as known at ``known_at``)."""
+    out = []
+    for v in store.feature_history(conn, layer, fid):
+        believed = v["superseded_at"] is None if known_at is None else (
+            v["tx_from"] <= known_at and (v["superseded_at"] is None or v["superseded_at"] > known_at))
+        if believed:
+            open_then = v["valid_to"] is None or (known_at is not None and v["tx_to"] > known_at)
+            out.append((v["valid_from"], None if open_then else v["valid_to"], v["properties"]["dlbm"]))
+    return sorted(out, key=lambda r: r[0])
+
+
+def test_a_late_record_is_added_from_its_valid_date(conn, layer_name):
     write(conn, layer_name, V1, new=True, at=T2023)
-    before = store.changesets(conn, layer_name)
-    with pytest.raises(StoreError, match="earlier than the layer's latest change"):
-        write(conn, layer_name, {"P0": V1["P0"]}, at=T2020)
-    conn.rollback()
-    assert store.changesets(conn, layer_name) == before
-    assert store.count(conn, layer_name) == 6
+    before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    conn.commit()
+    late = {"L1": (square(114.40, 22.70), {"code": "L1", "dlbm": "0601"})}
+    r = write(conn, layer_name, late, mode="upsert", at=T2020)
+    assert (r.added, r.changed, r.closed, r.correction) == (1, 0, 0, True)
+    assert [f["fid"] for f in store.features(conn, layer_name, at=datetime(2021, 6, 1, tzinfo=CST))] == ["L1"]
+    assert "L1" not in [f["fid"] for f in store.features(conn, layer_name, at=datetime(2021, 6, 1, tzinfo=CST),
+                                                          known_at=before)]
+    assert store.count(conn, layer_name) == 7
+
+
+def test_a_correction_splits_the_history_at_its_date(conn, layer_name):
+    write(conn, layer_name, V1, new=True, at=T2020)
+    v2 = dict(V1)
+    v2["P1"] = (V1["P1"][0], {"code": "P1", "dlbm": "0701"})
+    write(conn, layer_name, v2, at=T2025)
+    believed_before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    conn.commit()
+    # surveyed again: from mid-2024 P1 was already 1001 (the 2025 change stays as recorded)
+    r = write(conn, layer_name, {"P1": (V1["P1"][0], {"code": "P1", "dlbm": "1001"})}, mode="upsert", at=T2024)
+    assert (r.added, r.changed, r.closed, r.correction) == (0, 1, 0, True)
+    assert _history(conn, layer_name, "P1") == [(T2020, T2024, "0101"), (T2024, T2025, "1001"), (T2025, None, "0701")]
+    # what was believed before the correction is still there
+    assert _history(conn, layer_name, "P1", known_at=believed_before) == [(T2020, T2025, "0101"),
+                                                                           (T2025, None, "0701")]
+    mid = datetime(2024, 9, 1, tzinfo=CST)
+    now_says = {f["fid"]: f["properties"]["dlbm"] for f in store.features(conn, layer_name, at=mid)}
+    then_said = {f["fid"]: f["properties"]["dlbm"] for f in store.features(conn, layer_name, at=mid,
+                                                                            known_at=believed_before)}
+    assert now_says["P1"] == "1001" and then_said["P1"] == "0101"
+    assert store.diff(conn, layer_name, datetime(2024, 1, 1, tzinfo=CST), mid).changed == ["P1"]
+    assert store.diff(conn, layer_name, datetime(2024, 1, 1, tzinfo=CST), mid, known_at=believed_before).changed == []
+    assert store.count(conn, layer_name) == 6  # the current state is untouched
+
+
+def test_a_correction_of_the_current_version_and_a_removal_in_the_past(conn, layer_name):
+    write(conn, layer_name, V1, new=True, at=T2020)
+    write(conn, layer_name, {"Q1": (square(114.5, 22.7), {"code": "Q1", "dlbm": "0601"})}, mode="upsert", at=T2025)
+    # P2's current version (since 2020) changed from 2024: an ordinary close at 2024
+    write(conn, layer_name, {"P2": (V1["P2"][0], {"code": "P2", "dlbm": "0301"})}, mode="upsert", at=T2024)
+    assert _history(conn, layer_name, "P2") == [(T2020, T2024, "0101"), (T2024, None, "0301")]
+    # P3 was removed from 2024 (recorded now): it ends there
+    layer = store.get_layer(conn, layer_name)
+    res = store.close_features(conn, layer, ["P3"], valid_from=T2024, author="pytest", source="test")
+    conn.commit()
+    assert res.closed == 1 and res.correction
+    assert _history(conn, layer_name, "P3") == [(T2020, T2024, "0101")]
+    assert store.count(conn, layer_name) == 6  # P0..P5 less P3, plus Q1
+
+
+def test_a_removal_inside_a_closed_version_leaves_later_versions(conn, layer_name):
+    write(conn, layer_name, V1, new=True, at=T2020)
+    v2 = dict(V1)
+    v2["P4"] = (V1["P4"][0], {"code": "P4", "dlbm": "0701"})
+    write(conn, layer_name, v2, at=T2025)
+    layer = store.get_layer(conn, layer_name)
+    store.close_features(conn, layer, ["P4"], valid_from=T2023, author="pytest", source="test")
+    conn.commit()
+    assert _history(conn, layer_name, "P4") == [(T2020, T2023, "0101"), (T2025, None, "0701")]
+    assert "P4" not in [f["fid"] for f in store.features(conn, layer_name, at=T2024)]
+    # a replace valid from 2024 without P0: P0 ends at 2024, the rest as they were then
+    later = {k: v for k, v in V1.items() if k not in ("P0", "P4")}
+    r = write(conn, layer_name, later, at=T2024)
+    assert (r.added, r.changed, r.closed, r.correction) == (0, 0, 1, True)
+    assert _history(conn, layer_name, "P0") == [(T2020, T2024, "0101")]
+
 
 
 def test_derived_columns_follow_the_geometry(conn, layer_name):
