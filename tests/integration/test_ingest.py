@@ -152,9 +152,11 @@ def test_replace_by_key_gives_exact_counts_then_as_of_and_diff(tmp_path, conn, l
     gpd.read_file(v.v1).to_file(rewritten, driver="GeoJSON")
     old = ingest_vector(rewritten, layer=layer_name, valid_from="2020-12-31", settings=database)
     assert old.skipped and len(store.changesets(conn, layer_name)) == 2
-    # but a different back-dated state is refused
-    with pytest.raises(IngestError, match="earlier than the layer's latest change"):
-        ingest_vector(v.v2, layer=layer_name, valid_from="2020-12-31", settings=database)
+    # a different back-dated state is a correction in valid time (issue 14): recorded now, the
+    # versions valid from 2020-12-31 re-derived, the 2023 change kept as recorded
+    corr = ingest_vector(v.v2, layer=layer_name, valid_from="2020-12-31", settings=database)
+    assert corr.correction and not corr.skipped and len(store.changesets(conn, layer_name)) == 3
+    assert store.count(conn, layer_name) == len(gpd.read_file(v.v2))
 
 
 def test_replace_of_an_identical_state_changes_nothing(tmp_path, conn, layer_name, database):
