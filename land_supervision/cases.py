@@ -12,6 +12,7 @@ from datetime import date
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from land_supervision.runs import NotFound
 
@@ -46,8 +47,6 @@ def _case_row(conn: psycopg.Connection, case_id: int, *, lock: bool = False) -> 
 
 def _event(conn: psycopg.Connection, case_id: int, kind: str, author: str, details: dict,
            inspected_on: date | None = None, lon: float | None = None, lat: float | None = None) -> int:
-    from psycopg.types.json import Jsonb
-
     return conn.execute(
         "INSERT INTO sup_case_events (case_id, kind, author, details, inspected_on, location) VALUES "
         "(%s, %s, %s, %s, %s, CASE WHEN %s::float8 IS NULL THEN NULL ELSE ST_SetSRID(ST_MakePoint(%s, %s), 4490) END) "

@@ -1,4 +1,7 @@
-"""``geotwin supervise``: run the rule library, read runs back, export them, and work cases."""
+"""``geotwin supervise``: run the rule library, read runs back, export them, and work cases.
+
+Imports of the project's modules sit inside the command bodies (and the helpers they call) on
+purpose: a command loads only what it runs, so that ``geotwin --help`` starts fast."""
 
 from __future__ import annotations
 
@@ -25,9 +28,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _dump(data) -> None:
-    from land_supervision.runs import _json_default
+    from land_supervision.runs import json_default
 
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=_json_default))
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=json_default))
 
 
 def _conn():
@@ -102,17 +105,17 @@ def run_cmd(
             _fail(f"--layer {item!r}: write ROLE=LAYER, e.g. parcels=parcels_2026")
         k, v = item.split("=", 1)
         layers[k.strip()] = v.strip()
-    ka = None
+    known = None
     if known_at:
         try:
-            ka = datetime.fromisoformat(known_at)
+            known = datetime.fromisoformat(known_at)
         except ValueError:
             _fail(f"--known-at {known_at!r}: not an ISO date-time (e.g. 2026-07-01T12:00+08:00)")
-        if ka.tzinfo is None:
+        if known.tzinfo is None:
             from zoneinfo import ZoneInfo
 
-            ka = ka.replace(tzinfo=ZoneInfo(get_settings().timezone))
-    result = _guard(lambda: engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers, known_at=ka,
+            known = known.replace(tzinfo=ZoneInfo(get_settings().timezone))
+    result = _guard(lambda: engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers, known_at=known,
                                        imagery=imagery))
     if as_json:
         _dump(result.as_dict())

@@ -33,9 +33,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
-from land_supervision import catalogue, planning, protection, schedule
+from land_supervision import catalogue, evidence, greenness, planning, protection, schedule
 from land_supervision.catalogue import RULES, RuleError
-from spatial_api import store
+from land_supervision.mercator import to_3857
+from spatial_api import db, store
 from spatial_api.config import Settings, author_default, get_settings
 
 PARCEL_DATES = ["contract_date", "agreed_start", "agreed_completion", "actual_start", "actual_completion",
@@ -51,20 +52,6 @@ _DATE = r"\d{4}-\d{2}-\d{2}([T ][^\x01]*)?"
 _NUMBER = r"\s*-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\s*"
 DATES_RE = f"^{_DATE}(\x01{_DATE})*$"
 NUMBERS_RE = f"^{_NUMBER}(\x01{_NUMBER})*$"
-
-#: EPSG:3857 from CGCS2000 lon/lat as a PROJ string pair: Web Mercator puts longitude / latitude
-#: unchanged on the sphere of radius 6378137, and PROJ has no CGCS2000 → WGS 84 shift (only a null
-#: "ballpark" one), so this gives the same numbers as ST_Transform(g, 3857) (checked in the tests)
-#: without PROJ's search of its database for a CGCS2000 → WGS 84 operation, which costs 0.15–0.5 s
-#: on every new database connection (measured; this pair: < 0.02 s; the CLI opens one per run)
-GEOG_PROJ = "+proj=longlat +a=6378137 +b=6378137 +no_defs"
-MERC_PROJ = "+proj=merc +a=6378137 +b=6378137 +lat_ts=0 +lon_0=0 +x_0=0 +y_0=0 +k=1 +units=m +no_defs"
-
-
-def to_3857(expr_4490: str) -> str:
-    """SQL: the EPSG:4490 geometry ``expr_4490`` in EPSG:3857 (see MERC_PROJ)."""
-    return f"ST_SetSRID(ST_Transform({expr_4490}, '{GEOG_PROJ}', '{MERC_PROJ}'), 3857)"
-
 
 #: errors one subject's data can cause in a rule's statement (SQLSTATE class 22, e.g. "date out of
 #: range"; XX000, which PostGIS raises for GEOS errors such as a self-intersecting outline)
@@ -351,23 +338,21 @@ class Engine:
 
     # ---------------------------------------------------------------- rules
     def rule_query(self, rid: str) -> tuple[sql.Composable, dict]:
-        P = {**self.params[rid], "as_of": self.as_of, "severity": RULES[rid]["severity"]}
+        rule_params = {**self.params[rid], "as_of": self.as_of, "severity": RULES[rid]["severity"]}
         if rid in schedule.RULES:
-            return schedule.RULES[rid](P)
+            return schedule.RULES[rid](rule_params)
         if rid == "R9":
-            gf = self.params["R9"]["green_ratio_field"]
-            has_green = bool(gf) and gf in self._fields(self.parcels)
-            from land_supervision import greenness
-
+            ratio_field = self.params["R9"]["green_ratio_field"]
+            has_green = bool(ratio_field) and ratio_field in self._fields(self.parcels)
             greenness.measure(self, has_field=has_green)
-            return planning.r9(P, green_field=has_green)
+            return planning.r9(rule_params, green_field=has_green)
         if rid in planning.RULES:
-            return planning.RULES[rid](P)
+            return planning.RULES[rid](rule_params)
         if rid == "R12":
-            return protection.r12(P, sources=self.r12_sources, temporal=self.temporal,
+            return protection.r12(rule_params, sources=self.r12_sources, temporal=self.temporal,
                                   have_approvals=bool(self.approvals))
         if rid == "R13":
-            return protection.r13(P)
+            return protection.r13(rule_params)
         raise RuleError(f"rule {rid}: no evaluation")  # pragma: no cover - catalogue and families agree
 
     def insert_findings(self, run_id: int, rid: str) -> int:
@@ -452,9 +437,9 @@ class Engine:
             if self.known_at is not None:
                 q += " AND recorded_at <= %s"
                 params.append(self.known_at)
-            cs, vf = self.conn.execute(q, params).fetchone()
-            out[role] = {"layer": layer, "changeset_id": cs, "valid_from": vf.isoformat() if vf else None,
-                         "features": counts.get(role)}
+            changeset_id, valid_from = self.conn.execute(q, params).fetchone()
+            out[role] = {"layer": layer, "changeset_id": changeset_id,
+                         "valid_from": valid_from.isoformat() if valid_from else None, "features": counts.get(role)}
         return out
 
 
@@ -511,8 +496,6 @@ def run(
     ``imagery=False`` also keeps R9 from measuring green ratios from imagery (by default R9 measures
     them from the catalogue, else the imagery layer, where a parcel has no green-ratio value).
     Raises RuleError (nothing stored) on a bad rule, parameter, layer or value."""
-    from spatial_api import db
-
     settings = settings or get_settings()
     as_of = parse_date(as_of)
     rule_list = catalogue.rule_ids(rules)
@@ -547,8 +530,6 @@ def run(
             secs[rid] = round(time.perf_counter() - t, 3)
         use_imagery = imagery if imagery is not None else (layer_map["imagery"] in eng.registry)
         if use_imagery and set(rule_list) & {"R2", "R3", "R4", "R5"}:
-            from land_supervision import evidence
-
             t = time.perf_counter()
             by_rule["V1"] = evidence.imagery_evidence(eng, run_id)
             secs["V1"] = round(time.perf_counter() - t, 3)

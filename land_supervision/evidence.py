@@ -34,8 +34,14 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import psycopg
+import shapely
+from psycopg.types.json import Jsonb
 
-from land_supervision.engine import to_3857
+from land_supervision.greenness import parcel_window
+from land_supervision.mercator import to_3857
+from spatial_api import store
+from spatial_api.store import imagery as imagery_catalogue
 
 NO_COVER = "无影像覆盖该宗地（no imagery covers this parcel）"
 NO_PIXELS = "影像在该宗地内无有效像元（no imagery covers this parcel: no valid pixel inside it）"
@@ -61,17 +67,12 @@ class Epoch:
 
 def _epochs(eng, run_as_of: date) -> list[Epoch]:
     """Every epoch known at the run's date, oldest first."""
-    import shapely
-
-    from spatial_api import store
-    from spatial_api.store import imagery as catalogue
-
-    P = eng.params["V1"]
+    params = eng.params["V1"]
     conn = eng.conn
     out: list[Epoch] = []
     has_catalogue = conn.execute("SELECT to_regclass('imagery_items') IS NOT NULL").fetchone()[0]
     if has_catalogue:
-        for it in catalogue.list_items(conn, P["collection"], at=eng.at.replace(hour=23, minute=59)):
+        for it in imagery_catalogue.list_items(conn, params["collection"], at=eng.at.replace(hour=23, minute=59)):
             out.append(Epoch(it.item_id, it.datetime.date(), Path(it.cog_path), shapely.from_wkt(it.footprint_wkt)))
     if not out:
         layer = eng.layers.get("imagery", "imagery")
@@ -93,18 +94,16 @@ def _epochs(eng, run_as_of: date) -> list[Epoch]:
                                  f"left out: {', '.join(map(repr, undated[:10]))}")
         if out:
             eng.notes.append(f"V1: imagery epochs read from the {layer!r} vector layer (no items in catalogue "
-                             f"collection {P['collection']!r})")
+                             f"collection {params['collection']!r})")
     else:
-        eng.used["imagery"] = f"catalogue:{P['collection']}"
+        eng.used["imagery"] = f"catalogue:{params['collection']}"
     return sorted((e for e in out if e.acquired <= run_as_of), key=lambda e: (e.acquired, e.id))
 
 
 def _read(src, geom):
     """(RGB as float32, pixel centres inside ``geom`` that hold data) over ``geom``'s bounds in
     ``src``'s grid, or None when those bounds miss the raster."""
-    from rasterio.features import geometry_mask
-
-    from land_supervision.greenness import parcel_window
+    from rasterio.features import geometry_mask  # deferred: see changed_fraction
 
     w = parcel_window(src, geom.bounds, clip=False)
     if w is None:
@@ -122,38 +121,38 @@ def changed_fraction(path_a: Path, path_b: Path, wkb_by_epsg, *, veg_index_min: 
     """Changed fraction of the pixels inside a parcel between two RGB rasters; None when no pixel
     of both lies inside the parcel (a parcel outside the imagery). ``wkb_by_epsg(epsg)`` gives the
     parcel in the raster's CRS. Raises EvidenceError when the two cannot be compared."""
+    # deferred: rasterio loads GDAL (~0.1–0.4 s), which only runs that read imagery need
     import rasterio
-    import shapely
 
-    with rasterio.open(path_a) as A, rasterio.open(path_b) as B:
-        epsg = A.crs.to_epsg() if A.crs else None
-        if epsg is None or B.crs is None or B.crs.to_epsg() != epsg:
+    with rasterio.open(path_a) as raster_a, rasterio.open(path_b) as raster_b:
+        epsg = raster_a.crs.to_epsg() if raster_a.crs else None
+        if epsg is None or raster_b.crs is None or raster_b.crs.to_epsg() != epsg:
             raise EvidenceError(f"{Path(path_a).name} and {Path(path_b).name} are not in one EPSG CRS")
-        if A.count < 3 or B.count < 3:
+        if raster_a.count < 3 or raster_b.count < 3:
             raise EvidenceError("an epoch is not an RGB raster (fewer than 3 bands)")
         geom = shapely.from_wkb(wkb_by_epsg(epsg))
-        ra, rb = _read(A, geom), _read(B, geom)
-    if ra is None or rb is None:
+        read_a, read_b = _read(raster_a, geom), _read(raster_b, geom)
+    if read_a is None or read_b is None:
         return None
-    (a, ma), (b, mb) = ra, rb
+    (a, inside_a), (b, inside_b) = read_a, read_b
     if a.shape != b.shape:  # different pixel sizes: the pixels cannot be paired
         raise EvidenceError(f"different pixel grids ({a.shape[2]}×{a.shape[1]} and {b.shape[2]}×{b.shape[1]} "
                             "pixels over the parcel)")
-    inside = ma & mb
+    inside = inside_a & inside_b
     n = int(inside.sum())
     if n == 0:
         return None
 
-    def veg(x):
-        s = x.sum(axis=0) + 1.0
-        return (2 * x[1] - x[0] - x[2]) / s > veg_index_min, s / 3.0
+    def veg(rgb):
+        total = rgb.sum(axis=0) + 1.0
+        return (2 * rgb[1] - rgb[0] - rgb[2]) / total > veg_index_min, total / 3.0
 
-    va, la = veg(a)
-    vb, lb = veg(b)
-    changed = (va != vb) | (np.abs(lb - la) > brightness_delta)
+    veg_a, light_a = veg(a)
+    veg_b, light_b = veg(b)
+    changed = (veg_a != veg_b) | (np.abs(light_b - light_a) > brightness_delta)
     return {"changed_fraction": round(float(changed[inside].mean()), 4), "pixels": n,
-            "vegetated_before": round(float(va[inside].mean()), 4),
-            "vegetated_after": round(float(vb[inside].mean()), 4)}
+            "vegetated_before": round(float(veg_a[inside].mean()), 4),
+            "vegetated_after": round(float(veg_b[inside].mean()), 4)}
 
 
 def parcel_evidence(epochs: list[Epoch], parcel, start: date, measure) -> dict:
@@ -162,16 +161,16 @@ def parcel_evidence(epochs: list[Epoch], parcel, start: date, measure) -> dict:
     covering = [e for e in epochs if e.covers(parcel)]
     if not covering:
         return {"note": NO_COVER, "construction_seen": None, "epochs_checked": len(epochs)}
-    before = [e for e in covering if e.acquired <= start]
-    a = before[-1] if before else covering[0]
-    b = covering[-1]
-    if b.acquired <= a.acquired:
-        return {"note": ONE_EPOCH.format(id=a.id, day=a.acquired.isoformat()), "construction_seen": None,
-                "epoch": a.id, "acquired": a.acquired.isoformat()}
-    ids = {"epoch_before": a.id, "acquired_before": a.acquired.isoformat(), "epoch_after": b.id,
-           "acquired_after": b.acquired.isoformat()}
+    by_start = [e for e in covering if e.acquired <= start]
+    before = by_start[-1] if by_start else covering[0]
+    after = covering[-1]
+    if after.acquired <= before.acquired:
+        return {"note": ONE_EPOCH.format(id=before.id, day=before.acquired.isoformat()), "construction_seen": None,
+                "epoch": before.id, "acquired": before.acquired.isoformat()}
+    ids = {"epoch_before": before.id, "acquired_before": before.acquired.isoformat(), "epoch_after": after.id,
+           "acquired_after": after.acquired.isoformat()}
     try:
-        res = measure(a, b)
+        res = measure(before, after)
     except EvidenceError as exc:
         return {"note": NOT_COMPARABLE.format(reason=exc), "construction_seen": None, **ids}
     if res is None:
@@ -183,12 +182,9 @@ def imagery_evidence(eng, run_id: int) -> int:
     """Record imagery evidence for the run's parcels whose start is in question; returns the
     number of V1 findings. A parcel whose imagery is missing or unreadable gets a note as its
     evidence (and, when a file or the database fails on it, a note of the run); the others go on."""
-    import psycopg
-    import rasterio
-    import shapely
-    from psycopg.types.json import Jsonb
+    import rasterio  # deferred: see changed_fraction
 
-    P = eng.params["V1"]
+    params = eng.params["V1"]
     epochs = _epochs(eng, eng.as_of)
     if len(epochs) < 2:  # the run says so; each parcel's findings say what covers it (nothing or one epoch)
         eng.notes.append("V1: fewer than two imagery epochs at the run's date: no imagery evidence")
@@ -198,7 +194,7 @@ def imagery_evidence(eng, run_id: int) -> int:
         "WHERE (p.actual_start IS NULL OR p.actual_start > %(as_of)s) AND p.agreed_start IS NOT NULL "
         "AND p.agreed_start + least(coalesce(p.extension_days, 0), %(ext)s::int) <= %(as_of)s + %(warn)s::int "
         "ORDER BY parcel_id",
-        {"as_of": eng.as_of, "ext": P["max_extension_days"], "warn": P["warn_days"]}).fetchall()
+        {"as_of": eng.as_of, "ext": params["max_extension_days"], "warn": params["warn_days"]}).fetchall()
 
     def record(parcel_id: str, ev: dict) -> None:
         conn.execute("UPDATE sup_findings SET measures = measures || jsonb_build_object('imagery', %s::jsonb) "
@@ -212,16 +208,16 @@ def imagery_evidence(eng, run_id: int) -> int:
             return conn.execute("SELECT ST_AsBinary(ST_Transform(g4490, %s)) FROM _sup_p WHERE parcel_id = %s",
                                 (epsg, pid)).fetchone()[0]
 
-        def measure(a: Epoch, b: Epoch, wkb=wkb):
-            return changed_fraction(a.path, b.path, wkb, veg_index_min=P["veg_index_min"],
-                                    brightness_delta=P["brightness_delta"])
+        def measure(before: Epoch, after: Epoch, wkb=wkb):
+            return changed_fraction(before.path, after.path, wkb, veg_index_min=params["veg_index_min"],
+                                    brightness_delta=params["brightness_delta"])
 
         try:
             with conn.transaction():  # a savepoint: a database error on this parcel leaves the run usable
                 ev = parcel_evidence(epochs, shapely.from_wkb(bytes(g4490)), start, measure)
                 if "changed_fraction" in ev:
-                    ev.update(threshold=P["changed_fraction_min"],
-                              construction_seen=ev["changed_fraction"] >= P["changed_fraction_min"])
+                    ev.update(threshold=params["changed_fraction_min"],
+                              construction_seen=ev["changed_fraction"] >= params["changed_fraction_min"])
                 record(parcel_id, ev)
                 if ev.get("construction_seen"):
                     _insert_v1(conn, run_id, parcel_id, ev)
@@ -236,8 +232,6 @@ def imagery_evidence(eng, run_id: int) -> int:
 
 
 def _insert_v1(conn, run_id: int, parcel_id: str, ev: dict) -> None:
-    from psycopg.types.json import Jsonb
-
     conn.execute(
         """
         INSERT INTO sup_findings (run_id, rule, subject_id, parcel_id, severity, message, measures, sources,

@@ -33,8 +33,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import shapely
 from psycopg import sql
 
+from land_supervision.catalogue import RuleError
 from spatial_api import store
 
 
@@ -48,27 +50,25 @@ def measure(eng, *, has_field: bool) -> int:
     """Fill ``_sup_green`` (parcel_id, green_ratio, pixels, item_id, acquired_on, source, path) for
     the R9 candidates without a green-ratio value; returns how many got a measured value."""
     conn = eng.conn
-    P = {**eng.params["R9"], "as_of": eng.as_of}
+    params = {**eng.params["R9"], "as_of": eng.as_of}
     if has_field:
         bad = conn.execute(
             "SELECT parcel_id, props ->> %(f)s FROM _sup_p WHERE land_use_code = ANY(%(codes)s::text[]) "
             "AND NOT (props ->> %(f)s)::float8 BETWEEN 0 AND 1 ORDER BY parcel_id LIMIT 5",
-            {"f": P["green_ratio_field"], "codes": P["industrial_codes"]}).fetchall()
+            {"f": params["green_ratio_field"], "codes": params["industrial_codes"]}).fetchall()
         if bad:
-            from land_supervision.catalogue import RuleError
-
             raise RuleError(
-                f"layer {eng.parcels!r} field {P['green_ratio_field']!r}: a green ratio is a share between 0 and 1 "
-                f"(0.15 for 15%); " + "; ".join(f"feature {pid!r} has {v!r}" for pid, v in bad) +
+                f"layer {eng.parcels!r} field {params['green_ratio_field']!r}: a green ratio is a share between "
+                f"0 and 1 (0.15 for 15%); " + "; ".join(f"feature {pid!r} has {v!r}" for pid, v in bad) +
                 ". Correct the values and re-load the layer.")
     conn.execute(
         "CREATE TEMP TABLE _sup_green (parcel_id text PRIMARY KEY, green_ratio float8, pixels int, item_id text, "
         "acquired_on date, source text, path text) ON COMMIT DROP")
     if not eng.use_imagery:
-        n = conn.execute(sql.SQL("SELECT count(*) " + candidates_sql(has_field)), P).fetchone()[0]
+        n = conn.execute(sql.SQL("SELECT count(*) " + candidates_sql(has_field)), params).fetchone()[0]
         if n:
             eng.notes.append(f"R9: imagery off for this run: the green ratio of {n} industrial parcel(s) without "
-                             f"a {P['green_ratio_field']!r} value was not measured")
+                             f"a {params['green_ratio_field']!r} value was not measured")
         return 0
     end = eng.at + timedelta(days=1)  # acquired on or before the run's date (district time)
     cand = sql.SQL(candidates_sql(has_field))
@@ -83,9 +83,9 @@ def measure(eng, *, has_field: bool) -> int:
                 "WHERE i.collection = %(green_collection)s AND i.datetime < %(end)s "
                 "AND i.footprint && p.g4490 AND ST_Covers(i.footprint, p.g4490) "
                 "ORDER BY i.datetime DESC LIMIT 1) i "), 1),
-            {**P, "end": end, "tz": str(eng.at.tzinfo)}).rowcount
+            {**params, "end": end, "tz": str(eng.at.tzinfo)}).rowcount
         if n:
-            eng.used["green_imagery"] = f"catalogue:{P['green_collection']}"
+            eng.used["green_imagery"] = f"catalogue:{params['green_collection']}"
     layer = eng.layers.get("imagery", "imagery")
     if layer in eng.registry:
         # rows whose acquired_on looks like a date but is none (2025-02-30) would fail the cast below
@@ -115,14 +115,14 @@ def measure(eng, *, has_field: bool) -> int:
             "SELECT p.parcel_id, e.item_id, e.acquired_on, {src}, e.path {cand} {not_yet}").format(
                 src=sql.Literal(f"layer:{layer}"), cand=cand, not_yet=not_yet).as_string(conn)
         q = q.replace("FROM _sup_p p ", "FROM _sup_p p CROSS JOIN LATERAL (" + epochs.as_string(conn) + ") e ", 1)
-        if conn.execute(q, {**P, "undated": undated}).rowcount:
+        if conn.execute(q, {**params, "undated": undated}).rowcount:
             eng.used["imagery"] = layer
     uncovered = conn.execute(sql.SQL("SELECT count(*) {cand} {not_yet}").format(cand=cand, not_yet=not_yet),
-                             P).fetchone()[0]
+                             params).fetchone()[0]
     if uncovered:
         eng.notes.append(f"R9: no imagery epoch at or before {eng.as_of} covers {uncovered} industrial parcel(s) "
                          "without a green-ratio value: their green ratio was not checked")
-    return _read_pixels(eng, P)
+    return _read_pixels(eng, params)
 
 
 def _is_date(text: str) -> bool:
@@ -137,6 +137,7 @@ def parcel_window(src, bounds, *, clip: bool = True):
     """The pixel window of ``src`` over ``bounds`` (in the raster's CRS), whole pixels; None when
     it misses the raster (a parcel outside the imagery: rasterio's intersection raises then).
     ``clip``: cut to the raster (else the whole window, for a boundless read)."""
+    # deferred: rasterio loads GDAL (~0.1–0.4 s), which only runs that read imagery need
     import rasterio
     from rasterio.windows import Window, from_bounds
 
@@ -153,7 +154,7 @@ def parcel_window(src, bounds, *, clip: bool = True):
 def green_fraction(src, geom, threshold: float) -> tuple[float | None, int]:
     """(green fraction, pixels) of the pixel centres of ``src`` inside ``geom`` (in the raster's
     CRS); (None, 0) when no pixel centre lies inside."""
-    from rasterio.enums import MaskFlags
+    from rasterio.enums import MaskFlags  # deferred: see parcel_window
     from rasterio.features import geometry_mask
 
     w = parcel_window(src, geom.bounds)
@@ -171,9 +172,8 @@ def green_fraction(src, geom, threshold: float) -> tuple[float | None, int]:
     return float((exg[inside] > threshold).sum()) / n, n
 
 
-def _read_pixels(eng, P: dict) -> int:
-    import rasterio
-    import shapely
+def _read_pixels(eng, params: dict) -> int:
+    import rasterio  # deferred: see parcel_window
 
     conn = eng.conn
     paths = [r[0] for r in conn.execute("SELECT DISTINCT path FROM _sup_green ORDER BY path").fetchall()]
@@ -198,7 +198,7 @@ def _read_pixels(eng, P: dict) -> int:
             geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
             for (pid, _), geom in zip(rows, geoms):
                 try:
-                    ratio, n = green_fraction(src, geom, P["green_index_min"])
+                    ratio, n = green_fraction(src, geom, params["green_index_min"])
                 except (OSError, rasterio.errors.RasterioError, shapely.errors.GEOSException, ValueError) as exc:
                     # a damaged block, a geometry the mask cannot take: this parcel only
                     eng.notes.append(f"R9: cannot read imagery {path} for parcel {pid!r} ({exc}); its green ratio "

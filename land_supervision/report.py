@@ -5,36 +5,17 @@ from the network (the platform runs on an intranet)."""
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
-
 import psycopg
+from jinja2 import Environment
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from land_supervision import runs
+from land_supervision.catalogue import RULES
 from spatial_api import store
 
-LANDUSE_JSON = Path(__file__).resolve().parents[2] / "shared" / "domain" / "landuse-classes.json"
-#: GB/T 21010-2017 first level (domain brief §3), used when the shared table is not at hand
-LEVEL1 = {"01": "耕地", "02": "园地", "03": "林地", "04": "草地", "05": "商服用地", "06": "工矿仓储用地",
-          "07": "住宅用地", "08": "公共管理与公共服务用地", "09": "特殊用地", "10": "交通运输用地",
-          "11": "水域及水利设施用地", "12": "其他土地"}
 SEVERITY_ZH = {"low": "提示", "medium": "一般", "high": "严重", "critical": "特别严重"}
 STATUS_ZH = {"new": "新增", "persisting": "持续"}
-
-
-@lru_cache
-def _level1() -> dict[str, str]:
-    try:
-        return {**LEVEL1, **json.loads(LANDUSE_JSON.read_text(encoding="utf-8"))["gbt21010_2017"]["level1"]}
-    except (OSError, KeyError, ValueError):
-        return LEVEL1
-
-
-def land_use_class_name(code: str | None) -> str | None:
-    return _level1().get(code[:2]) if code else None
 
 
 def _thumbnails(conn: psycopg.Connection, run_id: int, parcels_layer: str | None, limit: int) -> dict[int, dict]:
@@ -160,14 +141,10 @@ TEMPLATE = """<!doctype html>
 
 
 def html_report(conn: psycopg.Connection, run_id: int, *, thumbnails: int = 300) -> str:
-    from jinja2 import Environment
-
-    from land_supervision.catalogue import RULES
-
     run = runs.get_run(conn, run_id)
     layers = {k: v.get("layer") for k, v in (run["layers"] or {}).items()}
     env = Environment(autoescape=True)
-    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False, "default": runs._json_default}
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False, "default": runs.json_default}
     return env.from_string(TEMPLATE).render(
         run=run, stats=runs.statistics(conn, run_id), findings=runs.findings(conn, run_id),
         resolved=runs.resolved(conn, run_id),

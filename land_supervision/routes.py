@@ -10,8 +10,10 @@ what to do, 404 an unknown run / finding / case / file.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -22,8 +24,8 @@ from land_supervision import cases, catalogue, engine, report, runs
 from land_supervision.catalogue import RuleError
 from land_supervision.runs import NotFound
 from spatial_api import db, security
+from spatial_api.api.errors import ApiError, not_found
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError
 
 MEDIA = {"geojson": "application/geo+json", "csv": "text/csv; charset=utf-8",
          "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
@@ -79,38 +81,37 @@ class ReopenRequest(BaseModel):
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    import json
-
-    return Response(json.dumps(data, ensure_ascii=False, default=runs._json_default), status_code=status,
+    return Response(json.dumps(data, ensure_ascii=False, default=runs.json_default), status_code=status,
                     media_type="application/json")
 
 
-def router(settings: Settings) -> APIRouter:
-    api = APIRouter(prefix="/supervision", tags=["land supervision"], dependencies=[Depends(_guard)])
+class SupervisionAPI:
+    """The /supervision endpoints: one method per endpoint; every database call through call()."""
 
-    def call(fn, *args, **kwargs):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def call(self, fn, *args, **kwargs):
         """Run fn(conn, …) on a pooled connection; map domain errors to HTTP."""
         try:
-            with db.pool(settings).connection() as conn:
+            with db.pool(self.settings).connection() as conn:
                 return fn(conn, *args, **kwargs)
         except (RuleError, cases.CaseError) as exc:
             raise ApiError(400, "InvalidParameterValue", str(exc)) from None
         except NotFound as exc:
-            raise ApiError(404, "NotFound", str(exc)) from None
+            raise not_found(str(exc)) from None
 
-    @api.get("/rules")
-    def rules() -> Response:
+    def rules(self) -> Response:
         """The rule library: ids, titles, legal basis, default parameters."""
         return _json({"rules": catalogue.describe(), "layers": catalogue.DEFAULT_LAYERS})
 
-    @api.post("/runs", status_code=201)
-    async def create_run(request: Request, body: RunRequest = Body(...)) -> Response:
+    async def create_run(self, request: Request, body: RunRequest = Body(...)) -> Response:
         """Evaluate the rules as of a date and store the run (one transaction)."""
         author = _author(request)
 
         def work():
             try:
-                return engine.run(settings, as_of=body.as_of, rules=body.rules, parameters=body.parameters,
+                return engine.run(self.settings, as_of=body.as_of, rules=body.rules, parameters=body.parameters,
                                   layers=body.layers, known_at=body.known_at, imagery=body.imagery, author=author)
             except RuleError as exc:
                 raise ApiError(400, "InvalidParameterValue", str(exc)) from None
@@ -122,58 +123,53 @@ def router(settings: Settings) -> APIRouter:
                          ("statistics", "/statistics"), ("report", "/report"))}
         return _json(doc, 201)
 
-    @api.get("/runs")
-    def list_runs(limit: int = Query(50, ge=1, le=1000)) -> Response:
-        return _json({"runs": call(runs.list_runs, limit)})
+    def list_runs(self, limit: int = Query(50, ge=1, le=1000)) -> Response:
+        return _json({"runs": self.call(runs.list_runs, limit)})
 
-    @api.get("/runs/{run_id}")
-    def get_run(run_id: int) -> Response:
-        return _json(call(runs.get_run, run_id))
+    def get_run(self, run_id: int) -> Response:
+        return _json(self.call(runs.get_run, run_id))
 
-    @api.get("/runs/{run_id}/findings")
-    def get_findings(run_id: int, rule: str | None = None, status: str | None = Query(None, pattern="^(new|persisting)$"),
+    def get_findings(self, run_id: int, rule: str | None = None,
+                     status: str | None = Query(None, pattern="^(new|persisting)$"),
                      severity: str | None = Query(None, pattern="^(low|medium|high|critical)$"),
                      f: str = Query("json", pattern="^(json|geojson|csv|xlsx)$"),
                      limit: int | None = Query(None, ge=1, le=100000), offset: int = Query(0, ge=0)) -> Response:
         """Findings of a run; ``f=geojson|csv|xlsx`` for the exports (one feature / row per finding)."""
         filters = {"rule": rule, "status": status, "severity": severity}
         if f == "json":
-            rows = call(runs.findings, run_id, limit=limit, offset=offset, **filters)
+            rows = self.call(runs.findings, run_id, limit=limit, offset=offset, **filters)
             return _json({"run_id": run_id, "findings": rows, "numberReturned": len(rows)})
-        data = call(runs.export, run_id, f, **filters)
+        data = self.call(runs.export, run_id, f, **filters)
         headers = {"Content-Disposition": f'attachment; filename="supervision_run_{run_id}.{f}"'}
         return Response(data, media_type=MEDIA[f], headers=headers)
 
-    @api.get("/runs/{run_id}/diff")
-    def get_diff(run_id: int) -> Response:
+    def get_diff(self, run_id: int) -> Response:
         """New, persisting and resolved findings against the previous run."""
-        return _json(call(runs.diff, run_id))
+        return _json(self.call(runs.diff, run_id))
 
-    @api.get("/runs/{run_id}/statistics")
-    def get_statistics(run_id: int) -> Response:
-        return _json(call(runs.statistics, run_id))
+    def get_statistics(self, run_id: int) -> Response:
+        return _json(self.call(runs.statistics, run_id))
 
-    @api.get("/runs/{run_id}/report", response_class=HTMLResponse)
-    def get_report(run_id: int) -> HTMLResponse:
+    def get_report(self, run_id: int) -> HTMLResponse:
         """A printable HTML report (self-contained: inline SVG maps, no external resources)."""
-        return HTMLResponse(call(report.html_report, run_id))
+        return HTMLResponse(self.call(report.html_report, run_id))
 
-    @api.get("/findings/{finding_id}")
-    def get_finding(finding_id: int) -> Response:
+    def get_finding(self, finding_id: int) -> Response:
         def one(conn):
             row = conn.execute("SELECT run_id FROM sup_findings WHERE id = %s", (finding_id,)).fetchone()
             if not row:
                 raise NotFound(f"finding {finding_id} does not exist")
             feats = runs.to_geojson(conn, row[0])["features"]
             return next(f for f in feats if f["id"] == finding_id)
-        return _json(call(one))
 
-    @api.get("/tiles/{z}/{x}/{y}.mvt")
-    def tile(z: int, x: int, y: int, run: int | None = Query(None, description="Run id (default: the latest)"),
+        return _json(self.call(one))
+
+    def tile(self, z: int, x: int, y: int,
+             run: int | None = Query(None, description="Run id (default: the latest)"),
              rule: str | None = None) -> Response:
         """Findings of a run as a Mapbox vector tile (layer ``findings``, WebMercatorQuad)."""
         if not (0 <= z <= 24 and 0 <= x < 2 ** z and 0 <= y < 2 ** z):
-            raise ApiError(404, "NotFound", f"tile {z}/{x}/{y} is outside the WebMercatorQuad matrix")
+            raise not_found(f"tile {z}/{x}/{y} is outside the WebMercatorQuad matrix")
 
         def render(conn):
             run_id = run
@@ -197,73 +193,85 @@ def router(settings: Settings) -> APIRouter:
                 ) q WHERE q.geom IS NOT NULL
                 """, {"z": z, "x": x, "y": y, "run": run_id, "rule": rule.upper() if rule else None}).fetchone()[0]
 
-        data = bytes(call(render) or b"")
+        data = bytes(self.call(render) or b"")
         if not data:
             return Response(status_code=204)
         return Response(data, media_type=MVT)
 
     # ------------------------------------------------------------------ cases
-    @api.post("/cases", status_code=201)
-    def create_case(request: Request, body: CaseRequest) -> Response:
-        case_id = call(lambda conn: cases.open_case(conn, body.finding_ids, author=_author(request), title=body.title,
-                                                    assignee=body.assignee, due_date=body.due_date))
-        return _json(call(cases.get_case, case_id), 201)
+    def create_case(self, request: Request, body: CaseRequest) -> Response:
+        case_id = self.call(lambda conn: cases.open_case(conn, body.finding_ids, author=_author(request),
+                                                         title=body.title, assignee=body.assignee,
+                                                         due_date=body.due_date))
+        return _json(self.call(cases.get_case, case_id), 201)
 
-    @api.get("/cases")
-    def list_cases(status: str | None = Query(None, pattern="^(open|closed)$")) -> Response:
-        return _json({"cases": call(cases.list_cases, status)})
+    def list_cases(self, status: str | None = Query(None, pattern="^(open|closed)$")) -> Response:
+        return _json({"cases": self.call(cases.list_cases, status)})
 
-    @api.get("/cases/{case_id}")
-    def get_case(case_id: int) -> Response:
-        return _json(call(cases.get_case, case_id))
+    def get_case(self, case_id: int) -> Response:
+        return _json(self.call(cases.get_case, case_id))
 
-    @api.post("/cases/{case_id}/assign")
-    def assign(request: Request, case_id: int, body: AssignRequest) -> Response:
-        call(lambda conn: cases.assign(conn, case_id, author=_author(request), assignee=body.assignee,
-                                       due_date=body.due_date))
-        return _json(call(cases.get_case, case_id))
+    def assign(self, request: Request, case_id: int, body: AssignRequest) -> Response:
+        self.call(lambda conn: cases.assign(conn, case_id, author=_author(request), assignee=body.assignee,
+                                            due_date=body.due_date))
+        return _json(self.call(cases.get_case, case_id))
 
-    @api.post("/cases/{case_id}/inspections", status_code=201)
-    async def add_inspection(request: Request, case_id: int, text: str = Form(...),
+    async def add_inspection(self, request: Request, case_id: int, text: str = Form(...),
                              inspected_on: str | None = Form(None), lon: float | None = Form(None),
                              lat: float | None = Form(None), files: list[UploadFile] = File(default=[])) -> Response:
         """An inspection record (multipart form): text, inspected_on, lon / lat, photos as files."""
         payload = [(f.filename or "", f.content_type, await f.read()) for f in files]
         author = _author(request)
-        event_id = await run_in_threadpool(call, lambda conn: cases.inspect(
+        event_id = await run_in_threadpool(self.call, lambda conn: cases.inspect(
             conn, case_id, author=author, text=text, inspected_on=inspected_on, lon=lon, lat=lat, files=payload))
-        return _json({"event_id": event_id, "case": await run_in_threadpool(call, cases.get_case, case_id)}, 201)
+        return _json({"event_id": event_id, "case": await run_in_threadpool(self.call, cases.get_case, case_id)}, 201)
 
-    @api.post("/cases/{case_id}/notes", status_code=201)
-    def add_note(request: Request, case_id: int, body: NoteRequest) -> Response:
-        call(lambda conn: cases.note(conn, case_id, author=_author(request), text=body.text))
-        return _json(call(cases.get_case, case_id), 201)
+    def add_note(self, request: Request, case_id: int, body: NoteRequest) -> Response:
+        self.call(lambda conn: cases.note(conn, case_id, author=_author(request), text=body.text))
+        return _json(self.call(cases.get_case, case_id), 201)
 
-    @api.post("/cases/{case_id}/close")
-    def close(request: Request, case_id: int, body: CloseRequest) -> Response:
-        call(lambda conn: cases.close(conn, case_id, author=_author(request), disposition=body.disposition,
-                                      reason=body.reason, fee_cny=body.fee_cny))
-        return _json(call(cases.get_case, case_id))
+    def close(self, request: Request, case_id: int, body: CloseRequest) -> Response:
+        self.call(lambda conn: cases.close(conn, case_id, author=_author(request), disposition=body.disposition,
+                                           reason=body.reason, fee_cny=body.fee_cny))
+        return _json(self.call(cases.get_case, case_id))
 
-    @api.post("/cases/{case_id}/reopen")
-    def reopen(request: Request, case_id: int, body: ReopenRequest) -> Response:
-        call(lambda conn: cases.reopen(conn, case_id, author=_author(request), reason=body.reason))
-        return _json(call(cases.get_case, case_id))
+    def reopen(self, request: Request, case_id: int, body: ReopenRequest) -> Response:
+        self.call(lambda conn: cases.reopen(conn, case_id, author=_author(request), reason=body.reason))
+        return _json(self.call(cases.get_case, case_id))
 
-    @api.get("/files/{file_id}")
-    def get_file(file_id: int) -> Response:
-        row = call(cases.get_file, file_id)
+    def get_file(self, file_id: int) -> Response:
+        row = self.call(cases.get_file, file_id)
+        disposition = f"inline; filename*=UTF-8''{quote(row['file_name'], safe='')}"
         return Response(bytes(row["data"]), media_type=row["content_type"],
-                        headers={"Content-Disposition": f"inline; filename*=UTF-8''{_quote(row['file_name'])}",
-                                 "X-Content-SHA256": row["sha256"]})
+                        headers={"Content-Disposition": disposition, "X-Content-SHA256": row["sha256"]})
 
-    return api
+    def router(self) -> APIRouter:
+        """The endpoints above, each under its path."""
+        api = APIRouter(prefix="/supervision", tags=["land supervision"], dependencies=[Depends(_guard)])
+        api.add_api_route("/rules", self.rules, methods=["GET"])
+        api.add_api_route("/runs", self.create_run, methods=["POST"], status_code=201)
+        api.add_api_route("/runs", self.list_runs, methods=["GET"])
+        api.add_api_route("/runs/{run_id}", self.get_run, methods=["GET"])
+        api.add_api_route("/runs/{run_id}/findings", self.get_findings, methods=["GET"])
+        api.add_api_route("/runs/{run_id}/diff", self.get_diff, methods=["GET"])
+        api.add_api_route("/runs/{run_id}/statistics", self.get_statistics, methods=["GET"])
+        api.add_api_route("/runs/{run_id}/report", self.get_report, methods=["GET"], response_class=HTMLResponse)
+        api.add_api_route("/findings/{finding_id}", self.get_finding, methods=["GET"])
+        api.add_api_route("/tiles/{z}/{x}/{y}.mvt", self.tile, methods=["GET"])
+        api.add_api_route("/cases", self.create_case, methods=["POST"], status_code=201)
+        api.add_api_route("/cases", self.list_cases, methods=["GET"])
+        api.add_api_route("/cases/{case_id}", self.get_case, methods=["GET"])
+        api.add_api_route("/cases/{case_id}/assign", self.assign, methods=["POST"])
+        api.add_api_route("/cases/{case_id}/inspections", self.add_inspection, methods=["POST"], status_code=201)
+        api.add_api_route("/cases/{case_id}/notes", self.add_note, methods=["POST"], status_code=201)
+        api.add_api_route("/cases/{case_id}/close", self.close, methods=["POST"])
+        api.add_api_route("/cases/{case_id}/reopen", self.reopen, methods=["POST"])
+        api.add_api_route("/files/{file_id}", self.get_file, methods=["GET"])
+        return api
 
 
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
+def router(settings: Settings) -> APIRouter:
+    return SupervisionAPI(settings).router()
 
 
 __all__ = ["router", "JSONResponse"]

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from land_supervision.catalogue import RULES, VERIFY_RULE
+from land_supervision.landuse import land_use_class_name
 from land_supervision.spreadsheet import CSV_QUOTING, csv_cell, xlsx_cell
 
 FINDING_COLUMNS = ("f.id, f.run_id, f.rule, f.subject_id, f.parcel_id, f.severity, f.status, f.message, f.measures, "
@@ -25,7 +26,8 @@ class NotFound(LookupError):
     pass
 
 
-def _json_default(v):
+def json_default(v):
+    """JSON for the values of runs and findings that json cannot write (dates, decimals, …)."""
     if isinstance(v, (date, datetime)):
         return v.isoformat()
     if isinstance(v, Decimal):
@@ -99,7 +101,6 @@ def statistics(conn: psycopg.Connection, run_id: int) -> dict:
     """Counts and areas (m², 公顷, 亩) by rule, by street and by land-use class (parcel's code,
     first level of GB/T 21010)."""
     get_run(conn, run_id)
-    from land_supervision.report import land_use_class_name
 
     def group(expr: str) -> list[dict]:
         with conn.cursor(row_factory=dict_row) as cur:
@@ -131,7 +132,7 @@ def _flat(prefix: str, value, out: dict) -> None:
             _flat(f"{prefix}.{k}" if prefix else k, v, out)
     elif isinstance(value, list):
         out[prefix] = ",".join(str(v) for v in value) if all(not isinstance(v, (dict, list)) for v in value) \
-            else json.dumps(value, ensure_ascii=False, default=_json_default)
+            else json.dumps(value, ensure_ascii=False, default=json_default)
     else:
         out[prefix] = value
 
@@ -173,7 +174,7 @@ def to_csv(conn: psycopg.Connection, run_id: int, **filters) -> str:
     w = csv.writer(buf, quoting=CSV_QUOTING)
     w.writerow([csv_cell(c) for c in cols])
     for r in rows:
-        w.writerow([csv_cell(_json_default(v) if isinstance(v, (date, datetime, Decimal)) else v)
+        w.writerow([csv_cell(json_default(v) if isinstance(v, (date, datetime, Decimal)) else v)
                     for v in (r.get(c) for c in cols)])
     return "\ufeff" + buf.getvalue()  # BOM: Excel opens UTF-8 Chinese text correctly
 
@@ -181,6 +182,7 @@ def to_csv(conn: psycopg.Connection, run_id: int, **filters) -> str:
 def to_xlsx(conn: psycopg.Connection, run_id: int, **filters) -> bytes:
     """Workbook: 概况 (the run), 发现 (one row per finding, measures as columns), 按规则 / 按街道 /
     按用地类型 (statistics), 已消除 (resolved since the previous run)."""
+    # deferred: openpyxl takes ~0.5 s to load and only XLSX exports need it
     from openpyxl import Workbook
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
@@ -238,14 +240,14 @@ def _cell(v):
     if isinstance(v, Decimal):
         return float(v)
     if isinstance(v, (dict, list)):
-        return xlsx_cell(json.dumps(v, ensure_ascii=False, default=_json_default))
+        return xlsx_cell(json.dumps(v, ensure_ascii=False, default=json_default))
     return xlsx_cell(v)
 
 
 def export(conn: psycopg.Connection, run_id: int, fmt: str, **filters) -> bytes:
     fmt = fmt.lower()
     if fmt == "geojson":
-        return json.dumps(to_geojson(conn, run_id, **filters), ensure_ascii=False, default=_json_default).encode()
+        return json.dumps(to_geojson(conn, run_id, **filters), ensure_ascii=False, default=json_default).encode()
     if fmt == "csv":
         return to_csv(conn, run_id, **filters).encode("utf-8")
     if fmt == "xlsx":
