@@ -106,15 +106,13 @@ def run_cmd(
         k, v = item.split("=", 1)
         layers[k.strip()] = v.strip()
     known = None
-    if known_at:
-        try:
-            known = datetime.fromisoformat(known_at)
-        except ValueError:
-            _fail(f"--known-at {known_at!r}: not an ISO date-time (e.g. 2026-07-01T12:00+08:00)")
-        if known.tzinfo is None:
-            from zoneinfo import ZoneInfo
+    if known_at:  # the house's time policy: naive = district time, a date = the end of that day
+        from spatial_api.api import time as timepolicy
 
-            known = known.replace(tzinfo=ZoneInfo(get_settings().timezone))
+        try:
+            known = timepolicy.parse_instant(known_at, "--known-at", day="end", tz=get_settings().timezone)
+        except timepolicy.TimeError as exc:
+            _fail(f"{exc} (e.g. 2026-07-01T12:00+08:00)")
     result = _guard(lambda: engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers, known_at=known,
                                        imagery=imagery))
     if as_json:

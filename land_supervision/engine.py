@@ -27,8 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime
-from zoneinfo import ZoneInfo
+from datetime import date, datetime
 
 import psycopg
 from psycopg import sql
@@ -37,6 +36,7 @@ from land_supervision import catalogue, evidence, greenness, planning, protectio
 from land_supervision.catalogue import RULES, RuleError
 from land_supervision.mercator import to_3857
 from spatial_api import db, store
+from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, author_default, get_settings
 
 PARCEL_DATES = ["contract_date", "agreed_start", "agreed_completion", "actual_start", "actual_completion",
@@ -139,7 +139,7 @@ class Engine:
         self.params = params
         self.layers = layers
         self.known_at = known_at
-        self.at = datetime.combine(as_of, dtime(0), ZoneInfo(tz))
+        self.at = timepolicy.day_bound(as_of, "start", tz)  # the state at the start of the run's date
         self.temporal = _temporal(self.at, known_at)
         self.notes: list[str] = []
         self.registry = {row["name"]: row for row in store.list_layers(conn)}

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from land_supervision.catalogue import RULES, VERIFY_RULE
 from land_supervision.landuse import land_use_class_name
 from land_supervision.spreadsheet import CSV_QUOTING, csv_cell, xlsx_cell
+from spatial_api.api import time as timepolicy
 
 FINDING_COLUMNS = ("f.id, f.run_id, f.rule, f.subject_id, f.parcel_id, f.severity, f.status, f.message, f.measures, "
                    "f.sources, f.area_m2, f.street_code, f.street_name, f.land_use_code")
@@ -45,14 +46,36 @@ def get_run(conn: psycopg.Connection, run_id: int) -> dict:
         row = cur.execute("SELECT * FROM sup_runs WHERE id = %s", (run_id,)).fetchone()
     if not row:
         raise NotFound(f"run {run_id} does not exist; list the runs with GET /supervision/runs")
+    row["inputs_changed_since"] = inputs_changed(conn, row)
     return row
 
 
 def list_runs(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT id, as_of, known_at, rules, author, started_at, finished_at, seconds, previous_run_id, counts, "
+            "layers FROM sup_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+    for row in rows:
+        row["inputs_changed_since"] = inputs_changed(conn, row)
+    return rows
+
+
+def inputs_changed(conn: psycopg.Connection, run: dict) -> list[dict]:
+    """Changesets recorded after the run (or after its ``known_at``) that change the state of one
+    of its layers as of its date — a late record or a correction in valid time (issue 14): the
+    run's findings may no longer be what the store now says. Rerunning with ``--known-at`` the
+    run's ``started_at`` reproduces its answer; without it, the corrected one."""
+    layers = sorted({v["layer"] for v in (run.get("layers") or {}).values() if isinstance(v, dict) and v.get("layer")})
+    if not layers:
+        return []
+    tz = timepolicy.zone()
+    snapshot = timepolicy.day_bound(run["as_of"], "start", tz.key)  # the engine's instant for the run's date
+    since = run.get("known_at") or run["started_at"]
+    with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT id, as_of, known_at, rules, author, started_at, finished_at, seconds, previous_run_id, counts "
-            "FROM sup_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+            "SELECT id AS changeset_id, layer, valid_from, recorded_at, mode FROM changesets "
+            "WHERE layer = ANY(%s) AND recorded_at > %s AND valid_from <= %s ORDER BY id",
+            (layers, since, snapshot)).fetchall()
 
 
 def findings(conn: psycopg.Connection, run_id: int, *, rule: str | None = None, status: str | None = None,
