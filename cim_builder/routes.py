@@ -63,6 +63,8 @@ def router(settings) -> APIRouter:
 
     # A tileset is as visible as the layer it was built from (its building metadata is that
     # layer's): for a caller who may not see the layer, the tileset does not exist.
+    CHANGED_SINCE = ("(SELECT array_agg(c.id ORDER BY c.id) FROM changesets c WHERE c.layer = t.params->>'layer' "
+                     "AND c.recorded_at > t.built_at AND (t.as_of IS NULL OR c.valid_from <= t.as_of))")
     LEVEL = "coalesce((SELECT l.access_level FROM layers l WHERE l.name = t.params->>'layer'), 'restricted')"
 
     def folder(tileset_id: str) -> Path | None:
@@ -83,15 +85,19 @@ def router(settings) -> APIRouter:
     @r.get("/twin/tilesets", summary="The twin's 3D Tiles tilesets")
     def list_tilesets(request: Request) -> JSONResponse:
         with db.pool(settings).connection() as conn:
-            rows = [r[:5] for r in conn.execute(f"SELECT t.id, t.title, t.built_at, t.as_of, t.stats, {LEVEL} "
-                                                "FROM cim_tilesets t ORDER BY t.id").fetchall()
-                    if security.current().sees(r[5])]
+            rows = [r[:6] for r in conn.execute(
+                f"SELECT t.id, t.title, t.built_at, t.as_of, t.stats, {CHANGED_SINCE}, {LEVEL} "
+                "FROM cim_tilesets t ORDER BY t.id").fetchall() if security.current().sees(r[6])]
         base = str(request.base_url).rstrip("/")
         out = []
-        for tid, title, built_at, as_of, stats in rows:
+        for tid, title, built_at, as_of, stats, changed in rows:
             out.append({
                 "id": tid, "title": title or tid, "built_at": built_at.isoformat(),
                 "as_of": as_of.isoformat() if as_of else None,
+                # changesets of its buildings recorded since the build that change its date (a later
+                # edit, a late record, a correction in the past): `geotwin cim build` rebuilds the
+                # tiles they touch, and only those
+                "inputs_changed_since": changed or [],
                 "buildings": stats.get("buildings"), "bim_models": stats.get("models"), "tiles": stats.get("tiles"),
                 "bytes": stats.get("bytes_total"), "geoid_separation_m": stats.get("geoid_separation"),
                 "links": [{"rel": "tileset", "type": "application/json", "title": "3D Tiles 1.1 tileset",
