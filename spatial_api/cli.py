@@ -1,4 +1,7 @@
-"""``geotwin``: the command line. Each sub-command group lives with the package it drives."""
+"""``geotwin``: the command line. Each sub-command group lives with the package it drives.
+
+Imports inside the commands are deliberate: a command loads only what it runs (pandas, pyogrio,
+rasterio, the database driver …), so that ``geotwin --help`` and each command start fast."""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spatial_api.config_cli import config_app
 from spatial_api.ingest.cli import ingest_app, layers_app
+from spatial_api.rooms import command_groups
+from spatial_api.security.cli import keys_app
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
@@ -27,24 +33,17 @@ db_app = typer.Typer(help="The database: the project-local PostGIS cluster and s
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(layers_app, name="layers")
-from spatial_api.security.cli import keys_app  # noqa: E402
-
 app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
 
 
-def _demo_app() -> typer.Typer:
-    from data.cli import app as demo_app
+def _add_rooms() -> None:
+    """Command groups of the rooms (``geotwin.commands`` entry points: demo, supervise, cim …)."""
+    for name, group in command_groups():
+        app.add_typer(group, name=name)
 
-    return demo_app
 
-
-app.add_typer(_demo_app(), name="demo", help="The demo district: build it and load it.")
-from land_supervision.cli import supervise_app  # noqa: E402
-
-app.add_typer(supervise_app, name="supervise")
-from cim_builder.cli import cim_app  # noqa: E402
-
-app.add_typer(cim_app, name="cim")
+_add_rooms()
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -33,7 +33,10 @@ class Context:
     datetime: str | None = None  # already validated
     layers: dict[str, dict] = field(default_factory=dict)  # present layer name → registry row
     imagery: bool = False  # the imagery API is mounted
-    bounds: list[float] | None = None  # lon/lat of the present layers
+    bounds: list[float] | None = None  # lon/lat box to centre on when there is no ``home``
+    #: the map's first view (spatial_api.settings_store.home_view): {"center": [lon, lat], "zoom": z,
+    #: "bbox": [w, s, e, n] | None, "source": how it was chosen}
+    home: dict | None = None
 
     def query(self, **params: str) -> str:
         if self.datetime:
@@ -450,7 +453,13 @@ def build(style: StyleDef, ctx: Context) -> dict:
         "layers": [{"id": "background", "type": "background", "paint": {"background-color": palette.BACKGROUND}}]
         + bodies + labels,
     }
-    if ctx.bounds:
+    if ctx.home:
+        # the configured home view (`geotwin config set home`) or its default (the buildings layer),
+        # the same for every style: every user's first view is the district, whatever else is loaded
+        doc["center"] = list(ctx.home["center"])
+        doc["zoom"] = ctx.home["zoom"]
+        doc["metadata"]["geotwin:home"] = {k: ctx.home.get(k) for k in ("center", "zoom", "bbox", "source")}
+    elif ctx.bounds:
         w, s, e, n = ctx.bounds
         doc["center"] = [round((w + e) / 2, 6), round((s + n) / 2, 6)]
         doc["zoom"] = 12

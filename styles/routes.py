@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.routing import Match
 
-from spatial_api import db
+from spatial_api import db, settings_store
 from spatial_api.config import Settings
 from spatial_api.ogc.features import ApiError, Collections, _link, as_of_param
 from styles import documents, glyphs, sprites
@@ -96,17 +96,8 @@ def router(settings: Settings, assets: Path | None = None) -> APIRouter:
         with pool.connection() as conn:
             rows = {r["name"]: r for r in cols.visible(conn)}
             ctx = documents.Context(base(request), datetime_ or None, rows, has_imagery(request))
-            if style is not None:
-                wanted = {documents.GROUPS[g].requires for g in documents.available(style, ctx)} & set(rows)
-                boxes = []
-                # imagery / terrain draw no store layer: centre them on the district (every layer)
-                for name in sorted(wanted or rows):
-                    bbox = cols.extent(conn, rows[name])["spatial"]["bbox"]
-                    if bbox:
-                        boxes.append(bbox[0])
-                if boxes:
-                    ctx.bounds = [min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]
+            if style is not None:  # the first view: `geotwin config set home`, else the buildings' extent
+                ctx.home = settings_store.home_view(conn)
         return ctx
 
     def need_assets(part: str) -> Path:

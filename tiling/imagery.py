@@ -23,18 +23,27 @@ parameters work as in titiler (``bidx``, ``expression``, ``rescale``, ``colormap
 ``color_formula``, ``algorithm`` …). DEM collections: ``?algorithm=hillshade`` (the tile is read
 with the algorithm's 3-pixel buffer unless ``buffer`` is given, so it stays 256 px) and
 ``?algorithm=terrainrgb`` (Mapbox Terrain-RGB PNG, for a MapLibre ``raster-dem`` source with
-``encoding: "mapbox"``).
+``encoding: "mapbox"``). An image tile of a DEM that asks for no rendering (no ``algorithm``,
+``rescale``, ``colormap_name`` …) is its hillshade — 32-bit heights in an 8-bit PNG were invisible —
+and the documents (collection links, TileJSON, map tilesets, WMTS) advertise ``algorithm=hillshade``;
+``.tif`` / ``.npy`` keep the heights.
+
+Outside the data (no item covers the tile, none yet at ``datetime``, a tile beside an item) a tile
+route answers 200 with a fully transparent tile of the asked format and size, never 204 or an
+error; only JPEG, which cannot be transparent, answers 404 (see ``_empty_tile_response``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta
+from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import attr
+import numpy as np
 from attrs import define
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -45,6 +54,7 @@ from rasterio.warp import transform as transform_points
 from rio_tiler import errors as rt_errors
 from rio_tiler.io import Reader
 from rio_tiler.mosaic.backend import BaseBackend
+from rio_tiler.utils import CRS_to_uri
 from starlette import status
 
 from titiler.core.algorithm import algorithms as available_algorithms
@@ -54,6 +64,7 @@ from titiler.core.utils import render_image
 from titiler.mosaic.factory import MosaicTilerFactory
 
 from spatial_api import db, security
+from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings
 from spatial_api.ogc.features import ApiError, _link, bad
 from spatial_api.store import imagery as cat
@@ -76,6 +87,16 @@ WGS84 = CRS.from_epsg(4326)
 CGCS2000 = CRS.from_epsg(4490)
 #: Algorithms whose output needs a PNG (exact values) rather than the collection's default format.
 LOSSLESS_ALGORITHMS = ("terrainrgb", "terrarium")
+#: Query parameters that say how pixels become colours: a request with any of them renders as asked.
+RENDERING_PARAMS = ("algorithm", "expression", "rescale", "colormap", "colormap_name", "color_formula")
+#: Formats that carry the values themselves (heights of a DEM), never a default rendering.
+DATA_FORMATS = ("tif", "tiff", "npy")
+#: How an image tile of a DEM is drawn when the request names no rendering: heights are 32-bit
+#: floats, which an 8-bit PNG cannot show (rio-tiler's cast gave grey 127 under alpha 0 — an
+#: invisible tile); the hillshade is what the WMTS capabilities and the map styles offer too.
+DEM_RENDERING = "hillshade"
+#: Formats that cannot be transparent: a tile outside the data is 404 in these (as TiTiler answers).
+OPAQUE_FORMATS = ("jpg", "jpeg")
 
 
 #: Upper bounds of the size parameters (pixels): without them one request could ask for an image of
@@ -105,25 +126,13 @@ async def refuse_raw_sources(request: Request) -> None:
 
 
 def parse_datetime(value: str | None, tz: str) -> datetime | None:
-    """``?datetime=``: a date means through the end of that day in the district's time zone; a
-    date-time is that instant (naive = district time); ``../b`` and ``a/b`` take the end ``b``."""
-    if value is None or value.strip() in ("", ".."):
-        return None
-    text = value.strip()
-    if "/" in text:
-        text = text.split("/", 1)[1].strip()
-        if text in ("", ".."):
-            return None
-    zone = ZoneInfo(tz)
+    """``?datetime=``: the house's time policy (spatial_api.api.time) for a snapshot — a date means
+    through the end of that day in the district's time zone; a date-time is that instant (naive =
+    district time); ``../b`` and ``a/b`` take the end ``b``."""
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            return datetime.combine(day + timedelta(days=1), dtime(0, 0), tzinfo=zone) - timedelta(microseconds=1)
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad("datetime", f"{value!r} is not a date (YYYY-MM-DD) or an RFC 3339 date-time "
-                              "(e.g. 2023-12-31 or 2023-12-31T08:00:00+08:00)") from None
-    return when if when.tzinfo else when.replace(tzinfo=zone)
+        return timepolicy.as_of(value, "datetime", tz=tz)
+    except timepolicy.TimeError as exc:
+        raise bad(exc.parameter, exc.message) from None
 
 
 # -- the catalogue-backed mosaic ---------------------------------------------------------------
@@ -211,7 +220,33 @@ def render(image, **kwargs) -> tuple[bytes, str]:
 # -- dependencies ------------------------------------------------------------------------------
 
 
+def default_algorithm(request: Request) -> str | None:
+    """The rendering of a tile that names none: DEM_RENDERING for an image tile of a DEM collection
+    (the collection's kind is put on ``request.state`` by the path dependencies), else None."""
+    if getattr(request.state, "imagery_kind", None) != "dem" or "z" not in request.path_params:
+        return None
+    if any(k in RENDERING_PARAMS for k in request.query_params):
+        return None
+    if str(request.path_params.get("format") or "").lower() in DATA_FORMATS:
+        return None
+    return DEM_RENDERING
+
+
+_post_process = available_algorithms.dependency
+
+
+def _process_params(
+    request: Request,
+    algorithm: Annotated[Literal[tuple(available_algorithms.data)] | None, Query(  # type: ignore[valid-type]
+        description="Algorithm name (DEM image tiles: hillshade unless a rendering is asked)")] = None,
+    algorithm_params: Annotated[str | None, Query(description="Algorithm parameters (JSON)")] = None,
+):
+    """TiTiler's post-processing dependency, with the DEM's default rendering (default_algorithm)."""
+    return _post_process(algorithm=algorithm or default_algorithm(request), algorithm_params=algorithm_params)
+
+
 async def _tile_params(
+    request: Request,
     buffer: Annotated[float | None, Query(gt=0, description="Buffer on each side of the tile, in pixels "
                                            "(multiple of 0.5). Default: the algorithm's own (hillshade: 3).")] = None,
     padding: Annotated[int | None, Query(gt=0, description="Padding on each tile edge (resampling).")] = None,
@@ -219,6 +254,7 @@ async def _tile_params(
     algorithm_params: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> TileParams:
     """TiTiler's tile options, with the buffer an algorithm such as hillshade needs by default."""
+    algorithm = algorithm or default_algorithm(request)
     if buffer is None and algorithm in available_algorithms.data:
         import json
 
@@ -252,6 +288,14 @@ def _tile_of(path_params: dict) -> tuple[tuple[str, int, int, int], tuple[float,
     return (tms_id, z, x, y), (b.left, b.bottom, b.right, b.top)
 
 
+def _note_collection(request: Request, col: cat.Collection) -> None:
+    """Put what later dependencies and response headers need on ``request.state``: the collection's
+    kind (default_algorithm) and access level (``imagery_access``: a response for a non-public
+    collection must not be stored by shared caches)."""
+    request.state.imagery_kind = col.kind
+    request.state.imagery_access = col.access_level
+
+
 class ImageryRoutes:
     """The catalogue lookups behind every imagery route, bound to one database pool."""
 
@@ -279,27 +323,33 @@ class ImageryRoutes:
             at = parse_datetime(datetime_, self.settings.timezone)
             tile = _tile_of(request.path_params)
             if tile is None:
-                return CollectionRef(self.collection(cid, summary=False), at, self.pool)
+                ref = CollectionRef(self.collection(cid, summary=False), at, self.pool)
+                _note_collection(request, ref.collection)
+                return ref
             # a tile: the collection and the items covering the tile in one query
             with self.pool.connection() as conn:
                 col, rows = cat.collection_and_covering(conn, cid, tile[1], at, access=VISIBLE_LEVELS())
             if col is None:
                 raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
                                                 "the collections are listed at /imagery/collections")
+            _note_collection(request, col)
             return CollectionRef(col, at, self.pool, prefetched=(tile[0], rows))
 
         return dependency
 
     def item_dependency(self):
         def dependency(
+            request: Request,
             cid: Annotated[str, Path(description="Imagery collection id")],
             item_id: Annotated[str, Path(description="Item id (see /imagery/collections/{cid}/items)")],
         ) -> str:
             with self.pool.connection() as conn:
-                path = cat.item_path(conn, cid, item_id, access=VISIBLE_LEVELS())
-                if path is None and cat.collection_entry(conn, cid, access=VISIBLE_LEVELS()) is None:
+                col = cat.collection_entry(conn, cid, access=VISIBLE_LEVELS())
+                if col is None:
                     raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
                                                     "the collections are listed at /imagery/collections")
+                path = cat.item_path(conn, cid, item_id, access=VISIBLE_LEVELS())
+            _note_collection(request, col)
             if path is None:
                 raise ApiError(404, "NotFound", f"collection {cid!r} has no item {item_id!r}; its items are "
                                                 f"listed at /imagery/collections/{cid}/items")
@@ -345,6 +395,12 @@ def _default_format(col: cat.Collection) -> str:
     return col.default_format or "png"
 
 
+def advertised_rendering(col: cat.Collection) -> str:
+    """The query string (without ``?``) the documents put on a collection's image tile URLs: a DEM's
+    visible rendering (the plain URL draws it too, see default_algorithm), nothing for the rest."""
+    return f"algorithm={DEM_RENDERING}" if col.kind == "dem" else ""
+
+
 def collection_doc(col: cat.Collection, base: str = "", tz: str | None = None) -> dict:
     url = f"{base}/imagery/collections/{col.id}"
     fmt = _default_format(col)
@@ -354,9 +410,11 @@ def collection_doc(col: cat.Collection, base: str = "", tz: str | None = None) -
         _link(f"{url}/items", "items", "application/json", "the dated items"),
         _link(f"{url}/tilejson.json", "describedby", "application/json", "TileJSON 3 (WebMercatorQuad)"),
     ]
+    rendering = advertised_rendering(col)
     for tms_id in GRIDS:
-        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}", "item", MEDIA_TYPES[fmt],
-                              f"tiles on {tms_id} (z/x/y; ?datetime=YYYY-MM-DD for a past state)"), "templated": True})
+        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}{rendering and '?' + rendering}", "item",
+                              MEDIA_TYPES[fmt], f"tiles on {tms_id} (z/x/y; ?datetime=YYYY-MM-DD for a past state)"),
+                      "templated": True})
     return {
         "id": col.id, "title": col.title, "title_zh": col.title_zh, "title_en": col.title_en, "kind": col.kind,
         "description": col.description, "bbox": col.bbox, "minzoom": zooms[0], "maxzoom": zooms[1],
@@ -463,6 +521,8 @@ def router(settings: Settings) -> APIRouter:
             raise bad("format", f"{fmt!r}: choose one of {', '.join(FORMATS)}")
         qs = [(k, v) for k, v in request.query_params.multi_items()
               if k.lower() not in ("tms", "format", "minzoom", "maxzoom")]
+        if fmt not in DATA_FORMATS and not any(k in RENDERING_PARAMS for k, _ in qs) and advertised_rendering(col):
+            qs.insert(0, tuple(advertised_rendering(col).split("=", 1)))
         zooms = col.zooms.get(tms) or [0, 24]
         bounds = col.bbox or [-180.0, -85.0511, 180.0, 85.0511]
         z0 = zooms[0] if minzoom is None else minzoom
@@ -479,18 +539,93 @@ def router(settings: Settings) -> APIRouter:
     # TiTiler's factories, their readers fed by the catalogue only.
     mosaic = CollectionTilerFactory(
         backend=CatalogueBackend, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}",
-        path_dependency=lookups.collection_dependency(), tile_dependency=_tile_params, supported_tms=SUPPORTED_TMS,
-        render_func=render, add_viewer=False, add_part=False, add_statistics=False, name="imagery_collection")
+        path_dependency=lookups.collection_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
+        supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, add_statistics=False,
+        name="imagery_collection")
     item_tiles = ItemTilerFactory(
         reader=Reader, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}/items/{item_id}",
-        path_dependency=lookups.item_dependency(), tile_dependency=_tile_params, supported_tms=SUPPORTED_TMS,
-        render_func=render, add_viewer=False, add_part=False, name="imagery_item")
+        path_dependency=lookups.item_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
+        supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, name="imagery_item")
     api.include_router(mosaic.router, prefix="/imagery/collections/{cid}", tags=["Imagery"])
     api.include_router(item_tiles.router, prefix="/imagery/collections/{cid}/items/{item_id}", tags=["Imagery"])
     return api
 
 
-#: rio-tiler errors → HTTP, as titiler.application and titiler.mosaic answer them.
+# -- tiles outside the data --------------------------------------------------------------------
+#
+# TiTiler answers a tile outside a COG with 404 and an empty mosaic tile with 204 and no body.
+# Desktop clients take both badly: QGIS decodes the empty 204 body as an image and logs "Returned
+# image is flawed"; GDAL's WMS/WMTS drivers fail the read unless told to treat the code as empty
+# (ZeroBlockHttpCodes); browsers and CDNs do not always cache a 404. A fully transparent tile of the
+# asked format and size is read by every client (the practice of tile services with sparse imagery,
+# e.g. LINZ Basemaps). JPEG has no transparency — a black tile would hide the map beneath — so a
+# JPEG tile outside the data stays 404 (TiTiler's answer; MapLibre and GDAL take a 404 as "no tile").
+# Every imagery tile route answers this way (collection mosaics, single items, both grids); the OGC
+# map tilesets and WMTS point at these routes, so they answer the same.
+
+
+#: Formats whose empty tile does not depend on where it is (no georeferencing inside): rendered once.
+_PLACELESS_FORMATS = ("png", "pngraw", "webp", "npy")
+
+
+@lru_cache(maxsize=32)
+def _placeless_empty_image(fmt: str, size: int) -> tuple[bytes, str]:
+    return _render_empty(fmt, size, "WebMercatorQuad", 0, 0, 0)
+
+
+def _empty_image(fmt: str, size: int, tms_id: str, z: int, x: int, y: int) -> tuple[bytes, str]:
+    if fmt in _PLACELESS_FORMATS:
+        return _placeless_empty_image(fmt, size)
+    return _render_empty(fmt, size, tms_id, z, x, y)
+
+
+def _render_empty(fmt: str, size: int, tms_id: str, z: int, x: int, y: int) -> tuple[bytes, str]:
+    """A tile with every pixel masked, rendered by TiTiler's renderer (as a real tile would be)."""
+    from rio_tiler.models import ImageData
+    from titiler.core.resources.enums import ImageType
+
+    grid = _GRID_OBJECTS[tms_id]
+    bands = 1 if fmt in DATA_FORMATS else 3  # images: RGBA with alpha 0
+    data = np.ma.MaskedArray(np.zeros((bands, size, size), dtype="uint8"), mask=True)
+    bounds = grid.xy_bounds(x, y, z)
+    image = ImageData(data, bounds=tuple(bounds), crs=grid.rasterio_crs)
+    return render(image, output_format=ImageType(fmt))
+
+
+def _empty_tile_response(request: Request, exc: Exception):
+    """The answer for a tile route whose tile holds no data (None when ``request`` is not a tile)."""
+    from fastapi.responses import Response
+    from titiler.core.resources.enums import ImageType
+
+    tile = _tile_of(request.path_params)
+    if tile is None:
+        return None
+    (tms_id, z, x, y), _ = tile
+    fmt = str(request.path_params.get("format") or "png").lower()  # no extension: TiTiler picks PNG when masked
+    if fmt in OPAQUE_FORMATS:
+        return JSONResponse({"code": "NotFound", "description": (
+            f"no imagery of {request.path_params.get('cid')!r} in tile {tms_id}/{z}/{x}/{y}"
+            + (f" at {request.query_params['datetime']}" if request.query_params.get("datetime") else "")
+            + f" ({exc}); a JPEG tile cannot be transparent: ask for .png (or .webp) to get a transparent tile "
+              "where there is no data")}, status_code=404)
+    try:
+        ImageType(fmt)
+        size = int(request.query_params.get("tilesize") or _GRID_OBJECTS[tms_id].matrix(z).tileWidth)
+    except ValueError:
+        return None  # not a format / size TiTiler renders: its own validation answers
+    content, media_type = _empty_image(fmt, size, tms_id, z, x, y)
+    grid = _GRID_OBJECTS[tms_id]
+    b = grid.xy_bounds(x, y, z)
+    headers = {"Content-Bbox": ",".join(map(str, (b.left, b.bottom, b.right, b.top)))}
+    uri = CRS_to_uri(grid.rasterio_crs)
+    if uri:
+        headers["Content-Crs"] = f"<{uri}>"
+    return Response(content, media_type=media_type, headers=headers)
+
+
+#: rio-tiler errors → HTTP, as titiler.application and titiler.mosaic answer them — except that a
+#: tile with no data is a transparent tile (above), not 204 / 404.
+NO_DATA_ERRORS = (rt_errors.TileOutsideBounds, rt_errors.NoAssetFoundError, rt_errors.EmptyMosaicError)
 ERROR_STATUS = {
     rt_errors.TileOutsideBounds: status.HTTP_404_NOT_FOUND,
     rt_errors.PointOutsideBounds: status.HTTP_404_NOT_FOUND,
@@ -512,10 +647,15 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(router(settings))
     from tiling import ogc_maps
 
-    app.include_router(ogc_maps.router(settings), dependencies=[Depends(refuse_raw_sources)])
+    app.include_router(ogc_maps.router(settings, ImageryRoutes(settings), advertised_rendering),
+                       dependencies=[Depends(refuse_raw_sources)])
 
     def handler_for(code: int):
         async def handler(request: Request, exc: Exception):
+            if isinstance(exc, NO_DATA_ERRORS):
+                empty = _empty_tile_response(request, exc)
+                if empty is not None:
+                    return empty
             if code == status.HTTP_204_NO_CONTENT:
                 return Response(status_code=204)
             return JSONResponse({"code": "NotFound" if code == 404 else "InvalidParameterValue",

@@ -9,11 +9,14 @@ collection and find its tiles by following links:
   zooms, and ``item`` links (PNG, JPEG) templated ``{tileMatrix}/{tileRow}/{tileCol}`` onto the
   imagery tile route (which is ``{z}/{x}/{y}``, i.e. column before row).
 
-``datetime`` on a tileset request is carried into its tile template (the district as imaged then).
+``datetime`` on a tileset request is carried into its tile template (the district as imaged then);
+a DEM's templates ask for its hillshade (heights as an 8-bit image would be invisible). Tiles where
+there is no data are transparent (PNG) or 404 (JPEG), as on every imagery tile route.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -41,10 +44,11 @@ def limits(bbox: list[float] | None, tms_id: str, zooms: list[int] | None) -> li
     return out
 
 
-def router(settings: Settings) -> APIRouter:
-    from tiling.imagery import ImageryRoutes
-
-    lookups = ImageryRoutes(settings)
+def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> APIRouter:
+    """The map tileset routes. ``lookups``: tiling.imagery's ImageryRoutes (``collection(cid)`` → a
+    visible collection or 404); ``rendering(collection)``: the query string its image tiles are
+    advertised with (tiling.imagery.advertised_rendering). Passed in by tiling.imagery.install, so
+    that this module does not import tiling.imagery (which imports collection_links from here)."""
     api = APIRouter(tags=["Imagery"])
 
     def base(request: Request) -> str:
@@ -66,9 +70,11 @@ def router(settings: Settings) -> APIRouter:
                             "the grid")],
         }
         if full:
+            # a DEM's tiles in its visible rendering (tiling.imagery.advertised_rendering)
+            tile_query = "&".join(p for p in (query.lstrip("?"), rendering(col)) if p)
             for fmt, media in MEDIA.items():
                 template = (f"{base(request)}/imagery/collections/{cid}/tiles/{tms_id}/{{tileMatrix}}/{{tileCol}}/"
-                            f"{{tileRow}}.{fmt}{query}")
+                            f"{{tileRow}}.{fmt}{'?' + tile_query if tile_query else ''}")
                 doc["links"].append({**_link(template, "item", media, f"a tile ({fmt})"), "templated": True})
             lim = limits(col.bbox, tms_id, (col.zooms or {}).get(tms_id))
             if lim:

@@ -13,7 +13,9 @@ Layers:
 Tile matrix sets: WebMercatorQuad (the GoogleMapsCompatible well-known scale set, EPSG:3857) and
 CGCS2000Quad (EPSG:4490, latitude first in ``TopLeftCorner`` as the CRS's axis order says), with
 per-layer TileMatrixSetLimits from the layer's extent and zoom range. KVP GetTile answers with a
-redirect (302) to the RESTful tile URL.
+redirect (302) to the RESTful tile URL, so an imagery tile outside the data is what the imagery
+routes answer: a transparent PNG / WebP (404 in JPEG), never an empty 204 that QGIS would report as
+a flawed image.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -370,7 +371,8 @@ def test_datetime_mosaic_newest_first_gaps_from_older(server, titiler, catalogue
     assert np.array_equal(ours(datetime=NEWER), newer)  # a date includes items of that day
     assert np.array_equal(ours(datetime="2023-05-31T23:59:59+08:00"), older)
     assert np.array_equal(ours(), newer)  # no datetime: the latest
-    assert get(f"{url}/{t.z}/{t.x}/{t.y}.png", datetime="2019-01-01").status_code == 204  # nothing yet
+    nothing_yet = get(f"{url}/{t.z}/{t.x}/{t.y}.png", datetime="2019-01-01")  # before every item
+    assert nothing_yet.status_code == 200 and png(nothing_yet.content)[..., 3].max() == 0  # a transparent tile
     # a tile across the newer item's east edge: newer pixels where it has data, the older elsewhere
     t = tile_at(WEST_EDGE_X, Y0 - 1000, 16)
     older, newer = reference_tile(titiler, old_cog, t), reference_tile(titiler, new_cog, t)
@@ -529,3 +531,111 @@ def test_collection_documents_and_capabilities(server, catalogue, conn):
     finally:
         conn.execute("UPDATE imagery_collections SET access_level = 'public' WHERE id = %s", (catalogue["dem"],))
         conn.commit()
+
+
+# -- what clients see: the DEM's advertised tiles, tiles outside the data --------------------------
+
+
+def _fill(template: str, t) -> str:
+    """An advertised tile template (XYZ ``{z}/{x}/{y}`` or OGC ``{tileMatrix}/{tileCol}/{tileRow}``) for tile t."""
+    return (template.replace("{z}", str(t.z)).replace("{x}", str(t.x)).replace("{y}", str(t.y))
+            .replace("{tileMatrix}", str(t.z)).replace("{tileCol}", str(t.x)).replace("{tileRow}", str(t.y)))
+
+
+def test_the_dem_tiles_every_document_advertises_are_visible(server, catalogue):
+    """Issue 12 item 8: the DEM tile URL in the collection's links, its TileJSON, its OGC map tileset,
+    the WMTS capabilities — and the plain URL itself — showed a 256×256 PNG with alpha 0 everywhere
+    (float heights cast to an 8-bit PNG). Each must show terrain: opaque over the data, with relief."""
+    cid = catalogue["dem"]
+    t = tile_at(X0 + 900, Y0 - 1100, 16)  # well inside the 2 × 2 km DEM
+    base = f"{server}/imagery/collections/{cid}"
+    doc = get(base).json()
+    advertised = {f"collection link ({ln['type']})": ln["href"] for ln in doc["links"]
+                  if ln["rel"] == "item" and "/WebMercatorQuad/" in ln["href"]}
+    advertised["tilejson"] = get(f"{base}/tilejson.json").json()["tiles"][0]
+    tileset = get(f"{base}/map/tiles/WebMercatorQuad").json()
+    advertised |= {f"map tileset ({ln['type']})": ln["href"] for ln in tileset["links"] if ln["rel"] == "item"}
+    caps = get(f"{server}/wmts/1.0.0/WMTSCapabilities.xml").text
+    wmts = [u.replace("&amp;", "&") for u in
+            re.findall(rf'template="([^"]*/imagery/collections/{cid}/tiles/[^"]*)"', caps)]
+    assert wmts, "the DEM is not in the WMTS capabilities"
+    advertised |= {f"WMTS {i}": u.replace("{TileMatrixSet}", "WebMercatorQuad").replace("{TileMatrix}", "{z}")
+                   .replace("{TileCol}", "{x}").replace("{TileRow}", "{y}").replace("{Time}", "2021-01-01")
+                   for i, u in enumerate(wmts)}
+    advertised["plain URL"] = f"{base}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png"
+    assert len(advertised) >= 5
+    for what, template in advertised.items():
+        r = httpx.get(_fill(template, t), timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/"), (what, r.status_code, r.text[:200])
+        img = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+        assert img.shape == (256, 256, 4), what
+        assert img[..., 3].min() == 255, f"{what}: transparent pixels over the DEM ({template})"
+        grey = img[..., :3].mean(axis=2)
+        assert grey.std() > 2 and np.ptp(grey) > 20, f"{what}: no relief visible (std {grey.std():.2f})"
+    # the data formats still carry the heights themselves
+    raw = np.load(io.BytesIO(get(_fill(f"{base}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.npy", t)).content))
+    assert 90 < raw[0].min() < raw[0].max() < 170
+    # an explicit rendering is honoured: rescaled heights, not the hillshade
+    stretched = png(get(_fill(f"{base}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png", t), rescale="90,170").content)
+    shaded = png(get(_fill(f"{base}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png", t), algorithm="hillshade").content)
+    assert not np.array_equal(stretched, shaded)
+    assert png(get(_fill(f"{base}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png", t)).content).tolist() == shaded.tolist()
+
+
+def _decode_tile(r: httpx.Response, fmt: str) -> np.ndarray:
+    """The alpha / mask of a tile as a client decodes it (PIL for images, rasterio for GeoTIFF, numpy)."""
+    if fmt == "npy":
+        arr = np.load(io.BytesIO(r.content))
+        return arr[-1]
+    if fmt == "tif":
+        from rasterio.io import MemoryFile
+
+        with MemoryFile(r.content) as mem, mem.open() as ds:
+            return ds.dataset_mask()
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3]
+
+
+def test_tiles_outside_the_data_are_transparent_tiles_of_the_asked_format(server, catalogue):
+    """Issue 12 item 8: outside the data (no item there, none yet at the date, outside one item) the
+    answer was 204 without a content type, which QGIS logs as "Returned image is flawed". Now: 200
+    and a fully transparent tile in the asked format and size; JPEG, which has no transparency,
+    gets 404 with an explanation (as TiTiler answers a tile outside a COG)."""
+    cid, dem, item = catalogue["ortho"], catalogue["dem"], catalogue["old"].item_id
+    far = WM.tile(113.60, 22.45, 16)  # in the grid, kilometres from every item
+    inside = tile_at(X0 + 300, Y0 - 1000, 16)
+    cgcs = TMS.get("CGCS2000Quad").tile(113.60, 22.45, 16)
+    cases = {
+        "no item there": (f"/imagery/collections/{cid}/tiles/WebMercatorQuad/{far.z}/{far.x}/{far.y}", {}),
+        "none yet at the date": (f"/imagery/collections/{cid}/tiles/WebMercatorQuad/{inside.z}/{inside.x}/{inside.y}",
+                                 {"datetime": "2019-01-01"}),
+        "outside the item": (f"/imagery/collections/{cid}/items/{item}/tiles/WebMercatorQuad/{far.z}/{far.x}/{far.y}", {}),
+        "CGCS2000Quad": (f"/imagery/collections/{cid}/tiles/CGCS2000Quad/{cgcs.z}/{cgcs.x}/{cgcs.y}", {}),
+        "DEM hillshade": (f"/imagery/collections/{dem}/tiles/WebMercatorQuad/{far.z}/{far.x}/{far.y}",
+                          {"algorithm": "hillshade"}),
+        "DEM plain": (f"/imagery/collections/{dem}/tiles/WebMercatorQuad/{far.z}/{far.x}/{far.y}", {}),
+    }
+    media = {"png": "image/png", "webp": "image/webp", "tif": "image/tiff", "npy": "application/x-binary"}
+    for what, (path, params) in cases.items():
+        for fmt, mtype in media.items():
+            r = get(f"{server}{path}.{fmt}", **params)
+            assert r.status_code == 200, (what, fmt, r.status_code, r.text[:200])
+            assert r.headers["content-type"].startswith(mtype) and r.content, (what, fmt, r.headers)
+            alpha = _decode_tile(r, fmt)
+            assert alpha.shape == (256, 256) and alpha.max() == 0, (what, fmt)
+        r = get(f"{server}{path}", **params)  # no extension: TiTiler picks PNG for a masked tile
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", what
+        big = get(f"{server}{path}.png", tilesize="512", **params)
+        assert big.status_code == 200 and _decode_tile(big, "png").shape == (512, 512), what
+        jpg = get(f"{server}{path}.jpg", **params)
+        assert jpg.status_code == 404, (what, jpg.status_code)
+        assert jpg.headers["content-type"].startswith("application/json") and ".png" in jpg.json()["description"]
+    # the map tileset's templates lead to the same answers
+    tileset = get(f"{server}/imagery/collections/{cid}/map/tiles/WebMercatorQuad").json()
+    template = next(ln["href"] for ln in tileset["links"] if ln["rel"] == "item" and ln["type"] == "image/png")
+    r = httpx.get(_fill(template, far), timeout=60)
+    assert r.status_code == 200 and _decode_tile(r, "png").max() == 0
+    # WMTS KVP GetTile outside the data: the redirect ends on the same transparent tile
+    r = httpx.get(f"{server}/wmts", params={"SERVICE": "WMTS", "REQUEST": "GetTile", "LAYER": cid, "FORMAT": "image/png",
+                                            "TILEMATRIXSET": "WebMercatorQuad", "TILEMATRIX": far.z, "TILEROW": far.y,
+                                            "TILECOL": far.x}, follow_redirects=True, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and _decode_tile(r, "png").max() == 0

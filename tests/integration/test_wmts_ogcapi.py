@@ -3,6 +3,7 @@ capabilities and KVP GetTile."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -105,3 +106,57 @@ def test_gdal_ogcapi_driver_opens_a_tiled_imagery_collection(imaged):
     tile = httpx.get(template.replace("{tileMatrix}", "15").replace("{tileRow}", str(lim["minTileRow"] + 1))
                      .replace("{tileCol}", str(lim["minTileCol"] + 1)))
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"  # the template leads to pixels
+
+
+@pytest.fixture(scope="module")
+def sparse(database, tmp_path_factory):
+    """An imagery collection of two 1 km images 6 km apart: its extent (and so its WMTS layer) has
+    an empty middle, where every tile is outside the data."""
+    from spatial_api.ingest.imagery import ingest_imagery
+    from tests.integration.test_imagery import X0, Y0, _texture, write_plain
+
+    tmp = tmp_path_factory.mktemp("sparse-imagery")
+    cid = f"t_sparse_{uuid.uuid4().hex[:6]}"
+    for i, (dx, date) in enumerate(((0.0, "2024-05-01"), (6000.0, "2024-05-02"))):
+        ingest_imagery(write_plain(tmp / f"part{i}.tif", _texture(500, 500, 11 + i), x0=X0 + dx, y0=Y0),
+                       collection=cid, datetime_=date, kind="ortho", settings=database)
+    with live_server(create_app(database)) as url:
+        yield {"url": url, "cid": cid, "tmp": tmp}
+
+
+def test_gdal_reads_tiles_outside_the_data_through_wmts_without_errors(sparse):
+    """Issue 12 item 8, seen from GDAL's WMTS driver made as strict as QGIS: with ZeroBlockHttpCodes
+    set to a code the server never sends, a 204 without an image (what QGIS logs as "Returned image
+    is flawed") fails the read; transparent PNG tiles read as pixels with alpha 0."""
+    import numpy as np
+    import rasterio
+    from pyproj import Transformer
+
+    from tests.integration.test_imagery import X0, Y0
+
+    xml = sparse["tmp"] / "strict.xml"
+    xml.write_text(
+        "<GDAL_WMTS>"
+        f"<GetCapabilitiesUrl>{sparse['url']}/wmts/1.0.0/WMTSCapabilities.xml</GetCapabilitiesUrl>"
+        f"<Layer>{sparse['cid']}</Layer><TileMatrixSet>WebMercatorQuad</TileMatrixSet><TileMatrix>15</TileMatrix>"
+        f"<Format>image/png</Format><BandsCount>4</BandsCount><Cache><Path>{sparse['tmp'] / 'cache'}</Path></Cache>"
+        "<ZeroBlockHttpCodes>418</ZeroBlockHttpCodes><ZeroBlockOnServerException>false</ZeroBlockOnServerException>"
+        "</GDAL_WMTS>", encoding="utf-8")
+    to_merc = Transformer.from_crs(4547, 3857, always_xy=True)
+    # the empty middle, 2.2 to 4.8 km east of the west image (which ends 1 km east of X0)
+    (x0, x1), (y0, y1) = to_merc.transform([X0 + 2200, X0 + 4800], [Y0 - 800, Y0 - 200])
+    out = sparse["tmp"] / "middle.tif"
+    run = subprocess.run(["gdal_translate", "-projwin", str(x0), str(y1), str(x1), str(y0), str(xml), str(out)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GDAL_HTTP_TIMEOUT": "60", "CPL_DEBUG": "OFF"})
+    assert run.returncode == 0 and "ERROR" not in run.stderr, run.stderr[-2000:]
+    with rasterio.open(out) as ds:
+        assert ds.count == 4 and ds.width > 100
+        assert ds.read(4).max() == 0  # nothing there: transparent, not an error and not black
+    # a window over the west image still reads its pixels (the test is not blind)
+    (x0, x1), (y0, y1) = to_merc.transform([X0 + 200, X0 + 800], [Y0 - 800, Y0 - 200])
+    run = subprocess.run(["gdal_translate", "-projwin", str(x0), str(y1), str(x1), str(y0), str(xml), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with rasterio.open(out) as ds:
+        assert ds.read(4).min() == 255 and np.std(ds.read(1)) > 10

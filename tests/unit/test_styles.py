@@ -139,7 +139,8 @@ def test_derived_palettes_stay_inside_the_json_colours():
 
 def test_every_style_validates_with_maplibres_validator(tmp_path):
     paths = []
-    for ctx in (full_context(), full_context(datetime="2021-06-01T00:00:00+08:00"),
+    home = {"center": [114.25, 22.72], "zoom": 13.4, "bbox": [114.2, 22.68, 114.3, 22.76], "source": "default"}
+    for ctx in (full_context(home=home), full_context(datetime="2021-06-01T00:00:00+08:00"),
                 documents.Context(base="http://127.0.0.1:8765", layers={"roads": {}}, imagery=False)):
         for sid, style in documents.STYLES.items():
             if not documents.available(style, ctx):
