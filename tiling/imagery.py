@@ -294,6 +294,9 @@ def _note_collection(request: Request, col: cat.Collection) -> None:
     collection must not be stored by shared caches)."""
     request.state.imagery_kind = col.kind
     request.state.imagery_access = col.access_level
+    security.note_level(col.access_level)  # not public: private to the caller, Vary on credentials
+    if col.access_level == "public":
+        security.shareable()  # a public collection's tile may be kept by a shared cache
 
 
 class ImageryRoutes:

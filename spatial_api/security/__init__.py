@@ -67,6 +67,10 @@ class RequestContext:
     #: The answer depends on who asks (something not public was looked at, a permission was
     #: checked): the middleware makes it ``Cache-Control: private`` and ``Vary`` on the credentials.
     varies: bool = False
+    #: A room said its answer may be stored by shared caches when nothing above made it vary
+    #: (e.g. a tile of a public imagery collection): without a Cache-Control of its own, the
+    #: middleware then sends ``public, max-age=0, must-revalidate`` instead of ``private``.
+    shareable: bool = False
 
 
 _CTX: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("geotwin_request", default=None)
@@ -104,6 +108,13 @@ def note_level(level: str) -> None:
     ``public`` makes it private to the caller."""
     if level != "public":
         depends_on_caller()
+
+
+def shareable() -> None:
+    """Mark the current response as fit for shared caches unless it depends on the caller."""
+    ctx = _CTX.get()
+    if ctx is not None:
+        ctx.shareable = True
 
 
 def note_restricted(what: str) -> None:

@@ -138,7 +138,10 @@ def _retry_after(wait: float) -> list:
     return [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
 
 
-def cache_headers(headers: list, varies: bool) -> list:
+SHAREABLE_DEFAULT = b"public, max-age=0, must-revalidate"
+
+
+def cache_headers(headers: list, varies: bool, shareable: bool = False) -> list:
     """The response headers, made private to the caller unless the response is ``public`` and
     depended on nobody: ``Cache-Control`` gets ``private`` (instead of ``public``; ``s-maxage``
     and ``proxy-revalidate``, which only speak to shared caches, are dropped) and ``Vary`` the
@@ -150,6 +153,8 @@ def cache_headers(headers: list, varies: bool) -> list:
             cc = i
         elif name == b"vary" and vary is None:
             vary = i
+    if shareable and not varies and cc is None:  # a room vouched for it (security.shareable)
+        return [*headers, (b"cache-control", SHAREABLE_DEFAULT)]
     directives = [d.strip() for d in headers[cc][1].split(b",") if d.strip()] if cc is not None else []
     names = {d.split(b"=", 1)[0].strip().lower() for d in directives}
     if b"public" in names and not varies:
@@ -274,7 +279,7 @@ class SecurityMiddleware:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status_seen.append(message["status"])
-                message["headers"] = cache_headers(message.get("headers") or [], ctx.varies)
+                message["headers"] = cache_headers(message.get("headers") or [], ctx.varies, ctx.shareable)
                 if writing:  # committed before the caller sees the response
                     entry = Entry(datetime.now(timezone.utc), principal.name, principal.role, principal.via,
                                   "write", path, method, message["status"], client_addr,

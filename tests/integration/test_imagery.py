@@ -639,3 +639,23 @@ def test_tiles_outside_the_data_are_transparent_tiles_of_the_asked_format(server
                                             "TILEMATRIXSET": "WebMercatorQuad", "TILEMATRIX": far.z, "TILEROW": far.y,
                                             "TILECOL": far.x}, follow_redirects=True, timeout=60)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and _decode_tile(r, "png").max() == 0
+
+
+def test_imagery_tiles_carry_caching_headers_fit_for_their_access_level(server, catalogue, conn, auth):
+    """Issue 12, item 4: a public collection's tiles may be kept by shared caches; the tiles of a
+    collection that is not public are private to the caller, and vary on the credentials."""
+    t = tile_at(X0 + 500, Y0 - 500, 14)
+    url = f"{server}/imagery/collections/{catalogue['dem']}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png"
+    public = httpx.get(url, timeout=60)
+    assert public.status_code == 200 and public.headers["cache-control"].startswith("public")
+    conn.execute("UPDATE imagery_collections SET access_level = 'internal' WHERE id = %s", (catalogue["dem"],))
+    conn.commit()
+    try:
+        assert httpx.get(url, timeout=60).status_code == 404  # the public does not see it at all
+        inside = httpx.get(url, headers=auth("planner"), timeout=60)
+        assert inside.status_code == 200
+        assert inside.headers["cache-control"].startswith("private") and "public" not in inside.headers["cache-control"]
+        assert {"authorization", "x-api-key"} <= {v.strip().lower() for v in inside.headers["vary"].split(",")}
+    finally:
+        conn.execute("UPDATE imagery_collections SET access_level = 'public' WHERE id = %s", (catalogue["dem"],))
+        conn.commit()
