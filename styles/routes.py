@@ -25,7 +25,10 @@ from starlette.routing import Match
 
 from spatial_api import db, settings_store
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, Collections, _link, as_of_param
+from spatial_api.api.collections import Collections
+from spatial_api.api.errors import ApiError
+from spatial_api.api.params import as_of_param
+from spatial_api.api.responses import link
 from styles import documents, glyphs, sprites
 from styles.assets import assets_dir
 
@@ -119,14 +122,14 @@ def router(settings: Settings, assets: Path | None = None) -> APIRouter:
                 continue
             out.append({"id": s.id, "title": s.title_zh, "title_zh": s.title_zh, "title_en": s.title_en,
                         "groups": groups,
-                        "links": [_link(f"{b}/styles/{s.id}", "stylesheet", "application/json",
+                        "links": [link(f"{b}/styles/{s.id}", "stylesheet", "application/json",
                                         f"{s.title_zh} (MapLibre style)")]})
         body = json.dumps({
             "styles": out,
             "localIdeographFontFamily": documents.LOCAL_IDEOGRAPH_FONT_FAMILY,
-            "links": [_link(f"{b}/styles", "self", "application/json", "this list"),
-                      {**_link(f"{b}/styles/glyphs/{{fontstack}}/{{range}}.pbf", "glyphs", PBF), "templated": True},
-                      _link(f"{b}/styles/sprites/{sprites.SPRITE_NAME}.json", "sprite", "application/json")],
+            "links": [link(f"{b}/styles", "self", "application/json", "this list"),
+                      {**link(f"{b}/styles/glyphs/{{fontstack}}/{{range}}.pbf", "glyphs", PBF), "templated": True},
+                      link(f"{b}/styles/sprites/{sprites.SPRITE_NAME}.json", "sprite", "application/json")],
         }, ensure_ascii=False).encode()
         return _answer(request, body, "application/json", STYLE_CACHE)
 

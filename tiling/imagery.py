@@ -66,7 +66,8 @@ from titiler.mosaic.factory import MosaicTilerFactory
 from spatial_api import db, security
 from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, _link, bad
+from spatial_api.api.errors import ApiError, invalid_parameter
+from spatial_api.api.responses import link
 from spatial_api.store import imagery as cat
 from tiling.ogc_maps import collection_links
 from tiling.vector import GRIDS, TMS
@@ -115,7 +116,7 @@ async def refuse_raw_sources(request: Request) -> None:
             except ValueError:
                 continue  # not a number: the parameter's own validation answers
             if too_big:
-                raise bad(key, f"{value} pixels is more than this server renders ({limit}); ask for at most {limit}")
+                raise invalid_parameter(key, f"{value} pixels is more than this server renders ({limit}); ask for at most {limit}")
     named = [k for k in request.query_params if k.lower() in RAW_SOURCE_PARAMS]
     if named:
         raise ApiError(
@@ -132,7 +133,7 @@ def parse_datetime(value: str | None, tz: str) -> datetime | None:
     try:
         return timepolicy.as_of(value, "datetime", tz=tz)
     except timepolicy.TimeError as exc:
-        raise bad(exc.parameter, exc.message) from None
+        raise invalid_parameter(exc.parameter, exc.message) from None
 
 
 # -- the catalogue-backed mosaic ---------------------------------------------------------------
@@ -263,7 +264,7 @@ async def _tile_params(
         except ValueError:
             params = {}
         if not isinstance(params, dict):
-            raise bad("algorithm_params", "give a JSON object, e.g. {\"azimuth\": 315}")
+            raise invalid_parameter("algorithm_params", "give a JSON object, e.g. {\"azimuth\": 315}")
         declared = available_algorithms.data[algorithm].model_fields.get("buffer")
         algo_buffer = params.get("buffer", declared.default if declared is not None else None)
         if algo_buffer:
@@ -409,13 +410,13 @@ def collection_doc(col: cat.Collection, base: str = "", tz: str | None = None) -
     fmt = _default_format(col)
     zooms = col.zooms.get("WebMercatorQuad") or [0, 24]
     links = [
-        _link(url, "self", "application/json", "this collection"),
-        _link(f"{url}/items", "items", "application/json", "the dated items"),
-        _link(f"{url}/tilejson.json", "describedby", "application/json", "TileJSON 3 (WebMercatorQuad)"),
+        link(url, "self", "application/json", "this collection"),
+        link(f"{url}/items", "items", "application/json", "the dated items"),
+        link(f"{url}/tilejson.json", "describedby", "application/json", "TileJSON 3 (WebMercatorQuad)"),
     ]
     rendering = advertised_rendering(col)
     for tms_id in GRIDS:
-        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}{rendering and '?' + rendering}", "item",
+        links.append({**link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}{rendering and '?' + rendering}", "item",
                               MEDIA_TYPES[fmt], f"tiles on {tms_id} (z/x/y; ?datetime=YYYY-MM-DD for a past state)"),
                       "templated": True})
     return {
@@ -433,11 +434,11 @@ def collection_doc(col: cat.Collection, base: str = "", tz: str | None = None) -
 def item_doc(col: cat.Collection, item: cat.Item, base: str = "", tz: str | None = None) -> dict:
     url = f"{base}/imagery/collections/{col.id}/items/{item.item_id}"
     fmt = _default_format(col)
-    links = [_link(f"{url}/info", "describedby", "application/json", "TiTiler info")]
+    links = [link(f"{url}/info", "describedby", "application/json", "TiTiler info")]
     for tms_id in GRIDS:
-        links.append({**_link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}", "item", MEDIA_TYPES[fmt],
+        links.append({**link(f"{url}/tiles/{tms_id}/{{z}}/{{x}}/{{y}}.{fmt}", "item", MEDIA_TYPES[fmt],
                               f"tiles of this item on {tms_id}"), "templated": True})
-        links.append(_link(f"{url}/{tms_id}/tilejson.json", "describedby", "application/json", f"TileJSON ({tms_id})"))
+        links.append(link(f"{url}/{tms_id}/tilejson.json", "describedby", "application/json", f"TileJSON ({tms_id})"))
     return {
         "id": item.item_id, "collection": col.id, "datetime": _iso(item.datetime, tz), "bbox": item.bbox,
         "resolution_m": item.resolution_m, "width": item.width, "height": item.height, "bands": item.bands,
@@ -481,7 +482,7 @@ def router(settings: Settings) -> APIRouter:
         with lookups.pool.connection() as conn:
             cols = cat.list_collections(conn, access=VISIBLE_LEVELS())
         return {"collections": [collection_doc(c, _base(request), settings.timezone) for c in cols],
-                "links": [_link(f"{_base(request)}/imagery/collections", "self", "application/json")]}
+                "links": [link(f"{_base(request)}/imagery/collections", "self", "application/json")]}
 
     @api.get("/imagery/collections/{cid}", summary="An imagery collection")
     def collection(request: Request, cid: str):
@@ -494,7 +495,7 @@ def router(settings: Settings) -> APIRouter:
         with lookups.pool.connection() as conn:
             rows = cat.list_items(conn, cid, at=at)
         return {"collection": cid, "items": [item_doc(col, i, _base(request), settings.timezone) for i in rows],
-                "links": [_link(f"{_base(request)}/imagery/collections/{cid}/items", "self", "application/json")]}
+                "links": [link(f"{_base(request)}/imagery/collections/{cid}/items", "self", "application/json")]}
 
     @api.get("/imagery/collections/{cid}/items/{item_id}", summary="One item of an imagery collection")
     def item(request: Request, cid: str, item_id: str):
@@ -518,10 +519,10 @@ def router(settings: Settings) -> APIRouter:
         col = lookups.collection(cid)
         parse_datetime(datetime_, settings.timezone)  # a bad value is a 400 here, not in every tile
         if algorithm is not None and algorithm not in available_algorithms.data:
-            raise bad("algorithm", f"{algorithm!r} is not one of {', '.join(available_algorithms.data)}")
+            raise invalid_parameter("algorithm", f"{algorithm!r} is not one of {', '.join(available_algorithms.data)}")
         fmt = format_ or ("png" if algorithm in LOSSLESS_ALGORITHMS or algorithm else _default_format(col))
         if fmt not in FORMATS:
-            raise bad("format", f"{fmt!r}: choose one of {', '.join(FORMATS)}")
+            raise invalid_parameter("format", f"{fmt!r}: choose one of {', '.join(FORMATS)}")
         qs = [(k, v) for k, v in request.query_params.multi_items()
               if k.lower() not in ("tms", "format", "minzoom", "maxzoom")]
         if fmt not in DATA_FORMATS and not any(k in RENDERING_PARAMS for k, _ in qs) and advertised_rendering(col):

@@ -22,7 +22,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, _link
+from spatial_api.api.errors import ApiError
+from spatial_api.api.responses import link
 from tiling.vector import GRIDS, TMS
 
 TILESETS_MAP = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-map"
@@ -65,8 +66,8 @@ def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> A
         doc = {
             "title": f"{col.title or cid} ({tms_id})", "dataType": "map", "crs": TMS.get(tms_id).crs.root,
             "tileMatrixSetURI": f"{base(request)}/tileMatrixSets/{tms_id}",
-            "links": [_link(url + query, "self", "application/json", "this tileset"),
-                      _link(f"{base(request)}/tileMatrixSets/{tms_id}", TILING_SCHEME, "application/json",
+            "links": [link(url + query, "self", "application/json", "this tileset"),
+                      link(f"{base(request)}/tileMatrixSets/{tms_id}", TILING_SCHEME, "application/json",
                             "the grid")],
         }
         if full:
@@ -75,7 +76,7 @@ def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> A
             for fmt, media in MEDIA.items():
                 template = (f"{base(request)}/imagery/collections/{cid}/tiles/{tms_id}/{{tileMatrix}}/{{tileCol}}/"
                             f"{{tileRow}}.{fmt}{'?' + tile_query if tile_query else ''}")
-                doc["links"].append({**_link(template, "item", media, f"a tile ({fmt})"), "templated": True})
+                doc["links"].append({**link(template, "item", media, f"a tile ({fmt})"), "templated": True})
             lim = limits(col.bbox, tms_id, (col.zooms or {}).get(tms_id))
             if lim:
                 doc["tileMatrixSetLimits"] = lim
@@ -84,7 +85,7 @@ def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> A
     @api.get("/imagery/collections/{cid}/map/tiles", summary="Map tilesets of an imagery collection (OGC API – Tiles)")
     def tilesets(request: Request, cid: str, datetime_: str | None = Query(None, alias="datetime")):
         return {"tilesets": [tileset(request, cid, t, datetime_, full=False) for t in GRIDS],
-                "links": [_link(f"{base(request)}/imagery/collections/{cid}/map/tiles", "self", "application/json")]}
+                "links": [link(f"{base(request)}/imagery/collections/{cid}/map/tiles", "self", "application/json")]}
 
     @api.get("/imagery/collections/{cid}/map/tiles/{tms_id}", summary="A map tileset of an imagery collection")
     def tileset_doc(request: Request, cid: str, tms_id: str, datetime_: str | None = Query(None, alias="datetime")):
@@ -96,5 +97,5 @@ def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> A
 
 def collection_links(base: str, cid: str) -> list[dict]:
     """The links an imagery collection document adds for OGC API clients."""
-    return [_link(f"{base}/imagery/collections/{cid}/map/tiles", TILESETS_MAP, "application/json",
+    return [link(f"{base}/imagery/collections/{cid}/map/tiles", TILESETS_MAP, "application/json",
                   "map tilesets (OGC API – Tiles)")]

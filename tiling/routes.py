@@ -22,7 +22,10 @@ from fastapi.responses import JSONResponse, Response
 
 from spatial_api import db, security
 from spatial_api.config import Settings
-from spatial_api.ogc.features import ApiError, Collections, _link, as_of_param, bad
+from spatial_api.api.collections import Collections
+from spatial_api.api.errors import ApiError, invalid_parameter
+from spatial_api.api.params import as_of_param
+from spatial_api.api.responses import link
 from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
 from tiling.vector import GRIDS, TMS, TileError, TileRequest, render, tile_bounds, zoom_range
 
@@ -63,12 +66,12 @@ MAX_TILE_LAYERS = 32  # layers in one XYZ tile request (a guard against /tiles/a
 def _layer_names(layers: str) -> list[str]:
     names = [n for n in layers.split(",") if n]
     if not names:
-        raise bad("layers", "name at least one layer")
+        raise invalid_parameter("layers", "name at least one layer")
     if len(names) > MAX_TILE_LAYERS:
-        raise bad("layers", f"{len(names)} layers named; at most {MAX_TILE_LAYERS} in one request")
+        raise invalid_parameter("layers", f"{len(names)} layers named; at most {MAX_TILE_LAYERS} in one request")
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise bad("layers", f"{', '.join(twice)[:200]} named more than once")
+        raise invalid_parameter("layers", f"{', '.join(twice)[:200]} named more than once")
     return names
 
 
@@ -90,7 +93,7 @@ def _int_param(path_params: dict, name: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise bad(name, f"{raw[:50]!r} is not an integer") from None
+        raise invalid_parameter(name, f"{raw[:50]!r} is not an integer") from None
 
 
 def _tile_parameters(*path: tuple[str, str, str]) -> list[dict]:
@@ -115,7 +118,7 @@ def router(settings: Settings) -> APIRouter:
     def tile_matrix_sets(request: Request):
         return {"tileMatrixSets": [
             {"id": tms_id, "title": TMS.get(tms_id).title or tms_id,
-             "links": [_link(f"{base(request)}/tileMatrixSets/{tms_id}",
+             "links": [link(f"{base(request)}/tileMatrixSets/{tms_id}",
                              "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json")]}
             for tms_id in GRIDS]}
 
@@ -147,10 +150,10 @@ def router(settings: Settings) -> APIRouter:
             "title": f"{collection_id} ({tms_id})", "dataType": "vector", "crs": TMS.get(tms_id).crs.root,
             "tileMatrixSetURI": f"{base(request)}/tileMatrixSets/{tms_id}",
             "links": [
-                _link(url, "self", "application/json", "this tileset"),
-                _link(f"{base(request)}/tileMatrixSets/{tms_id}",
+                link(url, "self", "application/json", "this tileset"),
+                link(f"{base(request)}/tileMatrixSets/{tms_id}",
                       "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json", "the grid"),
-                {**_link(url + "/{tileMatrix}/{tileRow}/{tileCol}", "item", MVT, "a tile"), "templated": True},
+                {**link(url + "/{tileMatrix}/{tileRow}/{tileCol}", "item", MVT, "a tile"), "templated": True},
             ],
         }
         if tm_limits:
@@ -162,7 +165,7 @@ def router(settings: Settings) -> APIRouter:
         with pool.connection() as conn:
             cols.get(conn, collection_id)
         return {"tilesets": [tileset(request, collection_id, t) for t in GRIDS],
-                "links": [_link(f"{base(request)}/collections/{collection_id}/tiles", "self", "application/json")]}
+                "links": [link(f"{base(request)}/collections/{collection_id}/tiles", "self", "application/json")]}
 
     @api.get("/collections/{collection_id}/tiles/{tms_id}", summary="A vector tileset")
     def tileset_doc(request: Request, collection_id: str, tms_id: str):
@@ -231,7 +234,7 @@ def router(settings: Settings) -> APIRouter:
                 for layer in layers:
                     unknown = [n for n in names if n not in layer.schema]
                     if unknown:
-                        raise bad("properties", f"{unknown} not in {layer.name!r} ({', '.join(layer.schema)})")
+                        raise invalid_parameter("properties", f"{unknown} not in {layer.name!r} ({', '.join(layer.schema)})")
             if len(layers) == 1:
                 lo, hi = zoom_range(layers[0], req.tms)
                 if not lo <= req.z <= hi:

@@ -28,7 +28,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from spatial_api import db
 from spatial_api.config import Settings
-from spatial_api.ogc.features import Collections
+from spatial_api.api.collections import Collections
 from tiling.vector import GRIDS, TMS, zoom_range
 
 log = logging.getLogger(__name__)

@@ -530,9 +530,3 @@ def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: l
             cur.execute("ROLLBACK TO SAVEPOINT geotwin_count")
     cur.execute("SET LOCAL statement_timeout = 0")
     return estimate, True
-
-
-# Transitional names for the rooms that still import them from here (issue 13 moves them to
-# spatial_api.api; removed once every room imports the ground floor directly).
-bad, _link, _crs, _instant = invalid_parameter, link, crs_param, instant_param
-from spatial_api.api.params import as_of_param  # noqa: E402,F401

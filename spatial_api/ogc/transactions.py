@@ -26,7 +26,10 @@ from spatial_api.config import Settings
 from spatial_api.ingest import prepare_properties
 from spatial_api.ingest.types import IngestError, PreparedBatch
 from spatial_api.store.types import StoreError
-from spatial_api.ogc.features import GEOJSON, ApiError, Collections, _crs, _instant, bad
+from spatial_api.api.collections import Collections
+from spatial_api.api.errors import ApiError, invalid_parameter
+from spatial_api.api.params import crs_param, instant_param
+from spatial_api.api.responses import GEOJSON
 
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/create-replace-delete",
@@ -72,7 +75,7 @@ async def _body(request: Request) -> dict:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise bad("Content-Length", f"{declared[:40]!r} is not a number of bytes")
+            raise invalid_parameter("Content-Length", f"{declared[:40]!r} is not a number of bytes")
         if int(declared) > MAX_BODY_BYTES:
             raise _too_large(f"{int(declared):,} bytes declared")
     chunks, size = [], 0
@@ -83,15 +86,15 @@ async def _body(request: Request) -> dict:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if _json_depth(raw) > MAX_BODY_DEPTH:
-        raise bad("body", f"the JSON nests more than {MAX_BODY_DEPTH} levels deep; send one GeoJSON Feature")
+        raise invalid_parameter("body", f"the JSON nests more than {MAX_BODY_DEPTH} levels deep; send one GeoJSON Feature")
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise bad("body", f"not JSON ({str(exc)[:200]})") from None
+        raise invalid_parameter("body", f"not JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict):
-        raise bad("body", "expected a GeoJSON Feature object")
+        raise invalid_parameter("body", "expected a GeoJSON Feature object")
     if doc.get("properties") is not None and not isinstance(doc["properties"], dict):
-        raise bad("properties", "expected a JSON object of property names and values")
+        raise invalid_parameter("properties", "expected a JSON object of property names and values")
     return doc
 
 
@@ -113,11 +116,11 @@ def _expected(value: str, fid: str, current: int | None) -> dict[str, int | None
     try:
         return {fid: int(tag)}
     except ValueError:
-        raise bad("If-Match", f"{value!r} is not an ETag of this server") from None
+        raise invalid_parameter("If-Match", f"{value!r} is not an ETag of this server") from None
 
 
 def _input_transformer(request: Request):
-    uri, srid, flipped = _crs(request.headers.get("content-crs", "").strip("<>") or None, "Content-Crs")
+    uri, srid, flipped = crs_param(request.headers.get("content-crs", "").strip("<>") or None, "Content-Crs")
     tr = None if srid == 4490 else Transformer.from_crs(srid, 4490, always_xy=True)
 
     def fn(coords: np.ndarray) -> np.ndarray:
@@ -135,43 +138,43 @@ def _rows(layer: store.Layer, feature: dict, fid: str | None, request: Request,
     """Store-ready rows for one incoming feature, checked like an ingested file would be. Its
     geometry is in the request's Content-Crs, or already in storage CRS (``stored_geometry``)."""
     if feature.get("type") != "Feature":
-        raise bad("body", "expected a GeoJSON Feature (type: Feature)")
+        raise invalid_parameter("body", "expected a GeoJSON Feature (type: Feature)")
     try:
         geom = shape(feature["geometry"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, shapely.errors.ShapelyError) as exc:
-        raise bad("geometry", f"not a GeoJSON geometry ({str(exc)[:200]})") from None
+        raise invalid_parameter("geometry", f"not a GeoJSON geometry ({str(exc)[:200]})") from None
     if geom.is_empty:
-        raise bad("geometry", "empty")
+        raise invalid_parameter("geometry", "empty")
     if not np.isfinite(shapely.get_coordinates(geom)).all():
-        raise bad("geometry", "coordinates must be finite numbers (NaN / Infinity given)")
+        raise invalid_parameter("geometry", "coordinates must be finite numbers (NaN / Infinity given)")
     if FAMILY.get(geom.geom_type) != layer.geometry_family:
-        raise bad("geometry", f"{geom.geom_type} given, layer {layer.name!r} holds {layer.geometry_family}s")
+        raise invalid_parameter("geometry", f"{geom.geom_type} given, layer {layer.name!r} holds {layer.geometry_family}s")
     geom = shapely.force_2d(geom)
     if not stored_geometry:
         geom = shapely.transform(geom, _input_transformer(request))
     xy = shapely.get_coordinates(geom)
     if not (np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 180).all() and (np.abs(xy[:, 1]) <= 90).all()):
-        raise bad("geometry", "coordinates out of range: longitude must be within ±180 and latitude within ±90 "
+        raise invalid_parameter("geometry", "coordinates out of range: longitude must be within ±180 and latitude within ±90 "
                   "(CGCS2000) — is the Content-Crs header right?")
     if not geom.is_valid:
-        raise bad("geometry", f"invalid: {shapely.is_valid_reason(geom)}")
+        raise invalid_parameter("geometry", f"invalid: {shapely.is_valid_reason(geom)}")
     props = dict(feature.get("properties") or {})
     unknown = [k for k in props if k not in layer.schema]
     if unknown:
-        raise bad("properties", f"{', '.join(repr(k[:40]) for k in unknown[:10])}{' …' if len(unknown) > 10 else ''} "
+        raise invalid_parameter("properties", f"{', '.join(repr(k[:40]) for k in unknown[:10])}{' …' if len(unknown) > 10 else ''} "
                   f"not in the layer schema ({', '.join(layer.schema)})")
     long = [k for k, v in props.items() if isinstance(v, str) and len(v) > MAX_TEXT_CHARS]
     if long:
-        raise bad("properties", f"{long[0]!r} is {len(props[long[0]]):,} characters long; a property value "
+        raise invalid_parameter("properties", f"{long[0]!r} is {len(props[long[0]]):,} characters long; a property value "
                   f"holds at most {MAX_TEXT_CHARS:,}")
     if layer.key_field:
         key = props.get(layer.key_field)
         if fid is None:
             if key in (None, ""):
-                raise bad("properties", f"the key {layer.key_field!r} is required")
+                raise invalid_parameter("properties", f"the key {layer.key_field!r} is required")
             fid = str(key)
         elif key is not None and str(key) != fid:
-            raise bad("properties", f"{layer.key_field}={key!r} does not match the feature id {fid!r}")
+            raise invalid_parameter("properties", f"{layer.key_field}={key!r} does not match the feature id {fid!r}")
         props[layer.key_field] = props.get(layer.key_field, fid)
     batch = PreparedBatch(source="request body", source_layer=None, source_crs="", geometry_family=layer.geometry_family,
                           schema=layer.schema, properties=pd.DataFrame([props], columns=list(layer.schema)),
@@ -179,7 +182,7 @@ def _rows(layer: store.Layer, feature: dict, fid: str | None, request: Request,
     try:
         frame = prepare_properties(batch, layer.schema)
     except IngestError as exc:
-        raise bad("properties", str(exc).replace("request body: row 1: ", "")) from None
+        raise invalid_parameter("properties", str(exc).replace("request body: row 1: ", "")) from None
     return store.FeatureRows(rows=np.array([1]), fids=None if fid is None else np.array([fid], dtype=object),
                              geometry=batch.geometry, properties=frame)
 
@@ -235,7 +238,7 @@ def router(settings: Settings) -> APIRouter:
 
     def valid_from(request: Request) -> datetime:
         value = request.query_params.get("valid_from")
-        return (_instant(value, "valid_from", "start") if value else None) or datetime.now(timezone.utc)
+        return (instant_param(value, "valid_from", "start") if value else None) or datetime.now(timezone.utc)
 
     def write(conn, layer, rows, request, expect, source) -> tuple[str, int, int]:
         try:
@@ -245,7 +248,7 @@ def router(settings: Settings) -> APIRouter:
             raise ApiError(409 if source == "api:create" else 412,
                            "Conflict" if source == "api:create" else "PreconditionFailed", str(exc)) from None
         except (IngestError, StoreError) as exc:
-            raise bad("body", str(exc)) from None
+            raise invalid_parameter("body", str(exc)) from None
         store.finish_changeset(conn, res.changeset_id, {"added": res.added, "changed": res.changed,
                                                         "unchanged": res.unchanged})
         fid = str(rows.fids[0]) if rows.fids is not None else f"{res.changeset_id}-1"
@@ -295,7 +298,7 @@ def router(settings: Settings) -> APIRouter:
         patch = await _body(request)
         unknown = sorted(set(patch) - {"type", "id", "geometry", "properties", "bbox", "links"})
         if unknown or patch.get("type", "Feature") != "Feature":
-            raise bad("body", "a merge patch of a GeoJSON Feature takes only type (Feature), geometry and "
+            raise invalid_parameter("body", "a merge patch of a GeoJSON Feature takes only type (Feature), geometry and "
                       f"properties{'; not ' + ', '.join(map(repr, unknown[:5])) if unknown else ''}")
         tag = _if_match(request)
         with db.connect(settings) as conn:
@@ -335,7 +338,7 @@ def router(settings: Settings) -> APIRouter:
             except store.VersionConflict as exc:
                 raise ApiError(412, "PreconditionFailed", str(exc)) from None
             except StoreError as exc:
-                raise bad("valid_from", str(exc)) from None
+                raise invalid_parameter("valid_from", str(exc)) from None
             conn.commit()
         committed(layer.name, res.changeset_id)
         return Response(status_code=204)

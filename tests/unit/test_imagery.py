@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from spatial_api.ingest import IngestError
 from spatial_api.ingest.imagery import _title_fields, inspect_raster, is_cog, write_cog
-from spatial_api.ogc.features import ApiError
+from spatial_api.api.errors import ApiError
 from tiling.imagery import parse_datetime
 
 CST = timezone(timedelta(hours=8))
