@@ -52,7 +52,7 @@ def _fail(message: str) -> None:
 def ingest_vector_cmd(
     path: Path = typer.Argument(..., help="GeoJSON, GeoPackage, Shapefile (.shp or .zip), CSV (WKT or lon/lat), FileGDB (.gdb), KML."),
     layer: str = typer.Option(..., "--layer", "-l", help="Target layer name (created if new)."),
-    key: Optional[str] = typer.Option(None, "--key", "-k", help="Field identifying a feature across versions (e.g. BSM)."),
+    key: Optional[str] = typer.Option(None, "--key", "-k", help="Field identifying a feature across versions (e.g. BSM). GeoJSON: --key id takes the features' own \"id\" member where they carry one."),
     mode: str = typer.Option("replace", "--mode", "-m", help="replace: the file is the new state; append: new features only; upsert: add and update, close nothing."),
     valid_from: Optional[str] = typer.Option(None, "--valid-from", help="Date the file's state became true (YYYY-MM-DD). Default: now."),
     crs: Optional[str] = typer.Option(None, "--crs", help="The file's CRS if missing or wrong: EPSG:4547, a PROJ string or WKT (local grids)."),
@@ -65,6 +65,8 @@ def ingest_vector_cmd(
     author: Optional[str] = typer.Option(None, "--author", help="Who loads this (default: the login name)."),
     message: Optional[str] = typer.Option(None, "--message", help="A note kept with the changeset."),
     evolve_schema: bool = typer.Option(False, "--evolve-schema", help="Add the file's new fields to the layer schema."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Geometry differences up to this are round-off, not change (file units: degrees, or metres if projected). Default: 1e-9°, or the precision a GeoJSON was written with."),
+    strip_strings: bool = typer.Option(False, "--strip-strings", help="Compare text without trailing spaces (a re-export that pads fields is no change)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any rejected row instead of leaving it out."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
 ) -> None:
@@ -89,6 +91,7 @@ def ingest_vector_cmd(
                 from_gcj02=from_gcj02, encoding=encoding, source_layer=source_layer,
                 title_zh=title_zh, title_en=title_en, access_level=access, author=author,
                 message=message, evolve_schema=evolve_schema, strict=strict, progress=report,
+                tolerance=tolerance, strip_strings=strip_strings,
             )
     except IngestError as exc:
         if as_json:
@@ -110,6 +113,12 @@ def ingest_vector_cmd(
                   f"{summary.seconds:.1f}")
     console.print(table)
     console.print(f"source CRS: {summary.source_crs}" + (f", encoding: {summary.encoding}" if summary.encoding else ""))
+    if summary.within_tolerance:
+        console.print(f"{summary.within_tolerance:,} feature(s) differed only below the tolerance "
+                      f"({summary.tolerance_deg:g}°, {summary.tolerance_note}): counted unchanged, no new version")
+    if summary.correction:
+        console.print(f"[yellow]●[/] valid from {summary.valid_from[:10]}, before the layer's latest change: a "
+                      "correction in valid time, recorded now; later recorded changes stay as they were")
     for r in summary.rejected_rows[:20]:
         console.print(f"[yellow]rejected[/] row {r['row']}: {r['reason']}" + (f" (key {r['key']})" if r.get("key") else ""))
     if len(summary.rejected_rows) > 20:

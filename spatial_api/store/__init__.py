@@ -32,6 +32,7 @@ from spatial_api.store.registry import (
 )
 from spatial_api.store.types import GEOMETRY_FAMILIES, PROPERTY_TYPES, SQL_CASTS, StoreError
 from spatial_api.store.writer import (
+    DEFAULT_TOLERANCE_DEG,
     MODES,
     VersionConflict,
     close_features,
@@ -46,7 +47,7 @@ from spatial_api.store.writer import (
 )
 
 __all__ = [
-    "ACCESS_LEVELS", "GEOMETRY_FAMILIES", "LAYER_NAME_RE", "PROPERTY_TYPES", "SQL_CASTS", "StoreError", "MODES", "VersionConflict", "close_features", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
+    "ACCESS_LEVELS", "DEFAULT_TOLERANCE_DEG", "GEOMETRY_FAMILIES", "LAYER_NAME_RE", "PROPERTY_TYPES", "SQL_CASTS", "StoreError", "MODES", "VersionConflict", "close_features", "Diff", "FeatureRows", "Layer", "WriteResult", "changesets",
     "check_layer_name", "count", "create_layer", "diff", "feature_history", "features",
     "drop_orphan_partition", "finish_changeset", "get_layer", "latest_valid_from", "matches_state", "list_layers", "partition_name", "properties_to_json",
     "temporal_filter", "update_layer", "write_changeset",

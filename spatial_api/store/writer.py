@@ -13,6 +13,7 @@ unchanged feature (same geometry and properties, compared by ``content_hash``) k
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,8 @@ from spatial_api.store.types import MODES, StoreError
 from spatial_api.db import connect, connect_like
 
 COPY_CHUNK = 10000
+#: Default tolerance of change detection, in degrees of CGCS2000: 1e-9° ≈ 0.1 mm on the ground.
+DEFAULT_TOLERANCE_DEG = 1e-9
 
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -152,6 +155,7 @@ class WriteResult:
     current_total: int = 0
     samples: dict[str, list[str]] = field(default_factory=dict)  # a few fids per status
     correction: bool = False  # valid from before the layer's latest change (a correction in valid time)
+    within_tolerance: int = 0  # differed from the stored version only below the tolerance (kept as they were)
 
 
 def _copy_text(value: str) -> str:
@@ -318,8 +322,15 @@ def write_changeset(
     message: str | None = None,
     progress: Progress | None = None,
     expect_versions: dict[str, int | None] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE_DEG,
+    strip_strings: bool = False,
 ) -> WriteResult:
     """Write one changeset into ``layer`` inside the caller's transaction.
+
+    ``tolerance`` (degrees of the stored CGCS2000 coordinates): a feature whose hash differs from
+    its stored version but whose geometry matches it vertex by vertex within this distance, and
+    whose properties are equal by value (1 = 1.0; with ``strip_strings``, text compared without
+    trailing spaces), is unchanged: round-off is not a change.
 
     ``keep_keys``: in replace mode, current features with these keys are not closed even though
     absent (their incoming row was rejected, so the file says nothing reliable about them).
@@ -363,7 +374,8 @@ def write_changeset(
             result.samples["added"] = [str(x) for x in fids[:5]]
         else:
             _write_incremental(cur, layer, features, mode, valid_from, cs_id, recorded_at,
-                               keep_keys or set(), result, progress, past=past)
+                               keep_keys or set(), result, progress, past=past, tolerance=tolerance,
+                               strip_strings=strip_strings)
         result.current_total = result.added if new_layer else cur.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE valid_to IS NULL").format(part)
         ).fetchone()[0]
@@ -470,7 +482,8 @@ def drop_orphan_partition(layer: str, *, conn: psycopg.Connection | None = None,
 
 def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows, mode: str,
                        valid_from: datetime, cs_id: int, recorded_at: datetime, keep_keys: set[str],
-                       result: WriteResult, progress: Progress | None, *, past: bool = False) -> None:
+                       result: WriteResult, progress: Progress | None, *, past: bool = False,
+                       tolerance: float = 0.0, strip_strings: bool = False) -> None:
     """Compare first, write second: only keys and content hashes of every incoming feature go to
     the server; full rows follow for the added and changed ones alone. A yearly survey
     re-ingested costs its changes, not its size.
@@ -517,6 +530,7 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
                 f"{layer.name!r}. Append adds new features only; use mode upsert to update "
                 "existing ones or mode replace to load a complete new state."
             )
+    result.within_tolerance = _settle_round_off(cur, part, features, tolerance, strip_strings)
     counts = dict(cur.execute("SELECT status, count(*) FROM classified GROUP BY status").fetchall())
     result.added = counts.get("added", 0)
     result.changed = counts.get("changed", 0)
@@ -578,11 +592,48 @@ def _write_incremental(cur: psycopg.Cursor, layer: Layer, features: FeatureRows,
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
 
+def _same_value(a, b, strip_strings: bool) -> bool:
+    """Equal by value and kind: numbers by value (1 = 1.0, never True = 1), text exactly or,
+    with ``strip_strings``, without trailing spaces; lists and objects element by element."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, str) and isinstance(b, str):
+        return a.rstrip() == b.rstrip() if strip_strings else a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k], strip_strings) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y, strip_strings) for x, y in zip(a, b))
+    return a == b and type(a) is type(b)
+
+
+def _settle_round_off(cur: psycopg.Cursor, part: sql.Identifier, features: FeatureRows, tolerance: float,
+                      strip_strings: bool) -> int:
+    """Turn 'changed' rows of ``classified`` that differ from their stored version only below the
+    tolerance (coordinates, number formatting, optionally trailing spaces) into 'unchanged'.
+    Returns how many. Only rows whose hash differs are looked at, so an unchanged re-load costs
+    nothing more."""
+    rows = cur.execute(sql.SQL(
+        "SELECT c.row_no, f.properties::text, ST_AsBinary(f.geom) FROM classified c JOIN {} f ON f.vid = c.vid "
+        "WHERE c.status = 'changed' ORDER BY c.row_no").format(part)).fetchall()
+    if not rows:
+        return 0
+    position = {int(r): i for i, r in enumerate(features.rows)}
+    index = np.array([position[int(r[0])] for r in rows], dtype=np.int64)
+    incoming = properties_to_json(features.properties.iloc[index])
+    stored = shapely.from_wkb([bytes(r[2]) for r in rows])
+    geometry_same = shapely.equals_exact(features.geometry[index], stored, tolerance=tolerance)
+    within = [int(r[0]) for r, same, props in zip(rows, geometry_same, incoming)
+              if same and _same_value(json.loads(props), json.loads(r[1]), strip_strings)]
+    if within:
+        cur.execute("UPDATE classified SET status = 'unchanged' WHERE row_no = ANY(%s)", (within,))
+    return len(within)
+
+
 def finish_changeset(conn: psycopg.Connection, changeset_id: int, counts: dict) -> None:
     """Record a changeset's counts, with the layer's number of current features after it
     (``current``: read by the registry listing instead of counting a large layer each time)."""
-    import json
-
     if "current" not in counts:
         layer = conn.execute("SELECT layer FROM changesets WHERE id = %s", (changeset_id,)).fetchone()[0]
         counts = {**counts, "current": conn.execute(
