@@ -7,7 +7,10 @@ with a message naming the file, the row and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -52,6 +55,9 @@ class IngestSummary:
     repaired_rows: list[int] = field(default_factory=list)
     samples: dict[str, list[str]] = field(default_factory=dict)
     correction: bool = False  # valid from before the layer's latest change: history re-derived from there
+    within_tolerance: int = 0  # differed from the stored version only by round-off: left unchanged
+    tolerance_deg: float | None = None  # the change-detection tolerance used, in degrees of CGCS2000
+    tolerance_note: str | None = None  # how it was chosen
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,17 +160,30 @@ def prepare_properties(batch: PreparedBatch, schema: dict[str, str]) -> pd.DataF
     return out
 
 
-def _reconcile_schema(batch: PreparedBatch, layer, evolve: bool) -> tuple[dict[str, str], list[dict] | None]:
-    """The schema to write with, and the layer's new property list if it grew."""
+def _reconcile_schema(batch: PreparedBatch, layer, evolve: bool,
+                      id_member: bool = False) -> tuple[dict[str, str], list[dict] | None]:
+    """The schema to write with, and the layer's new property list if it grew. ``id_member``: the
+    batch's field "id" is the features' GeoJSON "id" member (see _id_member_view)."""
     if layer is None:
         return dict(batch.schema), None
     current = layer.schema
     extra = [c for c in batch.schema if c not in current]
     if extra and not evolve:
+        member = id_member and "id" in extra
+        if member and layer.key_field and layer.key_field != "id":
+            advice = (f"layer {layer.name!r} is keyed by {layer.key_field!r}; to keep the ids as a property "
+                      '"id", pass --evolve-schema')
+        else:
+            advice = 'to match features by it, pass --key id (or --evolve-schema to keep it as a property "id")'
+        if member and extra == ["id"]:
+            raise IngestError(f"{batch.source}: the features' GeoJSON \"id\" member is not a field of layer "
+                              f"{layer.name!r}; {advice}.")
+        others = [c for c in extra if not (member and c == "id")]
         raise IngestError(
-            f"{batch.source}: field(s) {', '.join(map(repr, extra))} are not in layer "
+            f"{batch.source}: field(s) {', '.join(map(repr, others))} are not in layer "
             f"{layer.name!r}'s schema ({', '.join(current) or 'no fields'}). Rename them to match, "
             "or pass --evolve-schema to add them to the layer."
+            + (f" Nor is the features' GeoJSON \"id\" member: {advice}." if member else "")
         )
     if extra:
         props = list(layer.properties) + [{"name": c, "type": batch.schema[c]} for c in extra]
@@ -178,16 +197,49 @@ def _keys_of(values: list) -> list[str]:
             for v in values]
 
 
-def _keys(batch: PreparedBatch, key: str) -> np.ndarray:
-    if key not in batch.properties.columns:
+def _id_member_view(batch: PreparedBatch, existing, key: str | None) -> tuple[PreparedBatch, pd.Series | None, bool]:
+    """The part the features' GeoJSON "id" member (RFC 7946; ``id_member`` of a
+    readers.GeoJSONBatch) plays in this load: (batch to check and store, the member when it is
+    the key, whether the batch's field "id" is the member).
+
+    With --key id (or a layer keyed by "id") the member is the key, stored as the property "id"
+    only where the layer already has one (layers loaded before member and property were told
+    apart); a property "id" inside the features' ``properties`` stays that property. Without it,
+    the member is the field "id", unless the properties have their own."""
+    ids = getattr(batch, "id_member", None)
+    if ids is None:
+        return batch, None, False
+    own = "id" in batch.schema
+    if key == "id" and (own or existing is None or "id" not in existing.schema):
+        return batch, ids, False
+    if own:
+        return batch, None, False
+    column = pd.Series(ids.loc[batch.rows].to_numpy(), index=batch.properties.index, name="id")
+    props = batch.properties.copy(deep=False)
+    props.insert(0, "id", column)
+    view = dataclasses.replace(batch, properties=props, schema={"id": batch.id_member_type, **batch.schema})
+    return view, (ids if key == "id" else None), True
+
+
+def _keys(batch: PreparedBatch, key: str, member: pd.Series | None = None) -> np.ndarray:
+    """Key values as text, one per feature; ``member``: the features' GeoJSON "id" members are the key."""
+    if member is not None:
+        col = pd.Series(member.loc[batch.rows].to_numpy(), index=batch.properties.index)
+    elif key not in batch.properties.columns:
         raise IngestError(
             f"--key {key!r}: {batch.source} has no field {key!r}. Its fields are: "
             f"{', '.join(batch.properties.columns) or '(none)'}."
         )
-    col = batch.properties[key]
+    else:
+        col = batch.properties[key]
     null = col.isna().to_numpy()
     if null.any():
         pos = int(np.flatnonzero(null)[0])
+        if member is not None:
+            raise IngestError(
+                f"{batch.source}: row {int(batch.rows[pos])}: the feature has no GeoJSON \"id\" member, "
+                "which is the key (--key id). Every feature needs one; add it or choose another --key."
+            )
         raise IngestError(
             f"{batch.source}: row {int(batch.rows[pos])}: key field {key!r} is empty. "
             "Every feature needs a key value; fill it in or choose another --key."
@@ -205,6 +257,56 @@ def _keys(batch: PreparedBatch, key: str) -> np.ndarray:
             "A key must identify one feature: fix the duplicates or choose another --key."
         )
     return values.to_numpy(dtype=object)
+
+
+#: Files whose coordinates are decimal text: the precision they were written with is all they can say.
+TEXT_COORDINATE_SUFFIXES = (".geojson", ".json", ".geojsonl", ".geojsons", ".geojsonseq")
+_PAIR = re.compile(rb"\[\s*-?\d+(?:\.(\d*))?(?:[eE][-+]?\d+)?\s*,\s*-?\d+(?:\.(\d*))?")
+METRES_PER_DEGREE = 111_320.0  # of latitude: converts a projected tolerance conservatively
+
+
+def written_decimals(path: Path, sample_bytes: int = 4 << 20) -> int | None:
+    """The most decimals any coordinate pair of a GeoJSON-like text file is written with (from its
+    first ``sample_bytes``), or None when it cannot tell (not text, no pairs, exponents)."""
+    if path.suffix.lower() not in TEXT_COORDINATE_SUFFIXES or not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        head = fh.read(sample_bytes)
+    most = None
+    for m in _PAIR.finditer(head):
+        if b"e" in m.group(0).lower():
+            return None
+        for frac in m.groups():
+            n = len(frac or b"")
+            most = n if most is None else max(most, n)
+    return most
+
+
+def change_tolerance(path: Path, source_crs: str | None, tolerance: float | None) -> tuple[float, str]:
+    """The tolerance (degrees of CGCS2000) below which a geometry difference is round-off.
+
+    ``tolerance`` is given in the file's units (degrees for a geographic CRS, metres for a
+    projected one). Default: 1e-9° (~0.1 mm); a text file written with fewer decimals (GeoJSON
+    with 7 decimals: 1e-7°, ~1 cm — RFC 7946 recommends 6) cannot express more, so its own
+    precision is used instead."""
+    geographic = True
+    try:
+        import pyproj
+
+        if source_crs and source_crs.upper().startswith(("EPSG:", "ESRI:")):
+            geographic = pyproj.CRS.from_user_input(source_crs).is_geographic
+    except Exception:  # a CRS pyproj cannot name (GCJ-02, a local grid): treated as degrees
+        geographic = True
+    if tolerance is not None:
+        if not (tolerance >= 0 and math.isfinite(tolerance)):
+            raise IngestError(f"--tolerance {tolerance!r}: give a distance of 0 or more, in the file's units "
+                              "(degrees for longitude/latitude, metres for projected coordinates)")
+        deg = tolerance if geographic else tolerance / METRES_PER_DEGREE
+        return deg, f"--tolerance {tolerance:g} {'°' if geographic else 'm'}"
+    decimals = written_decimals(Path(path))
+    if decimals is not None and geographic and decimals < 9:
+        return 10.0 ** -decimals, f"coordinates written with {decimals} decimals"
+    return store.DEFAULT_TOLERANCE_DEG, "default (1e-9°, about 0.1 mm)"
 
 
 @in_cli_words
@@ -228,6 +330,8 @@ def ingest_vector(
     message: str | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    tolerance: float | None = None,
+    strip_strings: bool = False,
 ) -> IngestSummary:
 
     started = time.perf_counter()
@@ -269,6 +373,7 @@ def ingest_vector(
     batch = read_vector(src, crs=crs, from_gcj02=from_gcj02, encoding=encoding, source_layer=source_layer)
     summary.source_crs = batch.source_crs
     summary.encoding = batch.encoding
+    summary.tolerance_deg, summary.tolerance_note = change_tolerance(src, batch.source_crs, tolerance)
     summary.repaired = len(batch.repaired)
     summary.repaired_rows = list(map(int, batch.repaired))
     summary.rejected = len(batch.rejected)
@@ -285,7 +390,7 @@ def ingest_vector(
         return _write(batch, summary, started, settings, path=path, layer=layer, key=key, mode=mode,
                       vf=vf, digest=digest, title_zh=title_zh, title_en=title_en,
                       access_level=access_level, author=author, evolve_schema=evolve_schema,
-                      message=message, progress=progress)
+                      message=message, progress=progress, strip_strings=strip_strings)
     except BaseException:
         # A failed first load may leave its side-built partition behind: remove it now.
         try:
@@ -311,7 +416,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
            path, layer: str, key: str | None, mode: str, vf: datetime, digest: str,
            title_zh: str | None, title_en: str | None, access_level: str | None,
            author: str | None, evolve_schema: bool, message: str | None,
-           progress: Progress | None) -> IngestSummary:
+           progress: Progress | None, strip_strings: bool = False) -> IngestSummary:
     with db.transaction(settings) as conn:
         existing = store.get_layer(conn, layer)
         if existing is not None:
@@ -326,13 +431,17 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
                     f"{path}: holds {batch.geometry_family} geometries but layer {layer!r} holds "
                     f"{existing.geometry_family}s. Load it into another layer."
                 )
-        schema, grown = _reconcile_schema(batch, existing, evolve_schema)
-        fids = _keys(batch, key) if key else None
+        batch, key_member, id_is_member = _id_member_view(batch, existing, key)
+        schema, grown = _reconcile_schema(batch, existing, evolve_schema, id_member=id_is_member)
+        fids = _keys(batch, key, key_member) if key else None
         keep: set[str] = set()
         if key:
             # Name rejected rows by their key where the row's attributes could be read.
             for r in batch.rejected:
-                if r.key is None and r.properties and r.properties.get(key) is not None:
+                if r.key is None and key_member is not None:
+                    value = key_member.get(r.row)
+                    r.key = None if value is None or pd.isna(value) else _keys_of([value])[0]
+                elif r.key is None and r.properties and r.properties.get(key) is not None:
                     r.key = _keys_of([r.properties[key]])[0]
             summary.rejected_rows = [{"row": r.row, "reason": r.reason, "key": r.key} for r in batch.rejected]
         if fids is not None and mode == "replace":
@@ -376,6 +485,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             conn, store.get_layer(conn, layer), rows, mode=mode, valid_from=vf,
             author=author or author_default(), source=str(path), source_hash=digest,
             new_layer=new_layer, keep_keys=keep, message=message, progress=progress,
+            tolerance=summary.tolerance_deg, strip_strings=strip_strings,
         )
         summary.new_layer = new_layer
         if not new_layer and not (result.added or result.changed or result.closed):
@@ -384,6 +494,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             conn.rollback()
             summary.skipped = True
             summary.unchanged = result.unchanged
+            summary.within_tolerance = result.within_tolerance
             summary.current_total = result.current_total
             summary.seconds = round(time.perf_counter() - started, 3)
             return summary
@@ -393,12 +504,14 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
         summary.current_total = result.current_total
         summary.samples = result.samples
         summary.correction = result.correction
+        summary.within_tolerance = result.within_tolerance
         summary.seconds = round(time.perf_counter() - started, 3)
         store.finish_changeset(conn, result.changeset_id, {
             "added": summary.added, "changed": summary.changed, "unchanged": summary.unchanged,
             "closed": summary.closed, "repaired": summary.repaired, "rejected": summary.rejected,
             "seconds": summary.seconds, "source_crs": summary.source_crs,
             "current": summary.current_total, **({"correction": True} if result.correction else {}),
+            "within_tolerance": summary.within_tolerance, "tolerance_deg": summary.tolerance_deg,
         })
     # Committed: this process's caches drop what the changeset touched (others hear the NOTIFY).
 

@@ -18,10 +18,13 @@ Conventions of the returned batch (see :mod:`spatial_api.ingest.types`):
 
 from __future__ import annotations
 
+import json
+import mmap
 import re
 import struct
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -48,10 +51,10 @@ try:  # Arrow makes GeoPackage / FileGDB / GeoJSON reading ~2x faster; optional.
 except ImportError:  # pragma: no cover - depends on the environment
     HAVE_ARROW = False
 
-__all__ = ["read_vector", "SUPPORTED_FORMATS", "WKT_COLUMN_NAMES", "LON_COLUMN_NAMES", "LAT_COLUMN_NAMES"]
+__all__ = ["read_vector", "GeoJSONBatch", "SUPPORTED_FORMATS", "WKT_COLUMN_NAMES", "LON_COLUMN_NAMES", "LAT_COLUMN_NAMES"]
 
 SUPPORTED_FORMATS = (
-    "GeoJSON (.geojson/.json), GeoPackage (.gpkg), Shapefile (.shp), zipped Shapefile (.zip), "
+    "GeoJSON (.geojson/.json, GeoJSONSeq .geojsonl/.geojsons), GeoPackage (.gpkg), Shapefile (.shp), zipped Shapefile (.zip), "
     "CSV with a WKT or lon/lat columns (.csv), FileGDB (.gdb folder), KML (.kml)"
 )
 
@@ -102,9 +105,10 @@ _GDAL_ERRORS = (
 class _Source:
     display: str  # the path as the user gave it, for messages
     gdal_path: str  # what GDAL opens
-    kind: str  # shapefile | csv | kml | gpkg | geojson | filegdb | other
+    kind: str  # shapefile | csv | kml | gpkg | geojson | geojsonseq | filegdb | other
     sidecar: Callable[..., bytes | None]  # sidecar(ext, limit=None): bytes of "<stem><ext>" beside the main file
-    head: Callable[[int], bytes]  # first n bytes of the main file (CSV encoding detection)
+    head: Callable[[int], bytes]  # first n bytes of the main file (CSV encoding detection); -1: all of it
+    local: Path | None = None  # the main file on disk (not inside a zip): mapped rather than read
 
 
 _EXT_KIND = {
@@ -115,6 +119,8 @@ _EXT_KIND = {
     ".gpkg": "gpkg",
     ".geojson": "geojson",
     ".json": "geojson",
+    ".geojsonl": "geojsonseq",
+    ".geojsons": "geojsonseq",
     ".gdb": "filegdb",
 }
 
@@ -137,7 +143,7 @@ def _file_source(display: str, p: Path) -> _Source:
         with open(p, "rb") as fh:
             return fh.read(n)
 
-    return _Source(display, gdal_path, kind, sidecar, head)
+    return _Source(display, gdal_path, kind, sidecar, head, local=p)
 
 
 #: Guards on a zip archive, checked from its directory before anything is decompressed: how much
@@ -859,6 +865,291 @@ def _check_lonlat(src: _Source, coords: np.ndarray, owner: np.ndarray, label: st
 
 
 # --------------------------------------------------------------------------------------------
+# GeoJSON feature "id" members
+#
+# RFC 7946 §3.2: a feature's identifier is the member "id" of the Feature object, beside
+# "properties" — not a property. GDAL blurs the two: an integer member becomes the FID (duplicates
+# renumbered, missing ones invented, and an integer property "id" can take its place), a string
+# member becomes a field "id" — the same field as a property named "id", which then wins. So the
+# reader finds the members in the file's text itself: one vectorised pass over the bytes (numpy,
+# in chunks, on the memory-mapped file) tracks the JSON nesting outside strings, and only the
+# few "id" keys at feature level (and at the top of "properties") are decoded. Files without the
+# text "id" anywhere cost one memchr-speed search.
+
+
+@dataclass
+class GeoJSONBatch(PreparedBatch):
+    """A batch read from GeoJSON / GeoJSONSeq whose features carry an RFC 7946 "id" member.
+
+    The member is not in ``properties`` / ``schema`` (a property named "id" inside the features'
+    ``properties`` is, as any property). The ingestion decides its role: the key with ``--key id``,
+    else a field "id"."""
+
+    #: the member of every source feature, indexed by the 1-based source row (rejected rows
+    #: included); None where a feature has none
+    id_member: pd.Series | None = None
+    #: its property type: integer, number, boolean or string (mixed kinds are text)
+    id_member_type: str | None = None
+
+
+_FEATURES_KEY_RE = re.compile(rb'"features"\s*:\s*\[')
+#: after the opening quote of a string "id": a colon (so it is a key) and the value's JSON token
+_ID_VALUE_RE = re.compile(
+    rb'id"\s*:\s*("(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null|[\[{])')
+_PROPERTIES_BEFORE_RE = re.compile(rb'"properties"\s*:\s*\Z')
+_SCAN_CHUNK = 1 << 24
+_SCAN_MAX_DEPTH = 4  # features are at nesting depth 3 in a FeatureCollection, their properties at 4
+_MISSING = object()
+
+
+@dataclass
+class _IdScan:
+    member: list  # per feature: the value of its "id" member, or _MISSING
+    prop: list  # per feature: the value of its properties' "id", or _MISSING
+
+    @property
+    def has_member(self) -> bool:
+        return any(v is not _MISSING for v in self.member)
+
+    @property
+    def has_prop(self) -> bool:
+        return any(v is not _MISSING for v in self.prop)
+
+
+@contextmanager
+def _source_bytes(src: _Source):
+    """The main file's bytes: memory-mapped when it is on disk, read whole from a zip."""
+    if src.local is None:
+        yield src.head(-1)
+        return
+    with open(src.local, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            yield b""
+            return
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mm
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # a numpy view still held by an exception's traceback: the GC closes it
+                pass
+
+
+def _escaped(buf: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+    """Which of these '"' are escaped (preceded by an odd run of backslashes)."""
+    out = np.zeros(len(quotes), dtype=bool)
+    prev = quotes - 1
+    for k in np.flatnonzero((prev >= 0) & (buf[np.maximum(prev, 0)] == 0x5C)):
+        p, run = int(quotes[k]) - 1, 0
+        while p >= 0 and buf[p] == 0x5C:
+            run, p = run + 1, p - 1
+        out[k] = run % 2 == 1
+    return out
+
+
+@dataclass
+class _Structure:
+    probe_depth: np.ndarray  # nesting depth at each probe position
+    probe_opening: np.ndarray  # is the probe the opening quote of a string
+    id_pos: np.ndarray  # opening quotes of the strings "id" (keys or values)
+    id_depth: np.ndarray  # their nesting depth
+    bpos: np.ndarray  # brackets outside strings that leave the depth ≤ _SCAN_MAX_DEPTH
+    bafter: np.ndarray  # the depth after each
+    bdelta: np.ndarray  # +1 opens, -1 closes
+
+
+def _depth_at(pos: np.ndarray, bs: np.ndarray, after: np.ndarray, depth: int) -> np.ndarray:
+    if not len(bs):
+        return np.full(len(pos), depth, dtype=np.int64)
+    i = np.searchsorted(bs, pos)
+    return np.where(i > 0, after[np.maximum(i - 1, 0)], depth)
+
+
+def _json_structure(data, probes: np.ndarray) -> _Structure:
+    """One vectorised pass over JSON text, in chunks: the nesting outside strings, the strings
+    "id", and for each (sorted) probe position its depth and whether a string opens there."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    n = len(buf)
+    has_backslash = data.find(b"\\") >= 0
+    probe_depth = np.zeros(len(probes), dtype=np.int64)
+    probe_opening = np.zeros(len(probes), dtype=bool)
+    ids: list[tuple[np.ndarray, np.ndarray]] = []
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    quotes_before = depth = 0
+    for start in range(0, n, _SCAN_CHUNK):
+        chunk = buf[start:start + _SCAN_CHUNK]
+        qs = np.flatnonzero(chunk == 0x22) + start
+        if has_backslash and len(qs):
+            qs = qs[~_escaped(buf, qs)]
+        folded = chunk | 0x20  # '[' → '{', ']' → '}'
+        bs = np.flatnonzero((folded == 0x7B) | (folded == 0x7D))
+        delta = np.where(folded[bs] == 0x7B, 1, -1).astype(np.int8)
+        bs += start
+        del chunk, folded
+        if len(bs) and len(qs):
+            outside = (np.searchsorted(qs, bs) + quotes_before) % 2 == 0
+            bs, delta = bs[outside], delta[outside]
+        after = depth + np.cumsum(delta, dtype=np.int64)
+        # strings "id": an opening quote followed by id"
+        opens = qs[(np.arange(len(qs)) + quotes_before) % 2 == 0]
+        opens = opens[opens + 3 < n]
+        hit = opens[(buf[opens + 1] == 0x69) & (buf[opens + 2] == 0x64) & (buf[opens + 3] == 0x22)]
+        if len(hit):
+            ids.append((hit, _depth_at(hit, bs, after, depth)))
+        lo, hi = np.searchsorted(probes, [start, start + _SCAN_CHUNK])
+        if hi > lo:
+            p = probes[lo:hi]
+            probe_depth[lo:hi] = _depth_at(p, bs, after, depth)
+            if len(qs):
+                j = np.searchsorted(qs, p)
+                probe_opening[lo:hi] = ((j < len(qs)) & (qs[np.minimum(j, len(qs) - 1)] == p)
+                                        & ((j + quotes_before) % 2 == 0))
+        keep = after <= _SCAN_MAX_DEPTH
+        kept.append((bs[keep], after[keep], delta[keep]))
+        if len(after):
+            depth = int(after[-1])
+        quotes_before += len(qs)
+    del buf
+
+    def cat(parts, i):
+        return np.concatenate([part[i] for part in parts]) if parts else np.zeros(0, dtype=np.int64)
+
+    return _Structure(probe_depth, probe_opening, cat(ids, 0), cat(ids, 1), cat(kept, 0), cat(kept, 1), cat(kept, 2))
+
+
+def _json_values(data, tokens: list[bytes]) -> list:
+    """JSON scalar tokens decoded in one call."""
+    if not tokens:
+        return []
+    text = b"[" + b",".join(tokens) + b"]"
+    try:
+        return json.loads(text, strict=False)
+    except (UnicodeDecodeError, ValueError):
+        return json.loads(text.decode("utf-8", errors="replace"), strict=False)
+
+
+def _json_composite_at(data, start: int) -> str:
+    """The object or array starting at ``start`` as JSON text (not an RFC 7946 id, but valid JSON)."""
+    size = 4096
+    while True:
+        text = bytes(data[start:start + size]).decode("utf-8", errors="replace")
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text)
+            return json.dumps(value, ensure_ascii=False)
+        except ValueError:
+            if start + size >= len(data):
+                return text.strip()
+            size *= 4
+
+
+def _scan_geojson_ids(data, n_features: int) -> _IdScan | None:
+    """The "id" member and the properties' "id" of every feature of a GeoJSON FeatureCollection,
+    a single Feature or GeoJSONSeq text. None when the text has no string "id" at all, or when
+    its features cannot be matched one to one with GDAL's rows (then GDAL's reading stands)."""
+    if data.find(b'"id"') < 0 or data.find(b'"Feature"') < 0:  # (no ids, or not GeoJSON: ESRIJSON, TopoJSON)
+        return None
+    feature_keys = [(m.start(), m.end()) for m in _FEATURES_KEY_RE.finditer(data)]
+    probes = np.asarray([s for s, _ in feature_keys], dtype=np.int64)
+    st = _json_structure(data, probes)
+
+    # a FeatureCollection: the features are the objects of the top-level "features" array
+    top = np.flatnonzero(st.probe_opening & (st.probe_depth == 1))
+    if len(top):
+        array_open = feature_keys[int(top[0])][1] - 1
+        closes = st.bpos[(st.bdelta < 0) & (st.bafter == 1) & (st.bpos > array_open)]
+        lo, hi, level = array_open, (int(closes[0]) if len(closes) else len(data)), 3
+    else:  # a single Feature, or GeoJSONSeq: the top-level objects are the features
+        lo, hi, level = -1, len(data), 1
+    inside = (st.bpos > lo) & (st.bpos < hi)
+    feature_open = st.bpos[inside & (st.bdelta > 0) & (st.bafter == level)]
+    if len(feature_open) != n_features or any(data[p:p + 1] != b"{" for p in feature_open.tolist()):
+        return None
+    member_open = st.bpos[inside & (st.bdelta > 0) & (st.bafter == level + 1)]
+
+    in_range = (st.id_pos > lo) & (st.id_pos < hi)
+    feature = np.searchsorted(feature_open, st.id_pos) - 1
+    is_member = in_range & (st.id_depth == level) & (feature >= 0)
+    is_prop = in_range & (st.id_depth == level + 1) & (feature >= 0)
+    if is_prop.any():
+        # a key at depth level+1 belongs to its feature's "properties" if that is the object it is in
+        c = np.searchsorted(member_open, st.id_pos) - 1
+        cpos = member_open[np.maximum(c, 0)] if len(member_open) else np.zeros(len(c), dtype=np.int64)
+        is_prop &= (c >= 0) & (cpos >= feature_open[np.maximum(feature, 0)])
+        in_properties: dict[int, bool] = {}
+        for k in np.flatnonzero(is_prop):
+            brace = int(cpos[k])
+            if brace not in in_properties:
+                in_properties[brace] = data[brace:brace + 1] == b"{" and bool(
+                    _PROPERTIES_BEFORE_RE.search(data[max(0, brace - 256):brace]))
+            is_prop[k] = in_properties[brace]
+
+    member: list = [_MISSING] * n_features
+    prop: list = [_MISSING] * n_features
+    for target, chosen in ((member, is_member), (prop, is_prop)):
+        where, tokens, composite = [], [], []
+        for k in np.flatnonzero(chosen):
+            m = _ID_VALUE_RE.match(data, int(st.id_pos[k]) + 1)
+            if m is None:  # a string "id" that is a value, not a key
+                continue
+            tok = m.group(1)
+            if tok in (b"[", b"{"):
+                composite.append((int(feature[k]), _json_composite_at(data, m.start(1))))
+            else:
+                where.append(int(feature[k]))
+                tokens.append(tok)
+        for f, v in zip(where, _json_values(data, tokens)):
+            target[f] = v  # a feature naming "id" twice: the last one, as JSON parsers do
+        for f, v in composite:
+            target[f] = v
+    return _IdScan(member, prop)
+
+
+def _json_column(values: list, index) -> tuple[pd.Series, str]:
+    """JSON values (_MISSING / None as null) as a property column and its type."""
+    vals = [None if v is _MISSING else v for v in values]
+    present = [v for v in vals if v is not None]
+    nulls = len(present) < len(vals)
+    if present and all(isinstance(v, bool) for v in present):
+        kind, dtype = "boolean", (object if nulls else bool)
+    elif present and all(isinstance(v, int) and not isinstance(v, bool) for v in present) \
+            and all(abs(v) <= _INT64_MAX for v in present):
+        kind, dtype = "integer", (object if nulls else np.int64)
+    elif present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        kind, dtype = "number", np.float64
+        vals = [np.nan if v is None else float(v) for v in vals]
+    else:
+        kind, dtype = "string", object
+        vals = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in vals]
+    return pd.Series(vals, index=index, name="id", dtype=dtype), kind
+
+
+def _geojson_id_members(src: _Source, props: pd.DataFrame, schema: dict[str, str]) -> tuple[pd.Series | None, str | None]:
+    """The features' "id" members (indexed by source row), taken out of ``props`` / ``schema``
+    where GDAL put them; a property named "id" keeps the values the features' ``properties`` give."""
+    with _source_bytes(src) as data:
+        scan = _scan_geojson_ids(data, len(props))
+    if scan is None or not scan.has_member:
+        return None, None
+    rows = pd.RangeIndex(1, len(props) + 1)
+    ids, id_type = _json_column(scan.member, rows)
+    if scan.has_prop:
+        column, ptype = _json_column(scan.prop, props.index)
+        if "id" not in props.columns:
+            props.insert(0, "id", column)
+            schema_items = [("id", ptype), *schema.items()]
+            schema.clear()
+            schema.update(schema_items)
+        else:
+            props["id"] = column
+            schema["id"] = ptype
+    elif "id" in props.columns:
+        del props["id"]
+        schema.pop("id", None)
+    return ids, id_type
+
+
+# --------------------------------------------------------------------------------------------
 # the entry point
 
 
@@ -957,12 +1248,16 @@ def read_vector(
     props, schema = _build_properties(frame, kept_meta, infer_text=is_csv)
     if src.kind == "kml":
         _drop_kml_boilerplate(props, schema)
+    id_member = id_member_type = None
+    if src.kind in ("geojson", "geojsonseq"):
+        id_member, id_member_type = _geojson_id_members(src, props, schema)
     for r in result.rejected:
         r.properties = _row_dict(props, r.row - 1)
     props = props.iloc[result.keep].reset_index(drop=True)
 
     multi_layer = src.kind in ("gpkg", "filegdb", "kml") or picked_layer is not None or source_layer is not None
-    return PreparedBatch(
+    extra = {} if id_member is None else {"id_member": id_member, "id_member_type": id_member_type}
+    return (PreparedBatch if id_member is None else GeoJSONBatch)(
         source=display,
         source_layer=layer if multi_layer else None,
         source_crs=result.source_crs,
@@ -974,4 +1269,5 @@ def read_vector(
         repaired=result.repaired,
         rejected=result.rejected,
         encoding=enc or meta.get("encoding"),
+        **extra,
     )

@@ -456,3 +456,114 @@ def test_big_layer_is_vectorised(tmp_path):
     elapsed = time.perf_counter() - t
     assert len(b) == len(cells) and b.geometry_family == "Polygon"
     assert elapsed < 5, elapsed
+
+
+# ------------------------------------------------------------------------------------------
+# GeoJSON "id" members (RFC 7946 feature ids) vs a property named "id"
+
+
+def _feature(fid, props, x=114.25, **extra):
+    f = {"type": "Feature", "properties": props, "geometry": {"type": "Point", "coordinates": [x, 22.7]}, **extra}
+    if fid is not None:
+        f["id"] = fid
+    return f
+
+
+def _write_fc(path, features, **top):
+    import json
+
+    path.write_text(json.dumps({"type": "FeatureCollection", **top, "features": features}, ensure_ascii=False),
+                    encoding="utf-8")
+    return path
+
+
+def _members(b):
+    ids = getattr(b, "id_member", None)
+    return None if ids is None else [None if v is None else v for v in ids.tolist()]
+
+
+@pytest.mark.parametrize("ids,ptype", [(["P001", "P002", "P003"], "string"), ([17, 18, 19], "integer"),
+                                       (["P001", 17, "Q"], "string"), ([0, 1, 2], "integer")])
+def test_geojson_id_member_is_not_a_property(tmp_path, ids, ptype):
+    path = _write_fc(tmp_path / "ids.geojson", [_feature(i, {"name": f"n{k}"}, x=114.2 + k / 100)
+                                                 for k, i in enumerate(ids)])
+    b = read_vector(path)
+    assert list(b.schema) == ["name"] and "id" not in b.properties.columns
+    assert _members(b) == [str(i) if ptype == "string" else i for i in ids]
+    assert b.id_member_type == ptype
+    assert list(b.id_member.index) == [1, 2, 3]  # source rows
+
+
+def test_geojson_without_id_members_has_none(tmp_path):
+    b = read_vector(F.geojson(tmp_path))
+    assert getattr(b, "id_member", None) is None
+    path = _write_fc(tmp_path / "prop.geojson", [_feature(None, {"id": v, "n": 1}) for v in ("A", "B")])
+    b = read_vector(path)
+    assert getattr(b, "id_member", None) is None
+    assert b.schema == {"id": "string", "n": "integer"} and b.properties["id"].tolist() == ["A", "B"]
+
+
+def test_geojson_id_member_and_property_id_apart(tmp_path):
+    """GDAL mixes them (the property wins for strings, an integer property becomes the FID):
+    the reader keeps the member and the property each as they are in the file."""
+    feats = [_feature("P001", {"id": 7, "n": 1}), _feature("P002", {"id": 8, "n": 2}),
+             _feature("P003", {"n": 3})]
+    b = read_vector(_write_fc(tmp_path / "both.geojson", feats))
+    assert _members(b) == ["P001", "P002", "P003"]
+    assert b.schema["id"] == "integer" and b.properties["id"].tolist() == [7, 8, None]
+    feats = [_feature(1, {"id": "X"}), _feature(2, {"id": "Y"})]
+    b = read_vector(_write_fc(tmp_path / "both_int.geojson", feats))
+    assert _members(b) == [1, 2] and b.properties["id"].tolist() == ["X", "Y"]
+
+
+def test_geojson_id_members_as_they_are_in_the_file(tmp_path):
+    """Duplicates and missing ids are reported as they are (GDAL silently renumbers them)."""
+    feats = [_feature(1, {"n": 1}), _feature(1, {"n": 2}), _feature(None, {"n": 3})]
+    b = read_vector(_write_fc(tmp_path / "dup.geojson", feats))
+    assert _members(b) == [1, 1, None]
+
+
+def test_geojson_id_scan_is_not_fooled(tmp_path):
+    """"id" keys in nested objects, in strings, escaped quotes and brackets in text, a crs and
+    foreign members: only the features' own "id" member counts."""
+    feats = [
+        _feature("a\"}]{[", {"note": 'say "id": 5 } ] { [', "nested": {"id": 99}, "list": [{"id": 1}]},
+                 meta={"id": "foreign"}),
+        _feature("b\\", {"note": "\\\"id\\\": 3"}),
+        _feature(None, {"note": "x"}),
+    ]
+    path = _write_fc(tmp_path / "tricky.geojson", feats, metadata={"id": "top"},
+                     crs={"type": "name", "properties": {"id": 4, "name": "urn:ogc:def:crs:OGC:1.3:CRS84"}})
+    b = read_vector(path)
+    assert _members(b) == ['a"}]{[', "b\\", None]
+    assert "id" not in b.schema
+
+
+def test_geojsonseq_and_single_feature_id_members(tmp_path):
+    import json
+
+    seq = tmp_path / "parcels.geojsonl"
+    seq.write_text("\n".join(json.dumps(_feature(i, {"n": k})) for k, i in enumerate(["P001", "P002"])) + "\n",
+                   encoding="utf-8")
+    b = read_vector(seq)
+    assert _members(b) == ["P001", "P002"] and list(b.schema) == ["n"]
+    one = tmp_path / "one.geojson"
+    one.write_text(json.dumps(_feature(42, {"n": 1})), encoding="utf-8")
+    b = read_vector(one)
+    assert _members(b) == [42] and list(b.schema) == ["n"]
+
+
+def test_geojson_id_members_in_a_zip(tmp_path):
+    path = _write_fc(tmp_path / "ids.geojson", [_feature("P001", {"n": 1}), _feature("P002", {"n": 2})])
+    z = tmp_path / "ids.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(path, "ids.geojson")
+    b = read_vector(z)
+    assert _members(b) == ["P001", "P002"] and list(b.schema) == ["n"]
+
+
+def test_geojson_rejected_rows_keep_their_id_member(tmp_path):
+    feats = [_feature("P001", {"n": 1}), {"type": "Feature", "id": "P002", "properties": {"n": 2}, "geometry": None}]
+    b = read_vector(_write_fc(tmp_path / "rej.geojson", feats))
+    assert [r.row for r in b.rejected] == [2] and b.id_member.loc[2] == "P002"
+    assert len(b) == 1 and b.id_member.loc[1] == "P001"
