@@ -45,9 +45,14 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from cim_builder.geo import (METRIC_CRS, CimError, Frame, enu_rotation, lonlat_to_ecef, to_ecef,
-                             transformer)
+from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, METRIC_CRS, CimError, Frame, ecef_to_lonlat, enu_rotation,
+                             lonlat_to_ecef, models_dir, to_ecef, transformer)
+from cim_builder.glb import GlbWriter, Primitive, PropertyTable
+from spatial_api import db, store
+from spatial_api.config import author_default
 
 SUPPORTED_SCHEMAS = ("IFC2X3", "IFC4", "IFC4X3")
 SKIP_CLASSES = ("IfcSite", "IfcOpeningElement", "IfcAnnotation", "IfcGrid", "IfcVirtualElement")
@@ -688,8 +693,6 @@ def place(path: Path, model_id: str, georef: Georef, geoid_separation: float, f=
     tip = georef.to_ecef(els.positions + 0.01 * els.normals, geoid_separation)
     nrm = tip - ecef
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-    from cim_builder.geo import ecef_to_lonlat
-
     llh = ecef_to_lonlat(ecef)
     solid = ~np.asarray(els.meta["is_space"])[els.element]
     pts = llh[solid] if solid.any() else llh
@@ -701,8 +704,6 @@ def place(path: Path, model_id: str, georef: Georef, geoid_separation: float, f=
 
 
 def model_mesh_glb(pm: PlacedModel, frame: Frame) -> bytes:
-    from cim_builder.glb import GlbWriter, Primitive, PropertyTable
-
     els = pm.elements
     w = GlbWriter()
     solid_mat = w.material((1, 1, 1, 1), name="bim element")
@@ -771,8 +772,6 @@ def model_glb(m: RegisteredModel, sep: float) -> tuple[bytes, list[float], list[
     c = pm.footprint.centroid
     frame = Frame.at(c.x, c.y, 0.0)
     glb = model_mesh_glb(pm, frame)
-    from cim_builder.geo import ecef_to_lonlat
-
     llh = ecef_to_lonlat(pm.ecef)
     lon, lat = np.radians(llh[:, 0]), np.radians(llh[:, 1])
     region = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()),
@@ -782,8 +781,6 @@ def model_glb(m: RegisteredModel, sep: float) -> tuple[bytes, list[float], list[
 
 def record_replacements(conn, models: list[RegisteredModel]) -> None:
     """Remember which buildings each model replaced in the last build (shown by `cim models`)."""
-    from psycopg.types.json import Jsonb
-
     for m in models:
         conn.execute("UPDATE cim_models SET georef = georef || jsonb_build_object('replaces', %s::jsonb) "
                      "WHERE id = %s", (Jsonb(m.replaces), m.id))
@@ -800,12 +797,6 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
              max_distance_km: float = 50.0) -> dict:
     """Read, georeference and mesh an IFC file (so it fails now, not at the next build), copy it
     under ``<home>/models/`` (``$GEOTWIN_MODELS_DIR``) and record it in ``cim_models``. Returns what was registered."""
-    from psycopg.types.json import Jsonb
-
-    from spatial_api import db
-    from spatial_api.config import author_default
-    from cim_builder.geo import DEFAULT_GEOID_SEPARATION
-
     path = Path(path)
     f = open_ifc(path)
     model_id = model_id or _slug(path.stem)
@@ -814,11 +805,6 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
     georef = read_georef(f, path, at=at, rotation=rotation, crs=crs)
     sep = DEFAULT_GEOID_SEPARATION if geoid_separation is None else geoid_separation
     pm = place(path, model_id, georef, sep, f=f)
-    from psycopg import sql
-
-    from cim_builder.geo import models_dir
-    from spatial_api import store
-
     c = pm.footprint.centroid
     wkb = shapely.to_wkb(pm.footprint)
     with db.connect(settings) as conn:
@@ -867,8 +853,6 @@ def convert(path: str | Path, out: str | Path, *, at: tuple | None = None, rotat
             crs: str | None = None, geoid_separation: float | None = None, model_id: str | None = None) -> dict:
     """One IFC file → a stand-alone 3D Tiles 1.1 tileset (``out/tileset.json`` + one glb with
     per-element metadata), without the database: ``geotwin cim convert-ifc``."""
-    from cim_builder.geo import DEFAULT_GEOID_SEPARATION, ecef_to_lonlat
-
     path, out = Path(path), Path(out)
     f = open_ifc(path)
     model_id = model_id or _slug(path.stem)

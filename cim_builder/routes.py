@@ -16,6 +16,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from spatial_api import db, security
+
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".json": "application/json", ".subtree": "application/octet-stream",
                ".b3dm": "application/octet-stream", ".gltf": "model/gltf+json"}
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag, Content-Encoding, Content-Length",
@@ -55,9 +57,7 @@ def _problem(status: int, description: str) -> JSONResponse:
 
 
 def router(settings) -> APIRouter:
-    from spatial_api import db, security
-
-    r = APIRouter(tags=["twin"])
+    api = APIRouter(tags=["twin"])
     gz = _GzipCache()
     folders: dict[str, tuple[float, Path | None]] = {}
 
@@ -82,7 +82,7 @@ def router(settings) -> APIRouter:
             security.note_restricted(f"twin:{tileset_id}")
         return hit[1][0]
 
-    @r.get("/twin/tilesets", summary="The twin's 3D Tiles tilesets")
+    @api.get("/twin/tilesets", summary="The twin's 3D Tiles tilesets")
     def list_tilesets(request: Request) -> JSONResponse:
         with db.pool(settings).connection() as conn:
             rows = [r[:6] for r in conn.execute(
@@ -106,11 +106,11 @@ def router(settings) -> APIRouter:
         return JSONResponse({"tilesets": out, "links": [
             {"rel": "self", "type": "application/json", "href": f"{base}/twin/tilesets"}]}, headers=CORS)
 
-    @r.options("/twin/tilesets/{tileset_id}/{path:path}", include_in_schema=False)
+    @api.options("/twin/tilesets/{tileset_id}/{path:path}", include_in_schema=False)
     def preflight(tileset_id: str, path: str) -> Response:
         return Response(status_code=204, headers={**CORS, "Access-Control-Max-Age": "86400"})
 
-    @r.get("/twin/tilesets/{tileset_id}/{path:path}", summary="tileset.json and its content")
+    @api.get("/twin/tilesets/{tileset_id}/{path:path}", summary="tileset.json and its content")
     def content(tileset_id: str, path: str, request: Request) -> Response:
         base = folder(tileset_id)
         if base is None:
@@ -148,4 +148,4 @@ def router(settings) -> APIRouter:
                 return Response(packed, media_type=media, headers={**headers, "Content-Encoding": "gzip"})
         return Response(target.read_bytes(), media_type=media, headers=headers)
 
-    return r
+    return api

@@ -17,10 +17,11 @@ from rasterio import features
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
+from data._buildings import frames
 from data._config import CRS, EPOCHS
 from data._development import USE_TO_LU, Development
 from data._landuse import LandUse
-from data._noise import value_noise
+from data._noise import sample_bilinear, value_noise
 from data._world import World, _rng
 
 # base colours (RGB) per land-use class as seen from above in November
@@ -76,7 +77,6 @@ def _mask(geoms, grid: Grid, all_touched=False):
 
 
 def _resample_dem(world: World, grid: Grid) -> np.ndarray:
-    from data._noise import sample_bilinear
     xs = grid.bounds[0] + (np.arange(grid.width) + 0.5) * grid.px
     ys = grid.bounds[3] - (np.arange(grid.height) + 0.5) * grid.px
     out = np.empty((grid.height, grid.width), np.float32)
@@ -174,7 +174,6 @@ class Renderer:
         # per-piece looks; fields share their lot's direction
         self.tone = np.concatenate([[0], rng.normal(0, 1, self.n)]).astype(np.float32)
         lot_theta = rng.uniform(0, math.pi, world.lots["geom"].size)
-        from data._buildings import frames
         o, u1, _, _, _, ok = frames(world.lots["geom"])
         lot_theta = np.where(ok, np.arctan2(u1[:, 1], u1[:, 0]), lot_theta)
         th = np.where(lot >= 0, lot_theta[np.maximum(lot, 0)], 0.0) + rng.normal(0, 0.04, self.n)

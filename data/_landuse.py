@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from data import _names
+from data._buildings import frames
 from data._config import DISTRICT_CODE, SURVEY_DATES
-from data._development import Development
+from data._development import USE_TO_LU, Development
 from data._world import ROAD_LU, World, _rng
 
 DLMC = {
@@ -130,8 +132,6 @@ def _grid_seeds(geoms: np.ndarray, counts: np.ndarray, aspect: np.ndarray, rng: 
                 jitter: float = 0.18):
     """Seeds on a jittered grid in each polygon's own orientation (Voronoi cells of such
     seeds are field- and plot-like quadrilaterals). About ``counts[i]`` per polygon."""
-    from data._buildings import frames
-
     o, u1, u2, L1, L2, ok = frames(geoms)
     area = np.maximum(shapely.area(geoms), 1.0)
     env_area = np.maximum(L1 * L2, area)
@@ -292,7 +292,6 @@ def make_landuse(world: World, dev: Development) -> LandUse:
     P = dev.parcels
     starts = P["actual_start"].to_numpy()
     uses = P["land_use_code"].to_numpy()
-    from data._development import USE_TO_LU
     for k in np.flatnonzero(inp):
         p = pp[k]
         s = starts[p]
@@ -564,7 +563,6 @@ def protection_layers(world: World, dev: Development, lu: LandUse) -> dict:
 
 
 def _mountain_names(world):
-    from data import _names
     return _names.MOUNTAIN_NAMES[:max(1, len(world.peaks))]
 
 

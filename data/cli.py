@@ -1,4 +1,8 @@
-"""``geotwin demo …``: build the synthetic demo district and load it through the ingestion."""
+"""``geotwin demo …``: build the synthetic demo district and load it through the ingestion.
+
+The commands load only what they run (the builder, the checks, the database) so that
+`geotwin --help` starts fast: their imports are inside them on purpose.
+"""
 
 from __future__ import annotations
 

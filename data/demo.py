@@ -25,7 +25,12 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from data import _development, _imagery, _io, _landuse, _places, _world
 from data._config import CENTRE, CRS, EPOCHS, REFERENCE_DATE, SIZES, SURVEY_DATES
+from data._io import write_layer
+from data.checks import naive_findings
+from spatial_api.ingest import ingest_vector
+from spatial_api.ingest.imagery import ingest_imagery
 
 MANIFEST_FORMAT = "geotwin-demo-manifest/1"
 #: bump when the builder's output changes, so `geotwin demo build` rebuilds existing folders
@@ -169,8 +174,6 @@ TITLES = {
 
 def _layer(out_dir: Path, fname: str, layer: str, frame: pd.DataFrame, geoms, valid_from, *,
            file_crs: str = CRS, geometry_type: str | None = None) -> LayerFile:
-    from data._io import write_layer
-
     zh, en, access, key = TITLES[layer]
     path = out_dir / fname
     info = write_layer(path, frame, geoms, layer=layer, crs=file_crs, geometry_type=geometry_type)
@@ -202,8 +205,6 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
     """Write the demo district for ``size`` into ``out_dir`` and return its manifest (also
     written as ``out_dir/manifest.json``). Same seed → same attribute content (and the same
     bytes). ``reuse``: return an earlier complete build of the same size / seed as it is."""
-    from data import _development, _imagery, _io, _landuse, _places, _world
-
     if size not in SIZES:
         raise ValueError(f"size {size!r}: choose one of {', '.join(SIZES)}")
     spec = SIZES[size]
@@ -315,8 +316,6 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
     manifest.write()
     step("verify")
     if verify:
-        from data.checks import naive_findings
-
         found = naive_findings(out_dir)
         problems = verify_planted(manifest, found)
         if problems:
@@ -350,8 +349,6 @@ ALSO = {"R3": {"R4", "R5"}, "R4": {"R5"}, "R10": {"R11"}}
 def verify_planted(manifest: Manifest, found: dict | None = None) -> list[str]:
     """Problems with the planted cases: empty when every planted id is found by the naive
     rules, no negative case is, and nothing else is found."""
-    from data.checks import naive_findings
-
     found = naive_findings(manifest.out_dir) if found is None else found
     problems = []
     for rule, ids in manifest.planted_cases.items():
@@ -379,8 +376,6 @@ def verify_planted(manifest: Manifest, found: dict | None = None) -> list[str]:
 def load(manifest: Manifest, *, progress: bool = True) -> list:
     """Load every vector file through ``spatial_api.ingest.ingest_vector`` (the code path of
     ``geotwin ingest vector``), in manifest order. Returns the ingest summaries."""
-    from spatial_api.ingest import ingest_vector
-
     summaries = []
     prog = None
     if progress:
@@ -404,8 +399,6 @@ def load(manifest: Manifest, *, progress: bool = True) -> list:
                 prog.advance(task)
         # Imagery epochs → collection "ortho" (item = epoch id, dated by acquisition); the DEM →
         # collection "dem", dated with the first epoch. Idempotent (the same file is not re-registered).
-        from spatial_api.ingest.imagery import ingest_imagery
-
         for img in manifest.imagery:
             summaries.append(ingest_imagery(img.path, collection="ortho", datetime_=img.acquired_on, kind="ortho",
                                             item_id=img.epoch_id, title_zh="正射影像", title_en="Orthophotos",

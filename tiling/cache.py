@@ -39,7 +39,7 @@ import numpy as np
 import shapely
 from psycopg import sql
 
-from spatial_api import events, store
+from spatial_api import db, events, store
 from tiling.vector import BUFFER, EXTENT, GRIDS, TMS
 
 log = logging.getLogger(__name__)
@@ -368,8 +368,6 @@ class Invalidator:
     def _query(self, conn, query, params) -> list:
         """Run a read on ``conn`` or, without one, on the invalidator's own work connection (kept
         open: a new connection per changeset would cost more than the invalidation itself)."""
-        from spatial_api import db
-
         if conn is not None:
             return conn.execute(query, params).fetchall()
         with self._work_lock:
@@ -445,8 +443,6 @@ class Invalidator:
         self._thread.start()
 
     def _listen(self):
-        from spatial_api import db
-
         conn = db.connect(self.settings, autocommit=True)
         conn.execute("SET application_name = 'geotwin-tile-listener'")
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(events.CHANNEL)))

@@ -65,10 +65,11 @@ from titiler.mosaic.factory import MosaicTilerFactory
 
 from spatial_api import db, security
 from spatial_api.api import time as timepolicy
-from spatial_api.config import Settings
+from spatial_api.config import Settings, get_settings
 from spatial_api.api.errors import ApiError, invalid_parameter
 from spatial_api.api.responses import link
 from spatial_api.store import imagery as cat
+from tiling import ogc_maps
 from tiling.ogc_maps import collection_links
 from tiling.vector import GRIDS, TMS
 
@@ -453,8 +454,6 @@ def collections_for_capabilities(conn) -> list[dict]:
     (lon/lat), minzoom / maxzoom (WebMercatorQuad) and ``zooms`` per grid, formats, the default
     format, datetimes (ISO), the grids, and ``tile_path`` — a template relative to the server root
     with ``{tms}``, ``{z}``, ``{x}``, ``{y}`` and ``{format}``."""
-    from spatial_api.config import get_settings
-
     tz = get_settings().timezone
     out = []
     for col in cat.list_collections(conn, access=VISIBLE_LEVELS()):
@@ -649,8 +648,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     from fastapi.responses import Response
 
     app.include_router(router(settings))
-    from tiling import ogc_maps
-
     app.include_router(ogc_maps.router(settings, ImageryRoutes(settings), advertised_rendering),
                        dependencies=[Depends(refuse_raw_sources)])
 

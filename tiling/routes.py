@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,7 +26,7 @@ from spatial_api.config import Settings
 from spatial_api.api.collections import Collections
 from spatial_api.api.errors import ApiError, invalid_parameter
 from spatial_api.api.params import as_of_param
-from spatial_api.api.responses import link
+from spatial_api.api.responses import base_url, link
 from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
 from tiling.vector import GRIDS, TMS, TileError, TileRequest, render, tile_bounds, zoom_range
 
@@ -106,53 +107,64 @@ def _tile_parameters(*path: tuple[str, str, str]) -> list[dict]:
          "description": "the properties to put in the tile, comma-separated (default: all)"}]
 
 
-def router(settings: Settings) -> APIRouter:
-    api = APIRouter(tags=["OGC API — Tiles"])
-    cols = Collections(settings)
-    pool = db.pool(settings)
+class TileAPI:
+    """OGC API – Tiles (vector) and XYZ: one method per endpoint (tile matrix sets, tilesets, TileJSON, the tile
+    cache's statistics, the OGC and XYZ tiles); the tile cache and its invalidator live here."""
 
-    def base(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cols = Collections(settings)
+        self.pool = db.pool(settings)
+        self.cache = (TileCache(settings.tile_cache_mb << 20, settings.tile_cache_dir)
+                      if settings.tile_cache_mb > 0 else None)
+        self.invalidator = Invalidator(self.cache, settings) if self.cache else None
+        self.starting = threading.Lock()  # one thread starts the invalidator
+        # A tile of public layers is the same for everyone: shared caches may keep it. A tile with any
+        # internal / restricted layer is for its caller only: private, varying on the credentials.
+        self.cache_control = {level: f"{'public' if level == 'public' else 'private'}, "
+                                     f"max-age={settings.tile_max_age}, must-revalidate"
+                              for level in ("public", "internal", "restricted")}
 
-    @api.get("/tileMatrixSets", summary="Tile matrix sets")
-    def tile_matrix_sets(request: Request):
+    # -- tile matrix sets and tilesets ------------------------------------------------------------
+
+    def tile_matrix_sets(self, request: Request):
         return {"tileMatrixSets": [
             {"id": tms_id, "title": TMS.get(tms_id).title or tms_id,
-             "links": [link(f"{base(request)}/tileMatrixSets/{tms_id}",
-                             "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json")]}
+             "links": [link(f"{base_url(request)}/tileMatrixSets/{tms_id}",
+                            "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json")]}
             for tms_id in GRIDS]}
 
-    @api.get("/tileMatrixSets/{tms_id}", summary="A tile matrix set (OGC 2D-TMS 2.0)")
-    def tile_matrix_set(tms_id: str):
+    def tile_matrix_set(self, tms_id: str):
         if tms_id not in GRIDS:
             raise ApiError(404, "NotFound", f"tile matrix set {tms_id!r} does not exist; use {', '.join(GRIDS)}")
         return JSONResponse(tms_document(tms_id))
 
-    def limits(conn, layer, tms_id: str) -> list[dict]:
+    def limits(self, conn, layer, tms_id: str) -> list[dict]:
         """tileMatrixSetLimits: per zoom of the layer, the rows and columns its extent covers."""
-        row = next((r for r in cols.visible(conn) if r["name"] == layer.name), None)
-        boxes = cols.extent(conn, row)["spatial"]["bbox"] if row else []
+        row = next((r for r in self.cols.visible(conn) if r["name"] == layer.name), None)
+        boxes = self.cols.extent(conn, row)["spatial"]["bbox"] if row else []
         if not boxes:
             return []
-        w, s_, e, n = boxes[0]
+        west, south, east, north = boxes[0]
         tms = TMS.get(tms_id)
         lo, hi = zoom_range(layer, tms_id)
         out = []
         for z in range(lo, hi + 1):
-            nw, se = tms.tile(w, n, z), tms.tile(e, s_, z)
+            nw, se = tms.tile(west, north, z), tms.tile(east, south, z)
             out.append({"tileMatrix": str(z), "minTileRow": nw.y, "maxTileRow": se.y,
                         "minTileCol": nw.x, "maxTileCol": se.x})
         return out
 
+    @staticmethod
     def tileset(request: Request, collection_id: str, tms_id: str, tm_limits: list[dict] | None = None) -> dict:
-        url = f"{base(request)}/collections/{collection_id}/tiles/{tms_id}"
+        url = f"{base_url(request)}/collections/{collection_id}/tiles/{tms_id}"
         doc = {
             "title": f"{collection_id} ({tms_id})", "dataType": "vector", "crs": TMS.get(tms_id).crs.root,
-            "tileMatrixSetURI": f"{base(request)}/tileMatrixSets/{tms_id}",
+            "tileMatrixSetURI": f"{base_url(request)}/tileMatrixSets/{tms_id}",
             "links": [
                 link(url, "self", "application/json", "this tileset"),
-                link(f"{base(request)}/tileMatrixSets/{tms_id}",
-                      "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json", "the grid"),
+                link(f"{base_url(request)}/tileMatrixSets/{tms_id}",
+                     "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "application/json", "the grid"),
                 {**link(url + "/{tileMatrix}/{tileRow}/{tileCol}", "item", MVT, "a tile"), "templated": True},
             ],
         }
@@ -160,34 +172,29 @@ def router(settings: Settings) -> APIRouter:
             doc["tileMatrixSetLimits"] = tm_limits
         return doc
 
-    @api.get("/collections/{collection_id}/tiles", summary="Vector tilesets of a collection")
-    def tilesets(request: Request, collection_id: str):
-        with pool.connection() as conn:
-            cols.get(conn, collection_id)
-        return {"tilesets": [tileset(request, collection_id, t) for t in GRIDS],
-                "links": [link(f"{base(request)}/collections/{collection_id}/tiles", "self", "application/json")]}
+    def tilesets(self, request: Request, collection_id: str):
+        with self.pool.connection() as conn:
+            self.cols.get(conn, collection_id)
+        return {"tilesets": [self.tileset(request, collection_id, t) for t in GRIDS],
+                "links": [link(f"{base_url(request)}/collections/{collection_id}/tiles", "self", "application/json")]}
 
-    @api.get("/collections/{collection_id}/tiles/{tms_id}", summary="A vector tileset")
-    def tileset_doc(request: Request, collection_id: str, tms_id: str):
+    def tileset_doc(self, request: Request, collection_id: str, tms_id: str):
         if tms_id not in GRIDS:
             raise ApiError(404, "NotFound", f"tile matrix set {tms_id!r} does not exist; use {', '.join(GRIDS)}")
-        with pool.connection() as conn:
-            layer = cols.get(conn, collection_id)
-            tm_limits = limits(conn, layer, tms_id)
-        return tileset(request, collection_id, tms_id, tm_limits)
+        with self.pool.connection() as conn:
+            layer = self.cols.get(conn, collection_id)
+            tm_limits = self.limits(conn, layer, tms_id)
+        return self.tileset(request, collection_id, tms_id, tm_limits)
 
-    @api.get("/tiles/{layers}/tilejson.json", summary="TileJSON 3 for XYZ vector tiles of one or more layers")
-    def tilejson(request: Request, layers: str, datetime_: str | None = Query(None, alias="datetime")):
+    def tilejson(self, request: Request, layers: str, datetime_: str | None = Query(None, alias="datetime")):
         names = _layer_names(layers)
-        with pool.connection() as conn:
-            found = [cols.get(conn, n) for n in names]
-            rows = {r["name"]: r for r in cols.visible(conn)}
-            extents = [cols.extent(conn, rows[n])["spatial"]["bbox"] for n in names]
+        with self.pool.connection() as conn:
+            found = [self.cols.get(conn, n) for n in names]
+            rows = {r["name"]: r for r in self.cols.visible(conn)}
+            extents = [self.cols.extent(conn, rows[n])["spatial"]["bbox"] for n in names]
         boxes = [b[0] for b in extents if b]
         bounds = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                    max(b[3] for b in boxes)] if boxes else [-180, -85.0511, 180, 85.0511])
-        from urllib.parse import quote
-
         params = [f"datetime={quote(datetime_, safe='')}"] if datetime_ else []  # '+08:00' must survive
         if request.query_params.get("api_key"):  # a client that authenticates by URL keeps doing so
             params.append(f"api_key={quote(request.query_params['api_key'], safe='')}")
@@ -195,7 +202,7 @@ def router(settings: Settings) -> APIRouter:
         ranges = [zoom_range(layer) for layer in found]
         return {
             "tilejson": "3.0.0", "name": ",".join(names), "scheme": "xyz", "format": "pbf",
-            "tiles": [f"{base(request)}/tiles/{layers}/{{z}}/{{x}}/{{y}}.mvt{query}"],
+            "tiles": [f"{base_url(request)}/tiles/{layers}/{{z}}/{{x}}/{{y}}.mvt{query}"],
             "minzoom": min(r[0] for r in ranges), "maxzoom": min(max(r[1] for r in ranges), 22), "bounds": bounds,
             "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
             "vector_layers": [{"id": layer.name, "description": layer.title_zh or layer.title_en or "",
@@ -205,29 +212,23 @@ def router(settings: Settings) -> APIRouter:
                               for layer, r in zip(found, ranges)],
         }
 
-    cache = TileCache(settings.tile_cache_mb << 20, settings.tile_cache_dir) if settings.tile_cache_mb > 0 else None
-    invalidator = Invalidator(cache, settings) if cache else None
-    started = threading.Lock()
-    # A tile of public layers is the same for everyone: shared caches may keep it. A tile with any
-    # internal / restricted layer is for its caller only: private, varying on the credentials.
-    cache_control = {level: f"{'public' if level == 'public' else 'private'}, max-age={settings.tile_max_age}, "
-                            "must-revalidate" for level in ("public", "internal", "restricted")}
+    # -- tiles ------------------------------------------------------------------------------------
 
-    def ensure_listening() -> None:
-        if invalidator is not None and not invalidator.connected.is_set():
-            with started:
-                invalidator.start()
+    def ensure_listening(self) -> None:
+        if self.invalidator is not None and not self.invalidator.connected.is_set():
+            with self.starting:
+                self.invalidator.start()
 
-    def render_entry(key: TileKey, req: TileRequest, datetime_: str | None, properties: str | None) -> Entry:
+    def render_entry(self, key: TileKey, req: TileRequest, datetime_: str | None, properties: str | None) -> Entry:
         try:
             tile_bounds(req)
         except TileError as exc:
             raise ApiError(404, "NotFound", str(exc)) from None
-        ensure_listening()
+        self.ensure_listening()
         at = as_of_param(datetime_)
-        generation = cache.generation(key.layers) if cache else 0
-        with pool.connection() as conn:
-            layers = [cols.get(conn, name) for name in key.layers]
+        generation = self.cache.generation(key.layers) if self.cache else 0
+        with self.pool.connection() as conn:
+            layers = [self.cols.get(conn, name) for name in key.layers]
             names = None
             if properties is not None:
                 names = [p for p in properties.split(",") if p]
@@ -246,12 +247,12 @@ def router(settings: Settings) -> APIRouter:
                 raise ApiError(404, "NotFound", str(exc)) from None
         order = ("public", "internal", "restricted")
         level = max((layer.access_level for layer in layers), key=order.index)
-        if cache is None:
+        if self.cache is None:
             return Entry(body, etag_of(body), level)
-        return cache.put(key, body, generation=generation, level=level)
+        return self.cache.put(key, body, generation=generation, level=level)
 
-    def respond(request: Request, entry: Entry) -> Response:
-        headers = {"ETag": entry.etag, "Cache-Control": cache_control[entry.level]}
+    def respond(self, request: Request, entry: Entry) -> Response:
+        headers = {"ETag": entry.etag, "Cache-Control": self.cache_control[entry.level]}
         if entry.level != "public":
             headers["Vary"] = "Authorization, X-API-Key"
         if request.headers.get("if-none-match") == entry.etag:
@@ -260,52 +261,75 @@ def router(settings: Settings) -> APIRouter:
             return Response(status_code=204, headers=headers)
         return Response(entry.body, media_type=MVT, headers=headers)
 
-    async def tile(request: Request, layer_ids: list[str], req: TileRequest, datetime_: str | None,
+    async def tile(self, request: Request, layer_ids: list[str], req: TileRequest, datetime_: str | None,
                    properties: str | None) -> Response:
         """Cached tiles are answered on the event loop without touching the database; a miss is
         rendered in the thread pool."""
         key = TileKey(tuple(layer_ids), req.tms, req.z, req.x, req.y, _variant(datetime_, properties))
-        entry = cache.get(key) if cache is not None and invalidator.connected.is_set() else None
+        entry = self.cache.get(key) if self.cache is not None and self.invalidator.connected.is_set() else None
         if entry is not None and entry.level != "public":
             if not security.current().sees(entry.level):
                 entry = None  # rendering path answers 404: the layer does not exist for this caller
             elif entry.level == "restricted":
                 security.note_restricted("tiles:" + ",".join(layer_ids))
         if entry is None:
-            entry = await run_in_threadpool(render_entry, key, req, datetime_, properties)
-        return respond(request, entry)
+            entry = await run_in_threadpool(self.render_entry, key, req, datetime_, properties)
+        return self.respond(request, entry)
 
-    api.tile_cache, api.tile_invalidator = cache, invalidator  # app.state exposes them (shutdown, tests)
-
-    @api.get("/tiles/cache", summary="Tile cache statistics", include_in_schema=False)
-    def cache_stats():
-        return {**cache.stats(), "listening": invalidator.connected.is_set()} if cache else {"enabled": False}
+    def cache_stats(self):
+        if not self.cache:
+            return {"enabled": False}
+        return {**self.cache.stats(), "listening": self.invalidator.connected.is_set()}
 
     # The two tile endpoints read their parameters from the request themselves (documented through
     # openapi_extra): FastAPI's validation of six typed parameters was ~20% of a cache hit's CPU
     # (py-spy under bench/tiles.py; see docs/benchmarks.md). Bad integers get the same 400
     # InvalidParameterValue as before.
-    @api.get("/collections/{collection_id}/tiles/{tms_id}/{z}/{row}/{col}", summary="A vector tile",
-             openapi_extra={"parameters": _tile_parameters(
-                 ("collection_id", "string", "the collection"),
-                 ("tms_id", "string", f"the tile matrix set: {', '.join(GRIDS)}"),
-                 ("z", "integer", "tile matrix (zoom)"), ("row", "integer", "tile row"),
-                 ("col", "integer", "tile column"))})
-    async def ogc_tile(request: Request):
-        p, q = request.path_params, request.query_params
-        req = TileRequest(p["tms_id"], _int_param(p, "z"), _int_param(p, "col"), _int_param(p, "row"))
-        return await tile(request, [p["collection_id"]], req, q.get("datetime"), q.get("properties"))
 
-    @api.get("/tiles/{layers}/{z}/{x}/{y}.mvt", summary="XYZ vector tile (WebMercatorQuad); layers comma-separated",
-             openapi_extra={"parameters": _tile_parameters(
-                 ("layers", "string", "layer names, comma-separated"), ("z", "integer", "zoom"),
-                 ("x", "integer", "column"), ("y", "integer", "row"))})
-    async def xyz_tile(request: Request):
-        p, q = request.path_params, request.query_params
-        req = TileRequest("WebMercatorQuad", _int_param(p, "z"), _int_param(p, "x"), _int_param(p, "y"))
-        return await tile(request, _layer_names(p["layers"]), req, q.get("datetime"), q.get("properties"))
+    async def ogc_tile(self, request: Request):
+        path, query = request.path_params, request.query_params
+        req = TileRequest(path["tms_id"], _int_param(path, "z"), _int_param(path, "col"), _int_param(path, "row"))
+        return await self.tile(request, [path["collection_id"]], req, query.get("datetime"), query.get("properties"))
 
-    return api
+    async def xyz_tile(self, request: Request):
+        path, query = request.path_params, request.query_params
+        req = TileRequest("WebMercatorQuad", _int_param(path, "z"), _int_param(path, "x"), _int_param(path, "y"))
+        return await self.tile(request, _layer_names(path["layers"]), req, query.get("datetime"),
+                               query.get("properties"))
+
+    def router(self) -> APIRouter:
+        """The endpoints above, each under its path (in this order: it matters for path matching); the
+        router carries the tile cache and its invalidator (app.state exposes them: shutdown, tests)."""
+        api = APIRouter(tags=["OGC API — Tiles"])
+        api.add_api_route("/tileMatrixSets", self.tile_matrix_sets, methods=["GET"], summary="Tile matrix sets")
+        api.add_api_route("/tileMatrixSets/{tms_id}", self.tile_matrix_set, methods=["GET"],
+                          summary="A tile matrix set (OGC 2D-TMS 2.0)")
+        api.add_api_route("/collections/{collection_id}/tiles", self.tilesets, methods=["GET"],
+                          summary="Vector tilesets of a collection")
+        api.add_api_route("/collections/{collection_id}/tiles/{tms_id}", self.tileset_doc, methods=["GET"],
+                          summary="A vector tileset")
+        api.add_api_route("/tiles/{layers}/tilejson.json", self.tilejson, methods=["GET"],
+                          summary="TileJSON 3 for XYZ vector tiles of one or more layers")
+        api.add_api_route("/tiles/cache", self.cache_stats, methods=["GET"], summary="Tile cache statistics",
+                          include_in_schema=False)
+        api.add_api_route("/collections/{collection_id}/tiles/{tms_id}/{z}/{row}/{col}", self.ogc_tile,
+                          methods=["GET"], summary="A vector tile",
+                          openapi_extra={"parameters": _tile_parameters(
+                              ("collection_id", "string", "the collection"),
+                              ("tms_id", "string", f"the tile matrix set: {', '.join(GRIDS)}"),
+                              ("z", "integer", "tile matrix (zoom)"), ("row", "integer", "tile row"),
+                              ("col", "integer", "tile column"))})
+        api.add_api_route("/tiles/{layers}/{z}/{x}/{y}.mvt", self.xyz_tile, methods=["GET"],
+                          summary="XYZ vector tile (WebMercatorQuad); layers comma-separated",
+                          openapi_extra={"parameters": _tile_parameters(
+                              ("layers", "string", "layer names, comma-separated"), ("z", "integer", "zoom"),
+                              ("x", "integer", "column"), ("y", "integer", "row"))})
+        api.tile_cache, api.tile_invalidator = self.cache, self.invalidator
+        return api
+
+
+def router(settings: Settings) -> APIRouter:
+    return TileAPI(settings).router()
 
 
 __all__ = ["CONFORMANCE", "router"]

@@ -29,6 +29,7 @@ from fastapi.responses import RedirectResponse, Response
 from spatial_api import db
 from spatial_api.config import Settings
 from spatial_api.api.collections import Collections
+from tiling.imagery import collections_for_capabilities
 from tiling.vector import GRIDS, TMS, zoom_range
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,6 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib) -> ET.
     if text is not None:
         el.text = text
     return el
-
-
-def _imagery_collections(conn) -> list[dict]:
-    try:
-        from tiling import imagery
-    except ImportError:
-        return []
-    fn = getattr(imagery, "collections_for_capabilities", None)
-    return fn(conn) if fn else []
 
 
 def _limits(tms_id: str, bbox: list[float] | None, lo: int, hi: int) -> list[tuple[int, int, int, int, int]]:
@@ -213,7 +205,7 @@ def router(settings: Settings) -> APIRouter:
                 vector.append({"id": row["name"], "title": row["title_zh"] or row["title_en"] or row["name"],
                                "abstract": row["title_en"] or "", "bbox": boxes[0] if boxes else None,
                                "minzoom": lo, "maxzoom": hi})
-            imagery = _imagery_collections(conn)
+            imagery = collections_for_capabilities(conn)
         return Response(capabilities(base, vector, imagery), media_type="application/xml",
                         headers={"Cache-Control": "no-cache"})
 
@@ -250,7 +242,7 @@ def router(settings: Settings) -> APIRouter:
         fmt = q.get("FORMAT", "")
         with pool.connection() as conn:
             visible = {r["name"] for r in cols.visible(conn)}
-            imagery = {c["id"]: c for c in _imagery_collections(conn)}
+            imagery = {c["id"]: c for c in collections_for_capabilities(conn)}
         if layer in visible and fmt in ("", MVT):
             return RedirectResponse(f"{base}/collections/{layer}/tiles/{tms_id}/{z}/{row}/{col}", status_code=302)
         cid, query = layer, []

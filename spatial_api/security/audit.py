@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from spatial_api import db
+
 log = logging.getLogger(__name__)
 
 _INSERT = ("INSERT INTO audit_log (at, principal, role, via, action, target, method, status, client, detail) "
@@ -54,8 +56,6 @@ class AuditWriter:
         self._lock = threading.Lock()
 
     def write_now(self, entry: Entry) -> None:
-        from spatial_api import db
-
         with db.pool(self.settings).connection() as conn:
             record(conn, entry)
 
@@ -76,8 +76,6 @@ class AuditWriter:
             except queue.Empty:
                 break
         if batch:
-            from spatial_api import db
-
             try:
                 with db.pool(self.settings).connection() as conn:
                     with conn.cursor() as cur:

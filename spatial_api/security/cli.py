@@ -1,4 +1,8 @@
-"""``geotwin keys create|list|revoke``: API keys for people and platforms."""
+"""``geotwin keys create|list|revoke``: API keys for people and platforms.
+
+The commands load only what they run (the database, the key store, the audit log) so that
+`geotwin --help` starts fast: their imports are inside them on purpose.
+"""
 
 from __future__ import annotations
 

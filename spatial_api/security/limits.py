@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from spatial_api import db
+
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds: limits are per minute
@@ -164,8 +166,6 @@ class SharedLimiter:
     def _claim(self, who: str, window: float, now: float, size: int, limit: int) -> tuple[int, int, int]:
         """(granted, this minute's count, last minute's count): up to ``size`` requests claimed
         atomically, fewer when fewer are left, none when none are."""
-        from spatial_api import db
-
         weight = max(0.0, 1.0 - (now - window) / WINDOW)
         params = {"who": who, "cur": _ts(window), "prev": _ts(window - WINDOW), "weight": weight, "limit": limit}
         with db.pool(self.settings).connection() as conn:
@@ -218,8 +218,6 @@ class SharedLimiter:
 
     def purge(self, now: float | None = None) -> int:
         """Delete rows no limit reads any more (older than the previous minute); returns how many."""
-        from spatial_api import db
-
         now = self.clock() if now is None else now
         with self._purging, db.pool(self.settings).connection() as conn:
             return conn.execute("DELETE FROM rate_counters WHERE window_at < %s",

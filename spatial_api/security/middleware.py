@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 import anyio
 import psycopg
 
-from spatial_api import security
-from spatial_api.security import Principal, RequestContext, redact
+from spatial_api import db, security
+from spatial_api.security import Principal, RequestContext, keys, redact
 from spatial_api.security.audit import AuditWriter, Entry
 from spatial_api.security.keys import KEY_RE
 from spatial_api.security.limits import FAILED_KEYS_PER_MIN, limiter
@@ -63,6 +63,7 @@ class Resolver:
         self._keys_lock = threading.Lock()
         self._oidc = None
         if settings.oidc_jwks:
+            # deferred: PyJWT and cryptography (~60 ms to import) load only when an identity provider is set
             from spatial_api.security.oidc import OIDCVerifier
 
             self._oidc = OIDCVerifier(settings.oidc_jwks, issuer=settings.oidc_issuer,
@@ -97,9 +98,6 @@ class Resolver:
 
     def resolve_key(self, cred: str) -> Principal | None:
         """Blocking: asks the database (once per KEY_TTL per key); None for an unknown or revoked key."""
-        from spatial_api import db
-        from spatial_api.security import keys
-
         with db.pool(self.settings).connection() as conn:
             rec = keys.lookup(conn, cred)
         p = Principal(rec.name, rec.role, "key", rec.key_id, rec.rate_per_min) if rec else None
@@ -115,11 +113,11 @@ class Resolver:
             self._keys.clear()
 
     def resolve_token(self, cred: str) -> Principal:
-        from spatial_api.security.oidc import TokenError
-
         if self._oidc is None:
             raise AuthError("not a geotwin API key (gtk_…), and no identity provider is configured "
                             "for bearer tokens (GEOTWIN_OIDC_JWKS)")
+        from spatial_api.security.oidc import TokenError  # deferred with OIDCVerifier (above): PyJWT
+
         try:
             name, role = self._oidc.verify(cred)
         except TokenError as exc:

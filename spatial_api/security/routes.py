@@ -11,7 +11,8 @@ from psycopg.rows import dict_row
 
 from spatial_api import db, security
 from spatial_api.config import Settings
-from spatial_api.security import MAY, SEES, Forbidden, redact
+from spatial_api.security import MAY, SEES, Forbidden, keys, redact
+from spatial_api.security.middleware import SecurityMiddleware
 
 
 def router(settings: Settings) -> APIRouter:
@@ -54,8 +55,6 @@ def router(settings: Settings) -> APIRouter:
     @api.get("/admin/keys", summary="API keys (admins; the keys themselves are never shown)")
     def list_keys(include_revoked: bool = False):
         security.require("keys:manage")
-        from spatial_api.security import keys
-
         with pool.connection() as conn:
             return {"keys": [{**r.__dict__, "created_at": r.created_at.isoformat(),
                               "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
@@ -65,8 +64,6 @@ def router(settings: Settings) -> APIRouter:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    from spatial_api.security.middleware import SecurityMiddleware
-
     app.add_middleware(SecurityMiddleware, settings=settings)
     redact.install_log_filter()  # the server's own request log: no credentials from query strings
 
