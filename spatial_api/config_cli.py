@@ -8,6 +8,8 @@
     geotwin config list
 
 A running server reads a setting where it uses it: no restart. Each change is written to the audit log.
+Imports inside the commands are deliberate: a command loads only what it runs, so that
+``geotwin --help`` starts fast.
 """
 
 from __future__ import annotations
