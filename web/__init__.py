@@ -7,7 +7,8 @@
   ``<home>/assets/web/vendor/<package>/`` (``GEOTWIN_ASSETS_DIR`` overrides ``<home>/assets``),
   served at ``/vendor/<package>/...``. Nothing is fetched from the internet at run time.
 
-Pages import e.g. ``/vendor/maplibre-gl/maplibre-gl.mjs`` and ``/vendor/cesium/Cesium.js``.
+Pages import e.g. ``/vendor/maplibre-gl/maplibre-gl.mjs``, ``/vendor/turf/turf.min.js`` and
+``/vendor/cesium/Cesium.js``.
 :data:`VENDOR` lists what is copied; a package missing from node_modules is skipped (the page
 that needs it says so), and an unchanged copy is skipped (idempotent, fast).
 
@@ -34,7 +35,11 @@ VENDOR: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "maplibre-gl": ("maplibre-gl/dist", ("maplibre-gl.mjs", "maplibre-gl-worker.mjs", "maplibre-gl-shared.mjs",
                                          "maplibre-gl.css", "LICENSE.txt")),
     "cesium": ("cesium/Build/Cesium", None),
+    # turf's browser build (UMD, defines globalThis.turf): the map's cleaning of drawn polygons (web/map/draw.js)
+    "turf": ("@turf/turf", ("turf.min.js", "LICENSE")),
 }
+#: what the map page cannot start without: `python -m web build` fails when one is not installed
+REQUIRED = ("maplibre-gl", "turf")
 #: page folder → URL prefix
 PAGES = {"map": "/map", "twin": "/twin"}
 STAMP = "web-vendor.json"
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, version in done.items():
         print(f"web vendor {name}: {version or 'not installed (skipped)'}")
-    if done.get("maplibre-gl") is None:
-        print("error: maplibre-gl is not in node_modules: run `make assets` (npm ci)", file=sys.stderr)
+    missing = [name for name in REQUIRED if done.get(name) is None]
+    if missing:
+        print(f"error: {', '.join(missing)} not in node_modules: run `make assets` (npm ci)", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,10 @@ Fixtures (stable — the twin tests reuse them):
   127.0.0.1 (or data:/blob:) is aborted and recorded, console errors and page errors are recorded;
   at teardown the test fails if any were. ``browser_page.guard.allow(regex)`` tolerates an
   expected console error; ``browser_page.guard.check()`` asserts now;
+- ``E2E_TIMEOUT_MS``: how long a test waits for a state before it fails (default 120 s,
+  ``GEOTWIN_E2E_TIMEOUT_MS`` overrides) — also ``browser_page``'s default timeout. Tests wait for the
+  state they need (``wait_for_function`` on the app's state, :func:`poll` on what Python sees), never
+  a fixed time, so a slow or loaded machine only makes them slower, not red;
 - ``screenshot(name, page=None)``: writes ``<artefacts>/screenshots/<name>.png`` (the artefact
   folder is ``.geotwin/artefacts``, git-ignored; ``GEOTWIN_ARTEFACTS_DIR`` overrides) and returns
   its path.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,6 +60,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--no-default-browser-check",
 ]
+#: the deadline of every wait for a state (a loaded 2-core CI runs the e2e tests 3-5x slower than idle)
+E2E_TIMEOUT_MS = int(os.environ.get("GEOTWIN_E2E_TIMEOUT_MS", "120000"))
 LOCAL_HOSTS = {"127.0.0.1"}
 LOCAL_SCHEMES = {"data", "blob", "about"}
 
@@ -169,8 +176,9 @@ def e2e_server(e2e_district, e2e_run, database):
     from tests.fixtures.server import live_server
 
     assets.build()  # glyphs and sprites (what `make assets` does; a no-op when up to date)
-    got = web.build_vendor(database)  # maplibre-gl (and cesium) from node_modules
+    got = web.build_vendor(database)  # maplibre-gl, turf (and cesium) from node_modules
     assert got.get("maplibre-gl"), "maplibre-gl is not in node_modules: run `make assets`"
+    assert got.get("turf"), "@turf/turf is not in node_modules: run `make assets`"
     with live_server(create_app(database)) as base:
         yield base
 
@@ -224,6 +232,21 @@ class Guard:
         assert not bad, "\n".join(bad)
 
 
+def poll(page, check, what: str, timeout_ms: int | None = None):
+    """Wait until ``check()`` (evaluated in Python, e.g. over ``page.guard.requests``) is truthy and
+    return its value; fail after ``timeout_ms`` (default :data:`E2E_TIMEOUT_MS`) saying ``what`` was
+    awaited. Between checks the page runs and playwright delivers its events (requests, console)."""
+    timeout_ms = E2E_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_ms / 1000:.0f} s for {what}")
+        page.wait_for_timeout(100)  # one polling interval (not a wait for the state itself)
+
+
 def _is_local(url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme in LOCAL_SCHEMES:
@@ -259,7 +282,7 @@ def browser_page(browser, e2e_server):
     page.on("console", console)
     page.on("pageerror", lambda exc: guard.page_errors.append(str(exc)))
     page.guard = guard
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(E2E_TIMEOUT_MS)
     yield page
     try:
         guard.check()

@@ -2,6 +2,7 @@
 // supervision APIs. Everything is served by geotwin itself (no CDN, no internet).
 import * as maplibregl from "/vendor/maplibre-gl/maplibre-gl.mjs";
 import { STRINGS, DISPOSITIONS, FIELDS } from "./i18n.js";
+import { cleanPolygon as cleanPoints } from "./draw.js";
 
 const KEY_STORE = "geotwin.apiKey", LANG_STORE = "geotwin.lang";
 const CJK_FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'Microsoft YaHei', 'PingFang SC', sans-serif";
@@ -23,6 +24,8 @@ const state = {
   lastExport: null, parcel: null, swipe: false, error: null,
 };
 const t = (k) => (STRINGS[state.lang] || STRINGS.zh)[k] ?? k;
+// a string with {name} slots filled in
+const tf = (k, vars) => t(k).replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
 
 function isoDate(d) {
   const z = new Date(d.getTime() - d.getTimezoneOffset() * 60000);
@@ -58,7 +61,7 @@ const map = new maplibregl.Map({
 });
 map.addControl(new maplibregl.NavigationControl(), "top-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-right");
-window.geotwin = { map, state, maplibregl };
+window.geotwin = { map, state, maplibregl, cleanPolygon };  // cleanPolygon: for the e2e tests too
 
 function groupOf(layer) { return layer.metadata?.["geotwin:group"] || (layer.id.startsWith("findings") ? "findings" : null); }
 
@@ -316,10 +319,12 @@ const pathLength = (pts) => pts.slice(1).reduce((s, p, i) => s + distance(pts[i]
 const areaText = (m2) => `${fmt(m2, 1)} ${t("area_m2")} / ${fmt(m2 / 10000, 4)} ${t("ha")} / ${fmt(m2 / (10000 / 15), 2)} ${t("mu")}`;
 
 // ------------------------------------------------------------------ measure and draw tools
-let selected = null;
+let selected = null, drawn = null;  // drawn: the cleaned query polygon, once finished
 function sketchData() {
   const pts = state.toolPts, feats = pts.map((p) => ({ type: "Feature", geometry: { type: "Point", coordinates: p }, properties: {} }));
-  if (pts.length >= 2) {
+  if (drawn) {
+    feats.push({ type: "Feature", geometry: drawn, properties: { kind: "drawn" } });  // what was queried
+  } else if (pts.length >= 2) {
     const closed = state.tool !== "line" && pts.length >= 3;
     feats.push(closed
       ? { type: "Feature", geometry: { type: "Polygon", coordinates: [[...pts, pts[0]]] }, properties: {} }
@@ -329,39 +334,78 @@ function sketchData() {
   return { type: "FeatureCollection", features: feats };
 }
 function refreshSketch() { map.getSource("sketch")?.setData(sketchData()); }
+// cleanPolygon (draw.js) with its refusal put into words
+function cleanPolygon(points) {
+  const got = cleanPoints(points);
+  if (got.error) got.message = tf(`draw_${got.error}`, { n: got.distinct, detail: got.detail || "" });
+  return got;
+}
+function fixesText(fixes) {
+  const said = [];
+  if (fixes.duplicates) said.push(tf("draw_duplicates", { n: fixes.duplicates }));
+  if (fixes.crossings) said.push(tf("draw_crossings", { n: fixes.crossings, parts: fixes.parts }));
+  return said;
+}
 function toolText() {
   const pts = state.toolPts;
   if (state.tool === "line") return `${t("distance")}: ${fmt(pathLength(pts), 1)} ${t("m")}`;
   if (pts.length < 3) return t("draw_hint");
+  const got = cleanPolygon(pts);  // the area of what would be queried (a bow-tie's lobes, not their difference)
+  if (got.error) return t("draw_hint");
   const ring = [...pts, pts[0]];
-  return `${t("area")}: ${areaText(ringArea(ring))}\n${t("perimeter")}: ${fmt(pathLength(ring), 1)} ${t("m")}`;
+  return `${t("area")}: ${areaText(geomArea(got.geometry))}\n${t("perimeter")}: ${fmt(pathLength(ring), 1)} ${t("m")}`;
 }
 function setTool(tool) {
   state.tool = state.tool === tool ? null : tool;
   state.toolPts = [];
+  state.drawResult = null; drawn = null;
   for (const [id, name] of [["#measure-line", "line"], ["#measure-area", "area"], ["#draw-poly", "draw"]]) $(id).classList.toggle("on", state.tool === name);
   if (state.tool) map.doubleClickZoom.disable(); else map.doubleClickZoom.enable();
   map.getCanvas().style.cursor = state.tool ? "crosshair" : "";
-  $("#tool-result").textContent = state.tool ? t("draw_hint") : "";
+  toolMessage(state.tool ? t("draw_hint") : "");
   refreshSketch();
 }
+function toolMessage(text, isError = false) {
+  const box = $("#tool-result");
+  box.textContent = text;
+  box.classList.toggle("error", isError);
+}
+// The drawn polygon, cleaned (repeated vertices dropped, a self-intersection repaired: draw.js), is
+// sent as S_INTERSECTS to the protected / parcel layers; fewer than 3 distinct vertices are refused.
+// state.drawResult: {done, geometry, area_m2, fixes, <layer>: [ids], errors?} or {done, error, message}.
+let drawSeq = 0;
 async function finishTool() {
-  if (state.tool !== "draw" || state.toolPts.length < 3) return;
-  const ring = [...state.toolPts, state.toolPts[0]];
-  const wkt = `POLYGON((${ring.map((p) => `${p[0].toFixed(7)} ${p[1].toFixed(7)}`).join(",")}))`;
-  const out = [`${t("area")}: ${areaText(ringArea(ring))}`, `${t("touches")}:`];
-  const result = { area_m2: ringArea(ring) };
+  if (state.tool !== "draw") return;
+  const seq = ++drawSeq;
+  const got = cleanPolygon(state.toolPts);
+  if (got.error) {
+    drawn = null; refreshSketch();
+    state.drawResult = { done: true, seq, error: got.error, message: got.message };
+    toolMessage(got.message, true);
+    return;
+  }
+  drawn = got.geometry;
+  refreshSketch();
+  const area = geomArea(got.geometry);
+  const out = [...fixesText(got.fixes), `${t("area")}: ${areaText(area)}`, `${t("touches")}:`];
+  const result = { done: false, seq, geometry: got.geometry, area_m2: area, fixes: got.fixes };
+  state.drawResult = result;
+  toolMessage([...out, t("loading")].join("\n"));
   for (const layer of ["parcels", "basic_farmland", "eco_redline"]) {
     if (!state.groups.includes(layer)) continue;
-    const q = new URLSearchParams({ filter: `S_INTERSECTS(geometry, ${wkt})`, "filter-lang": "cql2-text", datetime: state.date, limit: "1000" });
+    const q = new URLSearchParams({ filter: `S_INTERSECTS(geometry, ${got.wkt})`, "filter-lang": "cql2-text", datetime: state.date, limit: "1000" });
     try {
       const fc = await api(`/collections/${layer}/items?${q}`);
       result[layer] = fc.features.map((f) => String(f.id));
       out.push(`· ${state.titles[layer]?.[state.lang] || layer}: ${fc.features.length}${fc.features.length ? " — " + result[layer].slice(0, 12).join(", ") : ""}`);
-    } catch (e) { out.push(`· ${layer}: ${e.message}`); }
+    } catch (e) {
+      (result.errors ||= {})[layer] = e.message;
+      out.push(`· ${state.titles[layer]?.[state.lang] || layer}: ${e.message}`);
+    }
+    if (seq !== drawSeq || state.drawResult !== result) return;  // cleared or finished again meanwhile
   }
-  state.drawResult = result;
-  $("#tool-result").textContent = out.join("\n");
+  result.done = true;
+  toolMessage(out.join("\n"), !!result.errors);
 }
 function initTools() {
   $("#measure-line").addEventListener("click", () => setTool("line"));
@@ -396,6 +440,11 @@ function download(name, blob) {
   document.body.appendChild(a); a.click(); a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
+// The rows of the XLSX export: a header (id, the properties' names, geometry_type), one row a feature.
+function exportRows(feats) {
+  const cols = [...new Set(feats.flatMap((f) => Object.keys(f.properties)))];
+  return [["id", ...cols, "geometry_type"], ...feats.map((f) => [f.id ?? "", ...cols.map((c) => f.properties[c] ?? ""), f.geometry.type])];
+}
 function exportView(kind) {
   const feats = viewFeatures();
   const stamp = `geotwin_${state.date}`;
@@ -404,23 +453,27 @@ function exportView(kind) {
     state.lastExport = { kind, count: feats.length, size: text.length };
     download(`${stamp}.geojson`, new Blob([text], { type: "application/geo+json" }));
   } else {
-    const cols = [...new Set(feats.flatMap((f) => Object.keys(f.properties)))];
-    const rows = [["id", ...cols, "geometry_type"], ...feats.map((f) => [f.id ?? "", ...cols.map((c) => f.properties[c] ?? ""), f.geometry.type])];
-    const bytes = xlsx(rows);
+    const bytes = xlsx(exportRows(feats));
     state.lastExport = { kind, count: feats.length, size: bytes.length };
     download(`${stamp}.xlsx`, new Blob([bytes], { type: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" }));
   }
   setStatus(`${t("exported")} ${feats.length} ${t("features")}`);
 }
+// OWASP's rule against formula (CSV) injection: a text cell that starts with = + - @, a tab or a
+// carriage return gets a leading apostrophe, so no spreadsheet takes it for a formula; numbers stay numbers.
+const FORMULA_START = /^[=+\-@\t\r]/;
+const safeText = (s) => (FORMULA_START.test(s) ? `'${s}` : s);
 // A minimal XLSX (Office Open XML) writer: one sheet of inline strings / numbers in an uncompressed zip.
 function xlsx(rows) {
-  const x = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]).replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, "");
+  const x = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c])
+    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, "").replace(/\r/g, "&#13;");  // a raw CR would be read back as LF
   const col = (i) => { let s = ""; for (i += 1; i > 0; i = Math.floor((i - 1) / 26)) s = String.fromCharCode(65 + ((i - 1) % 26)) + s; return s; };
+  const cell = (v, ref) => (typeof v === "number" && isFinite(v)
+    ? `<c r="${ref}"><v>${v}</v></c>`
+    : `<c r="${ref}" t="inlineStr"><is><t xml:space="preserve">${x(safeText(typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)))}</t></is></c>`);
   const sheet = `<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>`
-    + rows.map((r, ri) => `<row r="${ri + 1}">` + r.map((v, ci) => {
-      const ref = `${col(ci)}${ri + 1}`;
-      return typeof v === "number" && isFinite(v) ? `<c r="${ref}"><v>${v}</v></c>` : `<c r="${ref}" t="inlineStr"><is><t>${x(typeof v === "object" ? JSON.stringify(v) : v)}</t></is></c>`;
-    }).join("") + "</row>").join("") + "</sheetData></worksheet>";
+    + rows.map((r, ri) => `<row r="${ri + 1}">` + r.map((v, ci) => cell(v, `${col(ci)}${ri + 1}`)).join("") + "</row>").join("")
+    + "</sheetData></worksheet>";
   const files = {
     "[Content_Types].xml": `<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/></Types>`,
     "_rels/.rels": `<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>`,
@@ -592,8 +645,9 @@ function wireCaseActions(pid, findings) {
 map.on("click", (e) => {
   if (state.tool) {
     state.toolPts.push([e.lngLat.lng, e.lngLat.lat]);
+    if (drawn || state.drawResult) { drawn = null; state.drawResult = null; }  // a new vertex: the drawing goes on
     refreshSketch();
-    $("#tool-result").textContent = toolText();
+    toolMessage(toolText());
     return;
   }
   const layers = ["parcels-fill", "findings-fill"].filter((id) => map.getLayer(id));

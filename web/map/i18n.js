@@ -20,6 +20,9 @@ export const STRINGS = {
     rule: "规则", severity: "严重程度", events: "办理记录", at: "时间", author: "办理人",
     swipe_hint: "拖动白线比较两期影像", at_date: "时点",
     sev_low: "低", sev_medium: "中", sev_high: "高", sev_critical: "严重",
+    draw_duplicates: "已移除重复顶点 {n} 个", draw_crossings: "已修复自相交（{n} 处交叉），按 {parts} 个面查询",
+    draw_too_few: "至少需要 3 个不同的顶点（现有 {n} 个）：请在地图上继续单击添加顶点",
+    draw_flat: "所画顶点在一条直线上，面积为零：请画出有面积的范围", draw_failed: "无法修复所画范围（{detail}）：请清除后重画",
   },
   en: {
     title: "Longgang district map", search_ph: "Search places, addresses…", as_of: "As of", swipe: "Swipe",
@@ -42,6 +45,9 @@ export const STRINGS = {
     rule: "Rule", severity: "Severity", events: "Events", at: "At", author: "By",
     swipe_hint: "Drag the white line to compare two dates", at_date: "As of",
     sev_low: "low", sev_medium: "medium", sev_high: "high", sev_critical: "critical",
+    draw_duplicates: "Removed {n} repeated vertex(es)", draw_crossings: "Repaired a self-intersection ({n} crossing(s)): querying {parts} part(s)",
+    draw_too_few: "At least 3 distinct vertices are needed ({n} so far): click the map to add more",
+    draw_flat: "The vertices lie on one line (no area): draw an outline with an area", draw_failed: "The drawing could not be repaired ({detail}): clear it and draw again",
   },
 };
 
