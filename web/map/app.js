@@ -114,7 +114,12 @@ async function loadStyle() {
     state.titles.findings = { zh: STRINGS.zh.findings_layer, en: STRINGS.en.findings_layer };
     const first = !state.style;
     state.style = decorate(style);
-    if (first && style.center && !state.initialView) map.jumpTo({ center: style.center, zoom: Math.max(style.zoom || 13, 13) });
+    if (first && style.center && !state.initialView) {
+      // the configured home view (geotwin config set home): a box is shown whole, else centre + zoom
+      const home = meta["geotwin:home"] || {};
+      if (home.bbox) map.fitBounds([[home.bbox[0], home.bbox[1]], [home.bbox[2], home.bbox[3]]], { animate: false });
+      else map.jumpTo({ center: style.center, zoom: style.zoom ?? 13 });
+    }
     state.initialView = true;
     map.setStyle(state.style, { diff: !first });
     renderLayerList();
