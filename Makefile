@@ -29,7 +29,7 @@ node_modules/.installed: package.json package-lock.json
 style-assets: node_modules/.installed $(VENV)/.installed
 	$(BIN)/python -m styles.assets build
 
-# The web clients' browser libraries (maplibre-gl, cesium) copied from node_modules into
+# The web clients' browser libraries (maplibre-gl, cesium, @turf/turf) copied from node_modules into
 # .geotwin/assets/web/vendor, served at /vendor/; skipped when the npm versions are unchanged.
 web-assets: node_modules/.installed $(VENV)/.installed
 	$(BIN)/python -m web build
