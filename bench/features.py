@@ -14,7 +14,14 @@ Requests (the same for the three servers; their parameter names differ only wher
   3. a single feature by id.
 Responses are checked first: same number of features, same ids, same properties.
 
+Then a full download with ogr2ogr (Debian's GDAL, OAPIF driver) of the whole layer from geotwin
+and from tipg into a GeoPackage: once as a user would run it (no open option: GDAL < 3.8 asks
+10 features a page, and follows the servers' next links) and once with ``-oo PAGE_SIZE=1000``
+for both (the same page size); wall time, HTTP requests (counted from GDAL's debug output) and
+features written, servers alternating.
+
     .venv/bin/python bench/features.py [--runs 3] [--duration 10] [--connections 8]
+        [--sections wrk,download] [--download-runs 2] [--download-timeout 1800]
 
 The peers live in their own virtualenv (.geotwin/bench/peers-venv, created with pip install
 tipg pygeoapi geoalchemy2 psycopg2-binary if missing): they pin other FastAPI / pydantic
@@ -74,7 +81,7 @@ def find_land_use(manifest_path: Path) -> list[dict]:
     return mod.find_land_use(manifest_path)
 
 
-def load_data(settings, size: str) -> dict:
+def load_data(settings, size: str, need_bbox: bool = True) -> dict:
     """geotwin's schema with the land-use layer, and the peers' table copy. Returns facts."""
     from psycopg import sql
 
@@ -109,7 +116,8 @@ def load_data(settings, size: str) -> dict:
         # The same coordinates, labelled EPSG:4326: geotwin serves its EPSG:4490 geometries as CRS84
         # without a transform (CGCS2000 ↔ WGS84 is a null shift at metre level), and so do the peers
         # with this label; with 4490 both would ST_Transform / pyproj-transform every geometry.
-        cols.append(sql.SQL("ST_SetSRID(f.geom, 4326)::geometry(MultiPolygon, 4326) AS geom"))
+        # (ST_Multi: the large district's polygons are multipolygons already; the smaller ones' are not)
+        cols.append(sql.SQL("ST_Multi(ST_SetSRID(f.geom, 4326))::geometry(MultiPolygon, 4326) AS geom"))
         peer = sql.Identifier(SCHEMA, PEER_TABLE)
         conn.execute(sql.SQL("CREATE TABLE {} AS SELECT {} FROM {} f WHERE f.valid_to IS NULL ORDER BY f.fid")
                      .format(peer, sql.SQL(", ").join(cols), sql.Identifier(SCHEMA, store.partition_name("land_use"))))
@@ -130,7 +138,7 @@ def load_data(settings, size: str) -> dict:
         pg = conn.execute("SHOW server_version").fetchone()[0]
         postgis = conn.execute("SELECT postgis_lib_version()").fetchone()[0]
         jit = conn.execute("SHOW jit").fetchone()[0]
-    if n_bbox < BBOX_LIMIT:
+    if need_bbox and n_bbox < BBOX_LIMIT:
         raise SystemExit(f"bbox {BBOX} holds only {n_bbox} features (< {BBOX_LIMIT})")
     return {"source": Path(first["path"]).name, "valid_from": str(first["valid_from"])[:10],
             "features": summary.added, "peer_rows": n_peer, "bbox_matched": n_bbox, "filter_matched": n_filter,
@@ -333,13 +341,121 @@ def fmt_ms(v: float | None) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+DOWNLOAD_CLIENTS = (("no open option", []), ("-oo PAGE_SIZE=1000", ["-oo", "PAGE_SIZE=1000"]))
+DOWNLOAD_SERVERS = ("geotwin", "tipg")
+
+
+def gdal_version() -> str:
+    out = subprocess.run(["ogrinfo", "--version"], capture_output=True, text=True).stdout.strip()
+    return out.split(",")[0].replace("GDAL ", "") if out else "?"
+
+
+def ogr2ogr_download(base: str, collection: str, extra: list[str], work: Path, timeout: float) -> dict:
+    """One ``ogr2ogr -f GPKG`` of the whole collection through the OAPIF driver: seconds, HTTP requests
+    (GDAL's debug output names every fetch), features written (None: it failed or was stopped)."""
+    import pyogrio
+
+    out, log = work / "download.gpkg", work / "download.log"
+    out.unlink(missing_ok=True)
+    cmd = ["ogr2ogr", "--debug", "on", "-f", "GPKG", str(out), f"OAPIF:{base}", collection, *extra]
+    t = time.perf_counter()
+    with open(log, "w") as err:
+        try:  # on timeout subprocess.run kills ogr2ogr (its own pid)
+            code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout,
+                                  env=clean_env()).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    seconds = time.perf_counter() - t
+    fetches = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("HTTP: Fetch(")]
+    features = pyogrio.read_info(out)["features"] if code == 0 and out.exists() else None
+    tail = "" if code == 0 else log.read_text(errors="replace")[-600:]
+    out.unlink(missing_ok=True)
+    return {"seconds": seconds, "requests": len(fetches), "items_requests": sum("/items" in f for f in fetches),
+            "features": features, "code": code, "tail": tail}
+
+
+def run_downloads(servers: dict, args) -> dict[tuple[str, str], list[dict]]:
+    """Each client configuration against geotwin and tipg, ``--download-runs`` times, alternating."""
+    collection = {"geotwin": "land_use", "tipg": f"{SCHEMA}.{PEER_TABLE}"}
+    work = servers["geotwin"].log_path.parent
+    out: dict[tuple[str, str], list[dict]] = {}
+    for run in range(args.download_runs):
+        for ci, (client, extra) in enumerate(DOWNLOAD_CLIENTS):
+            order = list(DOWNLOAD_SERVERS) if (run + ci) % 2 == 0 else list(reversed(DOWNLOAD_SERVERS))
+            for name in order:
+                r = ogr2ogr_download(servers[name].base, collection[name], extra, work, args.download_timeout)
+                out.setdefault((client, name), []).append(r)
+                state = ("ok" if r["code"] == 0 else
+                         f"STOPPED after {args.download_timeout:.0f} s" if r["code"] is None else f"exit {r['code']}")
+                print(f"download run {run + 1} {client:20} {name:8} {r['seconds']:8.1f} s  {r['requests']:>7,} "
+                      f"requests  {r['features'] if r['features'] is not None else '—'} features  {state}", flush=True)
+                if r["tail"] and r["code"] is not None:
+                    print(r["tail"], flush=True)
+    return out
+
+
+def download_lines(downloads: dict, facts: dict, args) -> list[str]:
+    med = statistics.median
+    rows, notes = [], []
+    for client, _ in DOWNLOAD_CLIENTS:
+        cells, reqs, secs = [], [], {}
+        for name in DOWNLOAD_SERVERS:
+            rs = downloads.get((client, name), [])
+            done = [r for r in rs if r["code"] == 0]
+            if rs and len(done) == len(rs):
+                secs[name] = med(r["seconds"] for r in done)
+                runs_txt = " / ".join(f"{r['seconds']:,.1f}" for r in done)
+                cells.append(f"{secs[name]:,.1f} ({runs_txt})")
+            elif rs:
+                stopped = sum(r["code"] is None for r in rs)
+                cells.append(f"> {args.download_timeout:,.0f} (stopped)" if stopped else "failed")
+            else:
+                cells.append("—")
+            reqs.append(f"{med(r['requests'] for r in rs):,.0f}" if rs else "—")
+            for r in done:
+                if r["features"] != facts["peer_rows"]:
+                    notes.append(f"{name} ({client}) wrote {r['features']:,} features, not {facts['peer_rows']:,}")
+        ratio = f"{secs['tipg'] / secs['geotwin']:.2f}×" if len(secs) == 2 else "—"
+        rows.append(f"| Debian ogr2ogr, {client} | " + " | ".join(cells) + " | " + " | ".join(reqs) + f" | {ratio} |")
+    lines = [
+        "",
+        f"#### Full download with ogr2ogr ({facts['peer_rows']:,} features, geotwin vs tipg)",
+        "",
+        f"`ogr2ogr -f GPKG out.gpkg OAPIF:<server> <collection>` with Debian's GDAL {gdal_version()} (the OAPIF "
+        f"driver; GDAL before 3.8 asks `limit=10`, a compiled-in page size, and follows the servers' `next` "
+        f"links), the whole layer from each server in turn, {args.download_runs} "
+        f"run{'s' if args.download_runs != 1 else ''} per cell, servers "
+        f"alternating; wall seconds, medians (runs in brackets), and the HTTP requests GDAL made (counted from "
+        f"its `--debug on` output). Without an open option geotwin answers GDAL 3.6's first pages of 10 with a "
+        f"`next` link of 10,000 features (a keyset cursor); tipg's `next` links keep GDAL's 10. With "
+        f"`-oo PAGE_SIZE=1000` both serve the same page size. tipg: `TIPG_MAX_FEATURES_PER_QUERY=10000`.",
+        "",
+        "| client | geotwin s | tipg s | geotwin requests | tipg requests | tipg s ÷ geotwin s |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        ("Checks: " + "; ".join(notes) + ".") if notes else
+        f"Checks: every finished download wrote all {facts['peer_rows']:,} features.",
+    ]
+    return lines
+
+
 def main() -> None:
     ap = arguments(__doc__, runs=3, duration=10, warmup=2,
                    runs_help="wrk runs per server and request (median reported)",
                    warmup_help="seconds of unrecorded wrk per server and request")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    args = parse(ap)
+    ap.add_argument("--sections", default="wrk,download",
+                    help="comma-separated: wrk (items requests, needs wrk), download (ogr2ogr of the whole layer)")
+    ap.add_argument("--download-runs", type=int, default=2, help="ogr2ogr runs per server and client")
+    ap.add_argument("--download-timeout", type=float, default=1800, help="seconds before an ogr2ogr run is stopped")
+    sections = set(ap.parse_known_args()[0].sections.split(","))
+    if not sections <= {"wrk", "download"} or not sections:
+        raise SystemExit("--sections: wrk and / or download")
+    args = parse(ap) if "wrk" in sections else ap.parse_args()  # parse() also insists on wrk being installed
+    if "download" in sections and args.download_runs < 1:
+        raise SystemExit("--download-runs: at least 1")
 
     from spatial_api import db
     from spatial_api.config import Settings
@@ -349,7 +465,7 @@ def main() -> None:
     url = db.database_url(settings)
     venv_py = peer_venv(args.peer_venv or settings.home / "bench" / "peers-venv")
     versions = peer_versions(venv_py)
-    facts = load_data(settings, args.size)
+    facts = load_data(settings, args.size, need_bbox="wrk" in sections)
     print(f"peer table {SCHEMA}.{PEER_TABLE}: {facts['peer_rows']:,} rows; bbox holds {facts['bbox_matched']:,}; "
           f"dlbm='0701' {facts['filter_matched']:,}; single feature {facts['fid']}", flush=True)
 
@@ -358,47 +474,85 @@ def main() -> None:
     geotwin = geotwin_server("geotwin", settings, SCHEMA, work)
     # tipg: its FastAPI app, asyncpg pool (default 1–10 connections), catalog read once at start-up
     tipg = tipg_server(venv_py, url, work, TIPG_MAX_FEATURES_PER_QUERY="10000")
-    pygeo = pygeoapi_server(venv_py, url, work)
-
-    servers = {"geotwin": geotwin, "tipg": tipg, "pygeoapi": pygeo}
+    servers = {"geotwin": geotwin, "tipg": tipg}
+    if "wrk" in sections:
+        servers["pygeoapi"] = pygeoapi_server(venv_py, url, work)
     results: dict[tuple[str, str], list[dict]] = {}
+    downloads: dict[tuple[str, str], list[dict]] = {}
+    checked: tuple = ({}, [])
     try:
         for srv in servers.values():
             srv.start()
-        url_map = urls(servers, facts["fid"])
-        ok, info, notes = check(url_map, facts)
-        for n in notes:
-            print("check:", n, flush=True)
-        for (name, q), e in info.items():
-            print(f"  {name:8} {q:7} HTTP {e['status']} {e['bytes']:>9,} bytes matched={e.get('matched')} "
-                  f"returned={e.get('returned')} {e.get('server_timing') or ''}", flush=True)
-        todo = [(n, q) for q in QUERIES for n in SERVERS if ok.get((n, q))]
-        if args.warmup:
-            for name, q in todo:
-                wrk(url_map[(name, q)], threads=args.threads, connections=args.connections, duration=args.warmup)
-        for run in range(args.runs):
-            for qi, q in enumerate(QUERIES):
-                k = (run + qi) % len(SERVERS)
-                order = list(SERVERS[k:] + SERVERS[:k])
-                if run % 2:
-                    order.reverse()
-                for name in order:
-                    if not ok.get((name, q)):
-                        continue
-                    r = wrk(url_map[(name, q)], threads=args.threads, connections=args.connections,
-                            duration=args.duration)
-                    results.setdefault((name, q), []).append(r)
-                    flag = ""
-                    if r["non2xx"] or r["socket_errors"]:
-                        flag = f"  !! non-2xx {r['non2xx']}, socket errors {r['socket_errors']}"
-                    print(f"run {run + 1} {q:7} {name:8} {r['rps']:9.1f} req/s  p50 {fmt_ms(r['p50'])} ms  "
-                          f"p99 {fmt_ms(r['p99'])} ms{flag}", flush=True)
+        if "wrk" in sections:
+            results, checked = run_wrk(servers, facts, args)
+        if "download" in sections:
+            downloads = run_downloads(servers, args)
     finally:
         for srv in servers.values():
             srv.stop()
         if not args.keep:
             drop_schema(settings, SCHEMA)
 
+    elapsed = time.perf_counter() - started
+    lines = [START]
+    if "wrk" in sections:
+        lines += wrk_lines(results, checked, facts, versions, args, elapsed)
+    else:
+        lines += [f"### Features: {facts['features']:,} land-use polygons (geotwin vs tipg)", "",
+                  f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, PostgreSQL {facts['pg']} "
+                  f"(jit {facts['jit']}), PostGIS {facts['postgis']}; tipg {versions['tipg']}; uvicorn, one worker "
+                  f"each, no access log. Whole script {elapsed / 60:.1f} min."]
+    if "download" in sections:
+        lines += download_lines(downloads, facts, args)
+    lines.append(END)
+    block = "\n".join(lines)
+    print(block)
+    print(f"total {elapsed:.0f} s", flush=True)
+    if not args.no_write and sections != {"wrk", "download"}:
+        print("(not written to docs/benchmarks.md: only a part of the bench ran)", flush=True)
+    elif not args.no_write:
+        write_block(START, END, block, heading="Features",
+                    intro="`.venv/bin/python bench/features.py` runs `bench/features.py`: geotwin's OGC API – Features "
+                    "items requests against tipg and pygeoapi serving the same PostGIS rows, measured with `wrk`, "
+                    "and a full download of the layer with ogr2ogr from geotwin and tipg.")
+
+
+def run_wrk(servers: dict, facts: dict, args) -> tuple[dict, tuple[dict, list[str]]]:
+    """The items requests: checked once, then measured with wrk, servers alternating."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    url_map = urls(servers, facts["fid"])
+    ok, info, notes = check(url_map, facts)
+    for n in notes:
+        print("check:", n, flush=True)
+    for (name, q), e in info.items():
+        print(f"  {name:8} {q:7} HTTP {e['status']} {e['bytes']:>9,} bytes matched={e.get('matched')} "
+              f"returned={e.get('returned')} {e.get('server_timing') or ''}", flush=True)
+    todo = [(n, q) for q in QUERIES for n in SERVERS if ok.get((n, q))]
+    if args.warmup:
+        for name, q in todo:
+            wrk(url_map[(name, q)], threads=args.threads, connections=args.connections, duration=args.warmup)
+    for run in range(args.runs):
+        for qi, q in enumerate(QUERIES):
+            k = (run + qi) % len(SERVERS)
+            order = list(SERVERS[k:] + SERVERS[:k])
+            if run % 2:
+                order.reverse()
+            for name in order:
+                if not ok.get((name, q)):
+                    continue
+                r = wrk(url_map[(name, q)], threads=args.threads, connections=args.connections,
+                        duration=args.duration)
+                results.setdefault((name, q), []).append(r)
+                flag = ""
+                if r["non2xx"] or r["socket_errors"]:
+                    flag = f"  !! non-2xx {r['non2xx']}, socket errors {r['socket_errors']}"
+                print(f"run {run + 1} {q:7} {name:8} {r['rps']:9.1f} req/s  p50 {fmt_ms(r['p50'])} ms  "
+                      f"p99 {fmt_ms(r['p99'])} ms{flag}", flush=True)
+    return results, (info, notes)
+
+
+def wrk_lines(results: dict, checked: tuple, facts: dict, versions: dict, args, elapsed: float) -> list[str]:
+    info, notes = checked
     med = statistics.median
 
     def stat(name, q, key):
@@ -437,9 +591,7 @@ def main() -> None:
             f"{n} {info[(n, q)]['bytes'] / 1000:,.1f} kB" for n in SERVERS if info.get((n, q), {}).get("status") == 200))
     measured = [r for r in ratios.values() if r is not None]
     met = len(measured) == len(QUERIES) and all(r >= 1.0 for r in measured)
-    elapsed = time.perf_counter() - started
     lines = [
-        START,
         f"### Features: items requests on {facts['features']:,} land-use polygons (geotwin vs tipg vs pygeoapi)",
         "",
         f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, PostgreSQL {facts['pg']} (jit {facts['jit']}), "
@@ -482,14 +634,9 @@ def main() -> None:
     lines += ["", "Goal: geotwin at least the better of the two peers on every request — "
               + ("met" if met else "NOT met") + " ("
               + ", ".join(f"{q} {ratios[q]:.2f}×" if ratios[q] else f"{q} not measured" for q in QUERIES) + ").",
-              END]
-    block = "\n".join(lines)
-    print(block)
-    print(f"total {elapsed:.0f} s", flush=True)
-    if not args.no_write:
-        write_block(START, END, block, heading="Features",
-                    intro="`.venv/bin/python bench/features.py` runs `bench/features.py`: geotwin's OGC API – Features "
-                    "items requests against tipg and pygeoapi serving the same PostGIS rows, measured with `wrk`.")
+              ]
+    return lines
+
 
 if __name__ == "__main__":
     main()

@@ -1,10 +1,22 @@
 """OGC API – Features endpoints: landing page, conformance, collections, items, a feature, its
-versions, queryables, and the changes of a collection between two times."""
+versions, queryables, and the changes of a collection between two times.
+
+Items pages are chained by keyset cursors: a ``next`` link carries the last row's sort key (the
+feature id, or the ``sortby`` keys with the id as tiebreak), so that a deep page costs what the
+first one costs (an index range scan from the key instead of counting ``offset`` rows off) and
+paging through a collection that is being edited returns every feature that exists throughout
+exactly once. ``offset`` stays accepted."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
 import json
 import math
+import re
 import time
 from datetime import date, datetime, timezone
 from urllib.parse import urlencode
@@ -32,15 +44,40 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
     "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
 ]
+ITEMS_PATH = "/collections/{collection_id}/items"
 DEFAULT_LIMIT, MAX_LIMIT = 10, 10_000
+#: The ``limit`` parameter as the OGC API – Features building block defines it, in the OpenAPI
+#: document's ``components/parameters/limit`` (referenced from every items path). QGIS reads
+#: exactly this object's ``schema.default`` and ``schema.maximum`` and pages by
+#: min(max(1000, default), maximum), i.e. 1,000 features a request; GDAL ≥ 3.8 asks 1,000
+#: (its own default, clamped to the maximum when it finds the parameter).
+LIMIT_PARAMETER = {
+    "name": "limit", "in": "query", "required": False, "style": "form", "explode": False,
+    "description": f"The number of features in a page: at most {MAX_LIMIT:,}, {DEFAULT_LIMIT} when not given. "
+                   "Pages are chained by the `next` / `prev` links (keyset cursors).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+#: GDAL's OAPIF driver before 3.8 (Debian 12 ships 3.6.2) asks ``limit=10`` — a constant compiled
+#: into it (its PAGE_SIZE open option's default) — whatever the API definition says, and then
+#: follows the ``next`` links. Such requests (no User-Agent, its Accept header, limit 10) get the 10
+#: features they ask for, and a ``next`` link asking for the maximum: its users are batch tools
+#: (ogr2ogr, ogrinfo, scripts) reading whole layers, which would otherwise make one request per 10
+#: features. GDAL ≥ 3.8 sends a User-Agent and asks 1,000 itself.
+LEGACY_GDAL_PAGE = MAX_LIMIT
+LEGACY_GDAL_ACCEPT = "application/geo+json, application/json"
+MAX_CURSOR_CHARS = 16_000
 #: Above this many matching rows (planner's estimate) numberMatched is the estimate, and so it is
 #: when counting takes longer than this many milliseconds.
 EXACT_COUNT_MAX = 100_000
 COUNT_BUDGET_MS = 30
 SAMPLE_PERCENT = 2  # of a partition's pages, for an estimate of numberMatched
 DECIMALS = {4490: 9, 4326: 9, 4547: 3, 3857: 3}
-RESERVED_PARAMETERS = {"f", "limit", "offset", "bbox", "bbox-crs", "crs", "datetime", "properties", "sortby",
-                       "filter", "filter-lang", "filter-crs"}
+RESERVED_PARAMETERS = {"f", "limit", "offset", "cursor", "bbox", "bbox-crs", "crs", "datetime", "properties",
+                       "sortby", "filter", "filter-lang", "filter-crs"}
+#: The parameters that choose and order the features of an items request: a cursor belongs to them
+#: (with the collection and the queryables given as parameters) and is refused with any others.
+#: ``limit``, ``crs``, ``properties`` and ``f`` only shape a page and may change from page to page.
+SELECTING_PARAMETERS = ("bbox", "bbox-crs", "datetime", "filter", "filter-lang", "filter-crs", "sortby")
 
 
 def _temporal(dt) -> tuple[sql.Composable, list]:
@@ -137,6 +174,7 @@ class FeaturesAPI:
                         "Conformance")
 
     def api_definition(self, request: Request):
+        install_openapi(request.app)
         return JSONResponse(request.app.openapi(), media_type="application/vnd.oai.openapi+json;version=3.0")
 
     def collections(self, request: Request, f: str | None = None):
@@ -171,12 +209,14 @@ class FeaturesAPI:
                "additionalProperties": False}
         return respond(request, f, doc, f"{collection_id}: queryables", "application/schema+json")
 
-    def items(self, 
+    def items(self,
         request: Request,
         collection_id: str,
         f: str | None = None,
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}"),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, description="features to skip (the next / prev links use cursors instead)"),
+        cursor: str | None = Query(None, max_length=MAX_CURSOR_CHARS,
+                                   description="where a page starts: opaque, taken from a next / prev link"),
         bbox: str | None = None,
         bbox_crs: str | None = Query(None, alias="bbox-crs"),
         crs: str | None = None,
@@ -192,6 +232,11 @@ class FeaturesAPI:
         out_crs, srid, flipped = crs_param(crs, "crs")
         dt = interval_param(datetime_)
         _check_unused(bbox_crs, filter_lang, filter_crs)
+        position = None
+        if cursor is not None:
+            if "offset" in request.query_params:
+                raise invalid_parameter("cursor", "give either cursor or offset, not both")
+            position = _decode_cursor(cursor)
         with self.connect() as conn:
             layer = self.cols.get(conn, collection_id)
             where, params = _temporal(dt)
@@ -204,15 +249,22 @@ class FeaturesAPI:
                 cond = _cql2(filter_, filter_lang, filter_crs, layer)
                 conds.append(cond[0])
                 cparams += cond[1]
+            queryables = []
             for name, value in request.query_params.items():  # queryables as query parameters
                 if name in layer.schema and name not in RESERVED_PARAMETERS:
                     _check_queryable_value(name, value, layer.schema[name])
                     conds.append(sql.SQL("(f.properties ->> {})::{} = %s::{}").format(
                         sql.Literal(name), sql.SQL(SQL_CASTS[layer.schema[name]]), sql.SQL(SQL_CASTS[layer.schema[name]])))
                     cparams.append(value)
+                    queryables.append(name)
             where_sql = sql.SQL(" AND ").join(conds)
             select_props = _properties(layer, properties)
-            order = _sortby(layer, sortby)
+            keys = _sort_keys(layer, sortby)
+            query_id = _query_digest(collection_id, request, queryables)
+            if position is not None and (position["q"] != query_id or len(position["k"]) != len(keys)):
+                raise invalid_parameter("cursor", "it continues another query: a cursor only goes with the "
+                                        f"collection and the {', '.join(SELECTING_PARAMETERS)} and queryable "
+                                        "parameters of the request whose links carried it")
             part = sql.Identifier(store.partition_name(collection_id))
             distinct = dt is not None and dt[2]  # an interval: the latest version of each feature in it
             if distinct:
@@ -223,27 +275,41 @@ class FeaturesAPI:
             else:
                 source = sql.SQL("{} f").format(part)
                 filt = where_sql
-            query = sql.SQL(
-                "SELECT f.fid, f.vid, f.valid_from, f.valid_to, ({props})::text AS properties, {geom} AS geometry "
-                "FROM {source} WHERE {filt} ORDER BY {order} LIMIT %s OFFSET %s"
-            ).format(props=select_props, geom=_geometry_sql(srid, flipped), source=source, filt=filt,
-                     order=order)
+            columns = sql.SQL("f.fid, f.vid, f.valid_from, f.valid_to, ({props})::text AS properties, "
+                              "{geom} AS geometry").format(props=select_props, geom=_geometry_sql(srid, flipped))
+            backward = position is not None and position["d"] == "p"
+            query, qparams = page_sql(columns, source, filt, cparams, keys, limit=limit,
+                                      offset=0 if position is not None else offset,
+                                      key=position["k"] if position is not None else None, backward=backward)
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(query, cparams + [limit, offset]).fetchall()
-                matched, estimated = _number_matched(cur, source, filt, cparams, offset=offset,
-                                                     returned=len(rows), limit=limit,
+                with _cursor_values_checked(position is not None):
+                    rows = cur.execute(query, qparams).fetchall()
+                more = len(rows) > limit  # one row past the page says whether there is another page
+                rows = rows[:limit]
+                if backward:
+                    rows.reverse()
+                    start = max(0, position["n"] - len(rows)) if more else 0
+                else:
+                    start = position["n"] if position is not None else offset
+                matched, estimated = _number_matched(cur, source, filt, cparams, start=start, returned=len(rows),
+                                                     more=more and not backward, start_exact=position is None,
                                                      table=None if distinct else part)
         base = base_url(request)
         url = f"{base}/collections/{collection_id}/items"
-        q = {k: v for k, v in request.query_params.items() if k not in ("offset", "f")}
-        links = [link(f"{url}?{urlencode({**q, 'offset': offset})}", "self", GEOJSON, "this page"),
-                 link(f"{url}?{urlencode({**q, 'offset': offset, 'f': 'html'})}", "alternate", "text/html", "as HTML"),
+        q = {k: v for k, v in request.query_params.items() if k not in ("offset", "cursor", "f")}
+        here = {"cursor": cursor} if cursor is not None else {"offset": offset}
+        links = [link(f"{url}?{urlencode({**q, **here})}", "self", GEOJSON, "this page"),
+                 link(f"{url}?{urlencode({**q, **here, 'f': 'html'})}", "alternate", "text/html", "as HTML"),
                  link(f"{base}/collections/{collection_id}", "collection", "application/json", "the collection")]
-        if offset + len(rows) < matched or (estimated and len(rows) == limit):
-            links.append(link(f"{url}?{urlencode({**q, 'offset': offset + limit})}", "next", GEOJSON, "next page"))
-        if offset > 0:
-            links.append(link(f"{url}?{urlencode({**q, 'offset': max(0, offset - limit)})}", "prev", GEOJSON,
-                               "previous page"))
+        if rows and (backward or more):
+            after = _encode_cursor("n", _row_key(rows[-1], keys), start + len(rows), query_id)
+            nq = {**q, "limit": LEGACY_GDAL_PAGE} if _legacy_gdal(request, limit) else q
+            links.append(link(f"{url}?{urlencode({**nq, 'cursor': after})}", "next", GEOJSON, "next page"))
+        elif backward:  # nothing is left before the cursor: the next page is the first one
+            links.append(link(f"{url}?{urlencode(q)}", "next", GEOJSON, "next page"))
+        if rows and (more if backward else start > 0):
+            before = _encode_cursor("p", _row_key(rows[0], keys), start, query_id)
+            links.append(link(f"{url}?{urlencode({**q, 'cursor': before})}", "prev", GEOJSON, "previous page"))
         doc = {"type": "FeatureCollection", "numberMatched": matched, "numberReturned": len(rows),
                "timeStamp": datetime.now(timezone.utc).isoformat(), "links": links}
         if estimated:
@@ -368,7 +434,7 @@ class FeaturesAPI:
                           summary="A collection")
         api.add_api_route("/collections/{collection_id}/queryables", self.queryables, methods=["GET"],
                           tags=["OGC API"], summary="Queryable properties")
-        api.add_api_route("/collections/{collection_id}/items", self.items, methods=["GET"], tags=["OGC API"],
+        api.add_api_route(ITEMS_PATH, self.items, methods=["GET"], tags=["OGC API"],
                           summary="Features")
         api.add_api_route("/collections/{collection_id}/items/{feature_id}", self.item, methods=["GET"],
                           tags=["OGC API"], summary="A feature")
@@ -382,6 +448,32 @@ class FeaturesAPI:
 
 def router(settings: Settings) -> APIRouter:
     return FeaturesAPI(settings).router()
+
+
+def install_openapi(app) -> None:
+    """Make the application's OpenAPI document (/openapi.json, and /api, the service-desc clients
+    follow) declare ``limit`` as the OGC building block does: ``components/parameters/limit``,
+    referenced from every items path — where QGIS looks for the page size (LIMIT_PARAMETER).
+    Idempotent; done when the room is installed (spatial_api.ogc.routes) and by /api itself."""
+    if getattr(app.state, "geotwin_limit_parameter", False):
+        return
+    generate = app.openapi
+
+    def openapi() -> dict:
+        return _with_limit_parameter(generate())
+
+    app.openapi = openapi
+    app.state.geotwin_limit_parameter = True
+
+
+def _with_limit_parameter(doc: dict) -> dict:
+    doc.setdefault("components", {}).setdefault("parameters", {})["limit"] = json.loads(json.dumps(LIMIT_PARAMETER))
+    get = doc.get("paths", {}).get(ITEMS_PATH, {}).get("get")
+    if get:
+        get["parameters"] = [{"$ref": "#/components/parameters/limit"}
+                             if p.get("name") == "limit" and p.get("in") == "query" else p
+                             for p in get.get("parameters", [])]
+    return doc
 
 
 def _in_layer(name: str) -> sql.Composable:
@@ -450,22 +542,162 @@ def _check_queryable_value(name: str, value: str, type_: str) -> None:
 
 
 
-def _sortby(layer: store.Layer, value: str | None) -> sql.Composable:
-    if not value:
-        return sql.SQL("f.fid")
-    keys = []
-    for term in value.split(","):
+def _sort_keys(layer: store.Layer, value: str | None) -> list[tuple[sql.Composable, bool, str, bool]]:
+    """The order of an items request as keys (expression, descending, SQL type of its value, whether
+    it can be NULL): the ``sortby`` terms, then the feature id, which makes the order total (a keyset
+    needs that)."""
+    keys: list[tuple[sql.Composable, bool, str, bool]] = []
+    for term in (value or "").split(","):
         term = term.strip()
+        if not term:
+            continue
         desc = term.startswith("-")
         name = term.lstrip("+-")
         if name == "id":
-            expr = sql.SQL("f.fid")
+            keys.append((sql.SQL("f.fid"), desc, "text", False))
         elif name in layer.schema:
-            expr = sql.SQL("(f.properties ->> {})::{}").format(sql.Literal(name), sql.SQL(SQL_CASTS[layer.schema[name]]))
+            cast = SQL_CASTS[layer.schema[name]]
+            keys.append((sql.SQL("(f.properties ->> {})::{}").format(sql.Literal(name), sql.SQL(cast)), desc, cast,
+                         True))
         else:
             raise invalid_parameter("sortby", f"unknown property {name!r}; sort by id or one of: {', '.join(layer.schema)}")
-        keys.append(expr + sql.SQL(" DESC NULLS LAST" if desc else " ASC NULLS LAST"))
-    return sql.SQL(", ").join(keys + [sql.SQL("f.fid")])
+    return keys + [(sql.SQL("f.fid"), False, "text", False)]
+
+
+def _order_by(keys, backward: bool) -> sql.Composable:
+    """ORDER BY of the keys, NULLS LAST; reversed (for a page before a cursor), NULLS FIRST."""
+    terms = []
+    for expr, desc, _, _ in keys:
+        if backward:
+            terms.append(expr + sql.SQL(" ASC NULLS FIRST" if desc else " DESC NULLS FIRST"))
+        else:
+            terms.append(expr + sql.SQL(" DESC NULLS LAST" if desc else " ASC NULLS LAST"))
+    return sql.SQL(", ").join(terms)
+
+
+def _keyset(keys, values: list, backward: bool) -> tuple[sql.Composable, list]:
+    """The rows strictly after (``backward``: before) the row whose keys have ``values`` in the order
+    of :func:`_order_by`: key 1 beyond its value, or equal on it and key 2 beyond, … A NULL sorts
+    last. With the feature id alone this is ``f.fid > %s``: a range scan of the (layer, fid) index."""
+    ors, params = [], []
+    equal: list[sql.Composable] = []
+    equal_params: list = []
+    for (expr, desc, cast, nullable), v in zip(keys, values):
+        typed = sql.SQL("%s::{}").format(sql.SQL(cast))
+        if v is None:
+            # after a NULL come only NULLs (equal); before it, every value
+            beyond, beyond_params = (sql.SQL("{} IS NOT NULL").format(expr), []) if backward else (None, [])
+            same, same_params = sql.SQL("{} IS NULL").format(expr), []
+        else:
+            greater = desc == backward  # ascending and after, or descending and before
+            op = sql.SQL(">" if greater else "<")
+            if backward or not nullable:
+                beyond = sql.SQL("{} {} {}").format(expr, op, typed)
+            else:  # NULLs sort after every value
+                beyond = sql.SQL("({e} {op} {v} OR {e} IS NULL)").format(e=expr, op=op, v=typed)
+            beyond_params = [v]
+            same, same_params = sql.SQL("{} = {}").format(expr, typed), [v]
+        if beyond is not None:
+            ors.append(sql.SQL("(") + sql.SQL(" AND ").join(equal + [beyond]) + sql.SQL(")"))
+            params += equal_params + beyond_params
+        equal.append(same)
+        equal_params += same_params
+    if not ors:
+        return sql.SQL("FALSE"), []
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(ors)), params
+
+
+def page_sql(columns: sql.Composable, source: sql.Composable, filt: sql.Composable, params: list,
+             keys, *, limit: int, offset: int = 0, key: list | None = None, backward: bool = False
+             ) -> tuple[sql.Composable, list]:
+    """The statement of one items page: ``columns`` of the rows of ``source`` meeting ``filt``, in the
+    order of ``keys``, after (``backward``: before, in reverse order) the row whose keys are ``key``
+    — or from ``offset`` — and one row more than ``limit``, which tells whether another page
+    follows. With more than the feature id to sort by, the row's keys come along as ``sort_key``."""
+    cond, cond_params = (filt, list(params))
+    if key is not None:
+        ks, ks_params = _keyset(keys, key, backward)
+        cond, cond_params = sql.SQL("{} AND {}").format(filt, ks), cond_params + ks_params
+    if len(keys) > 1:
+        columns = columns + sql.SQL(", ARRAY[{}]::text[] AS sort_key").format(
+            sql.SQL(", ").join(sql.SQL("({})::text").format(expr) for expr, *_ in keys))
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT %s").format(
+        columns, source, cond, _order_by(keys, backward))
+    cond_params.append(limit + 1)
+    if offset:
+        query += sql.SQL(" OFFSET %s")
+        cond_params.append(offset)
+    return query, cond_params
+
+
+def _row_key(row: dict, keys) -> list:
+    return row["sort_key"] if len(keys) > 1 else [row["fid"]]
+
+
+def _encode_cursor(direction: str, key: list, position: int, query_id: str) -> str:
+    """An opaque cursor: urlsafe base64 of a checksum and the JSON of the direction ("n": the page after
+    the row, "p": the page before it), the row's sort key, its position (for numberMatched) and the
+    digest of the query it belongs to."""
+    body = json.dumps({"d": direction, "k": key, "n": position, "q": query_id}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(_cursor_check(body) + body).rstrip(b"=").decode("ascii")
+
+
+def _cursor_check(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=8, person=b"geotwin-cursor1").digest()
+
+
+def _decode_cursor(text: str) -> dict:
+    """A cursor this server issued, or a 400 naming the parameter. The checksum turns away edited
+    and truncated cursors; the values it carries are bound as typed query parameters."""
+    bad = invalid_parameter("cursor", "not a cursor of this server (cursors are opaque: follow the next and "
+                            "prev links of a page, or start again without one)")
+    if len(text) > MAX_CURSOR_CHARS or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        raise bad from None
+    check, body = raw[:8], raw[8:]
+    if len(raw) <= 8 or not hmac.compare_digest(check, _cursor_check(body)):
+        raise bad
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise bad from None
+    if not (isinstance(doc, dict) and doc.get("d") in ("n", "p") and isinstance(doc.get("q"), str)
+            and isinstance(doc.get("n"), int) and not isinstance(doc["n"], bool) and doc["n"] >= 0
+            and isinstance(doc.get("k"), list) and doc["k"]
+            and all(v is None or (isinstance(v, str) and "\x00" not in v) for v in doc["k"])
+            and isinstance(doc["k"][-1], str)):
+        raise bad
+    return doc
+
+
+@contextlib.contextmanager
+def _cursor_values_checked(with_cursor: bool):
+    """A cursor value that its key's type cannot read (only a forged cursor carries one) is the
+    cursor's fault: 400, not 500."""
+    try:
+        yield
+    except psycopg.errors.DataError:
+        if not with_cursor:
+            raise
+        raise invalid_parameter("cursor", "its sort key does not fit this query; follow the links of a page") from None
+
+
+def _query_digest(collection_id: str, request: Request, queryables: list[str]) -> str:
+    """What a cursor belongs to: the collection and the parameters choosing and ordering the features."""
+    chosen = sorted((k, v) for k, v in request.query_params.items()  # as the links repeat them
+                    if k in SELECTING_PARAMETERS or k in queryables)
+    text = json.dumps([collection_id, chosen], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _legacy_gdal(request: Request, limit: int) -> bool:
+    """A request of GDAL's OAPIF driver before 3.8 with its compiled-in page size (see LEGACY_GDAL_PAGE)."""
+    return (limit == DEFAULT_LIMIT and "user-agent" not in request.headers
+            and request.headers.get("accept") == LEGACY_GDAL_ACCEPT)
 
 
 def _check_unused(bbox_crs: str | None, filter_lang: str, filter_crs: str | None) -> None:
@@ -490,21 +722,25 @@ def _cql2(text: str, lang: str, filter_crs: str | None, layer: store.Layer) -> t
         raise invalid_parameter("filter", str(exc)) from None
 
 
-def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list, *, offset: int,
-                    returned: int, limit: int, table: sql.Composable | None = None) -> tuple[int, bool]:
+def _number_matched(cur, source: sql.Composable, filt: sql.Composable, params: list, *, start: int,
+                    returned: int, more: bool, start_exact: bool = True,
+                    table: sql.Composable | None = None) -> tuple[int, bool]:
     """numberMatched: exact when it is known or cheap, else an estimate (said so).
 
-    A short page is the last one, so the count is offset + what it holds. Otherwise the rows are
+    ``start``: the position of the page's first row (``start_exact``: known exactly — an offset;
+    a cursor's position is as of the page that issued it). ``more``: another page follows. The
+    last page reached by an offset gives the count: start + what it holds. Otherwise the rows are
     counted under a time budget (COUNT_BUDGET_MS) unless the planner expects more than
     EXACT_COUNT_MAX. Failing that, the estimate comes from counting a sample of the table's pages
     (``table``: the partition, when the query reads it directly) scaled up, or, when the sample
     finds nothing, from the planner (whose guess for a jsonb expression can be far off)."""
-    if returned < limit and (returned or not offset):
+    offset = start
+    if not more and start_exact and (returned or not offset):
         return offset + returned, False
     count_q = sql.SQL("SELECT 1 FROM {} WHERE {}").format(source, filt)
     plan = cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + count_q, params).fetchone()
     plan = plan["QUERY PLAN"] if isinstance(plan, dict) else plan[0]
-    floor = offset + returned + (1 if returned == limit else 0)
+    floor = offset + returned + (1 if more else 0)
     estimate = max(int(plan[0]["Plan"]["Plan Rows"]), floor)
     cur.execute("SAVEPOINT geotwin_count")
     cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{COUNT_BUDGET_MS}ms")))

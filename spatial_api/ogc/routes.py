@@ -19,6 +19,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.extra_conformance += list(transactions.CONFORMANCE) + FILTER_CONFORMANCE + list(cql2.CONFORMANCE)
     app.include_router(features.router(settings))
     app.include_router(transactions.router(settings))
+    features.install_openapi(app)  # `limit` as components/parameters/limit, where QGIS reads the page size
 
 
 __all__ = ["install"]

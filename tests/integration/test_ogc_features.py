@@ -84,11 +84,14 @@ def test_items_paging_and_number_matched(server, layers, conn):
     seen = [f["id"] for f in first["features"]]
     nxt = next(ln for ln in first["links"] if ln["rel"] == "next")
     while nxt:
+        assert "cursor=" in nxt["href"] and "offset=" not in nxt["href"]  # keyset, not offset
         page = httpx.get(nxt["href"], timeout=30).json()
         seen += [f["id"] for f in page["features"]]
+        assert page["numberMatched"] == 20 and "geotwin:numberMatchedIsEstimate" not in page
         nxt = next((ln for ln in page["links"] if ln["rel"] == "next"), None)
         assert any(ln["rel"] == "prev" for ln in page["links"])
     assert len(seen) == len(set(seen)) == 20
+    assert seen == sorted(seen)  # by feature id when no sortby is given
     r = get(url, limit=3, properties="code,floors", sortby="-floors")
     feats = r.json()["features"]
     assert r.headers["content-type"].startswith("application/geo+json")
@@ -157,7 +160,8 @@ def test_errors_are_exception_json(server, layers):
     for params, fragment in (({"bbox": "a,b,c,d"}, "bbox"), ({"bbox": "114,23,113,22"}, "bbox"),
                              ({"bbox": "200,0,201,1"}, "out of range"), ({"limit": 100000}, "limit"),
                              ({"crs": "EPSG:9999"}, "unsupported CRS"), ({"datetime": "yesterday"}, "datetime"),
-                             ({"properties": "nope"}, "unknown property"), ({"sortby": "nope"}, "sortby")):
+                             ({"properties": "nope"}, "unknown property"), ({"sortby": "nope"}, "sortby"),
+                             ({"cursor": "nope"}, "cursor")):
         r = get(url, **params)
         assert r.status_code == 400, params
         body = r.json()
