@@ -31,10 +31,32 @@ and the documents (collection links, TileJSON, map tilesets, WMTS) advertise ``a
 Outside the data (no item covers the tile, none yet at ``datetime``, a tile beside an item) a tile
 route answers 200 with a fully transparent tile of the asked format and size, never 204 or an
 error; only JPEG, which cannot be transparent, answers 404 (see ``_empty_tile_response``).
+
+Tiles from the grid copies (issue 15): every item has a web-optimised copy per grid
+(``spatial_api.ingest.imagery.write_grid_copy``, ``imagery_item_grids``). A tile request on a grid
+at a zoom the copy holds (a ``tilesize`` above the grid's reads a finer zoom, which it must hold
+too) is read from the copy — the same TiTiler ``Reader``, but the copy is in the grid's CRS and its
+levels are aligned with the grid's tiles, so rio-tiler reads a window of one level (one block where
+the level is tile-aligned) with no ``WarpedVRT`` (see :func:`copy_read_zoom`). Other grids, other
+zooms, ``reproject`` other than nearest and ``nodata`` overrides read the master COG, warped, as
+before; a mosaic chooses per item. Photographic collections default to JPEG
+(``store.imagery.default_format_for``).
+
+Tile responses carry an ``ETag`` (a digest of the body) and answer ``If-None-Match`` with 304;
+``Cache-Control`` comes from the security middleware (public collections:
+``public, max-age=0, must-revalidate``; others private to the caller). Rendered PNG / JPEG / WebP
+tiles are kept in an in-memory LRU (:class:`ImageryTileCache`, ``GEOTWIN_TILE_CACHE_MB``, apart
+from the vector tile cache) under the collection's catalogue ``version``; a hit is served after
+one prepared primary-key lookup (access level and version), so a tile rendered before a change of
+the catalogue (a new or replaced item, an access level — any writer, in any process, SQL included:
+the version is kept by triggers) is never served after it.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -46,7 +68,9 @@ import attr
 import numpy as np
 from attrs import define
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from morecantile.defaults import TileMatrixSets
 from psycopg_pool import ConnectionPool
 from rasterio.crs import CRS
@@ -68,8 +92,10 @@ from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, get_settings
 from spatial_api.api.errors import ApiError, invalid_parameter
 from spatial_api.api.responses import link
+from spatial_api.security.redact import SECRET_PARAMETERS
 from spatial_api.store import imagery as cat
 from tiling import ogc_maps
+from tiling.cache import etag_of
 from tiling.ogc_maps import collection_links
 from tiling.vector import GRIDS, TMS
 
@@ -292,13 +318,45 @@ def _tile_of(path_params: dict) -> tuple[tuple[str, int, int, int], tuple[float,
 
 def _note_collection(request: Request, col: cat.Collection) -> None:
     """Put what later dependencies and response headers need on ``request.state``: the collection's
-    kind (default_algorithm) and access level (``imagery_access``: a response for a non-public
-    collection must not be stored by shared caches)."""
+    kind (default_algorithm), access level (``imagery_access``: a response for a non-public
+    collection must not be stored by shared caches) and catalogue version (``imagery_version``:
+    what the tile cache files a rendered tile under)."""
     request.state.imagery_kind = col.kind
     request.state.imagery_access = col.access_level
-    security.note_level(col.access_level)  # not public: private to the caller, Vary on credentials
-    if col.access_level == "public":
+    request.state.imagery_version = col.version
+    _note_level(col.access_level)
+
+
+def _note_level(level: str) -> None:
+    security.note_level(level)  # not public: private to the caller, Vary on credentials
+    if level == "public":
         security.shareable()  # a public collection's tile may be kept by a shared cache
+
+
+def copy_read_zoom(query, tms_id: str, z: int) -> int | None:
+    """The zoom whose pixels a tile request reads (``z``; finer for a ``tilesize`` above the grid's
+    own: 512 px at zoom z are the pixels of zoom z + 1), or None when the request must be read from
+    the master COG through TiTiler's warped read: ``reproject`` other than nearest (the kernel is
+    applied while warping; the copy was warped with nearest) or a ``nodata`` override (the copy
+    masks outside the image with its own mask or nodata)."""
+    if query.get("nodata") not in (None, ""):
+        return None
+    if (query.get("reproject") or "nearest").lower() != "nearest":
+        return None
+    own = _GRID_OBJECTS[tms_id].matrix(z).tileWidth
+    try:
+        size = int(query.get("tilesize") or own)
+    except ValueError:
+        return None  # TiTiler's validation answers
+    return z + (math.ceil(math.log2(size / own)) if size > own else 0)
+
+
+def _source_path(source: cat.TileSource, z: int, level: int | None):
+    """The file a tile of ``source`` at zoom ``z`` is read from: the item's copy on the tile's grid
+    when it holds zoom ``z`` and the pixels of zoom ``level`` (see copy_read_zoom), else its COG."""
+    if level is not None and source.copy is not None and source.copy.serves(z, level):
+        return source.copy.cog_path
+    return source.cog_path
 
 
 class ImageryRoutes:
@@ -331,13 +389,17 @@ class ImageryRoutes:
                 ref = CollectionRef(self.collection(cid, summary=False), at, self.pool)
                 _note_collection(request, ref.collection)
                 return ref
-            # a tile: the collection and the items covering the tile in one query
+            # a tile: the collection and the items covering the tile (with their copies on the
+            # tile's grid) in one query; each item read from its copy where the copy serves the tile
+            (tms_id, z, _, _), bbox = tile
             with self.pool.connection() as conn:
-                col, rows = cat.collection_and_covering(conn, cid, tile[1], at, access=VISIBLE_LEVELS())
+                col, sources = cat.tile_sources(conn, cid, tms_id, bbox, at, access=VISIBLE_LEVELS())
             if col is None:
                 raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
                                                 "the collections are listed at /imagery/collections")
             _note_collection(request, col)
+            level = copy_read_zoom(request.query_params, tms_id, z)
+            rows = [(s.item_id, _source_path(s, z, level)) for s in sources]
             return CollectionRef(col, at, self.pool, prefetched=(tile[0], rows))
 
         return dependency
@@ -348,17 +410,21 @@ class ImageryRoutes:
             cid: Annotated[str, Path(description="Imagery collection id")],
             item_id: Annotated[str, Path(description="Item id (see /imagery/collections/{cid}/items)")],
         ) -> str:
-            with self.pool.connection() as conn:
-                col = cat.collection_entry(conn, cid, access=VISIBLE_LEVELS())
-                if col is None:
-                    raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
-                                                    "the collections are listed at /imagery/collections")
-                path = cat.item_path(conn, cid, item_id, access=VISIBLE_LEVELS())
+            tile = _tile_of(request.path_params)
+            tms_id = tile[0][0] if tile else None
+            with self.pool.connection() as conn:  # the collection, the item and its copy: one query
+                col, source = cat.item_source(conn, cid, item_id, tms_id, access=VISIBLE_LEVELS())
+            if col is None:
+                raise ApiError(404, "NotFound", f"imagery collection {cid!r} does not exist; "
+                                                "the collections are listed at /imagery/collections")
             _note_collection(request, col)
-            if path is None:
+            if source is None:
                 raise ApiError(404, "NotFound", f"collection {cid!r} has no item {item_id!r}; its items are "
                                                 f"listed at /imagery/collections/{cid}/items")
-            return str(path)
+            if tile is None:  # info, point, preview, TileJSON: the master COG
+                return str(source.cog_path)
+            z = tile[0][1]
+            return str(_source_path(source, z, copy_read_zoom(request.query_params, tms_id, z)))
 
         return dependency
 
@@ -467,12 +533,169 @@ def collections_for_capabilities(conn) -> list[dict]:
     return out
 
 
+# -- the tile cache, ETag / 304 ---------------------------------------------------------------
+
+#: Formats whose rendered tiles are kept in memory ("": no extension, TiTiler's PNG-or-JPEG);
+#: the data formats (tif, npy) get an ETag but are not kept.
+CACHED_FORMATS = ("", "png", "jpg", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class CachedTile:
+    body: bytes
+    etag: str
+    media_type: str
+    headers: tuple[tuple[str, str], ...]  # Content-Bbox, Content-Crs as rendered
+    level: str  # the collection's access level when rendered
+
+
+class ImageryTileCache:
+    """Rendered imagery tiles in an LRU bounded in bytes, keyed by (collection, catalogue version,
+    path, query). Tiles of an older version than the newest seen for their collection are dropped
+    as soon as a newer one is seen, and a tile rendered from an older version is not kept."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._tiles: OrderedDict[tuple, CachedTile] = OrderedDict()
+        self._bytes = 0
+        self._versions: dict[str, int] = {}  # the newest catalogue version seen per collection
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.dropped = 0
+
+    def get(self, key: tuple) -> CachedTile | None:
+        with self._lock:
+            self._see(key[0], key[1])
+            tile = self._tiles.get(key)
+            if tile is None:
+                self.misses += 1
+                return None
+            self._tiles.move_to_end(key)
+            self.hits += 1
+            return tile
+
+    def put(self, key: tuple, tile: CachedTile) -> None:
+        with self._lock:
+            if not self._see(key[0], key[1]) or len(tile.body) > self.max_bytes:
+                return  # rendered from a catalogue that has changed since
+            old = self._tiles.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.body)
+            self._tiles[key] = tile
+            self._bytes += len(tile.body)
+            while self._bytes > self.max_bytes:
+                _, evicted = self._tiles.popitem(last=False)
+                self._bytes -= len(evicted.body)
+
+    def _see(self, cid: str, version: int) -> bool:
+        """Note that ``cid`` is at ``version``; False if a newer version was seen already."""
+        newest = self._versions.get(cid)
+        if newest is not None and version < newest:
+            return False
+        if newest is not None and version > newest:
+            doomed = [k for k in self._tiles if k[0] == cid and k[1] < version]
+            for k in doomed:
+                self._bytes -= len(self._tiles.pop(k).body)
+            self.dropped += len(doomed)
+        self._versions[cid] = version
+        return True
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._tiles), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses, "dropped": self.dropped}
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+class ImageryTiles:
+    """What every imagery tile route does around TiTiler's endpoint (:meth:`route_class`): an
+    ``ETag`` on the tile and 304 for a matching ``If-None-Match``; rendered image tiles kept in an
+    :class:`ImageryTileCache` (``settings.tile_cache_mb``; 0: none) and served from it after one
+    prepared lookup of the collection's access level and catalogue version."""
+
+    def __init__(self, settings: Settings, pool: ConnectionPool):
+        self.pool = pool
+        self.cache = ImageryTileCache(settings.tile_cache_mb << 20) if settings.tile_cache_mb > 0 else None
+
+    def _state(self, cid: str) -> tuple[str, int] | None:
+        with self.pool.connection() as conn:
+            return cat.catalogue_state(conn, cid)
+
+    @staticmethod
+    def _key(request: Request, cid: str, version: int) -> tuple:
+        query = tuple(sorted((k, v) for k, v in request.query_params.multi_items()
+                             if k.lower() not in SECRET_PARAMETERS))
+        return cid, version, request.url.path, query
+
+    @staticmethod
+    def _answer(request: Request, tile: CachedTile) -> Response:
+        if _etag_matches(request, tile.etag):
+            return Response(status_code=304, headers={"ETag": tile.etag})
+        return Response(tile.body, media_type=tile.media_type, headers={**dict(tile.headers), "ETag": tile.etag})
+
+    async def serve(self, request: Request, endpoint) -> Response:
+        """Answer a tile request: from the cache when the collection is visible to the caller and
+        at the version the tile was rendered at, else through ``endpoint`` (TiTiler's)."""
+        cid = request.path_params.get("cid")
+        fmt = str(request.path_params.get("format") or "").lower()
+        cached = self.cache is not None and isinstance(cid, str) and fmt in CACHED_FORMATS
+        if cached:
+            await refuse_raw_sources(request)  # as the route's own dependency would, before any lookup
+            state = await run_in_threadpool(self._state, cid)
+            if state is not None and security.current().sees(state[0]):
+                tile = self.cache.get(self._key(request, cid, state[1]))
+                if tile is not None:
+                    _note_level(tile.level)
+                    return self._answer(request, tile)
+        response = await endpoint(request)
+        if response.status_code != 200 or not isinstance(getattr(response, "body", None), bytes):
+            return response
+        tile = CachedTile(response.body, etag_of(response.body), response.media_type or
+                          response.headers.get("content-type", "application/octet-stream"),
+                          tuple((k, v) for k, v in response.headers.items() if k in ("content-bbox", "content-crs")),
+                          getattr(request.state, "imagery_access", "restricted"))
+        version = getattr(request.state, "imagery_version", None)
+        if cached and version is not None:
+            self.cache.put(self._key(request, cid, version), tile)
+        if _etag_matches(request, tile.etag):
+            return Response(status_code=304, headers={"ETag": tile.etag})
+        response.headers["ETag"] = tile.etag
+        return response
+
+    def route_class(self) -> type[APIRoute]:
+        """An APIRoute class whose tile routes (paths with ``{z}``) go through :meth:`serve`."""
+        tiles = self
+
+        class ImageryTileRoute(APIRoute):
+            def get_route_handler(self):
+                endpoint = super().get_route_handler()
+                if "{z}" not in self.path_format:
+                    return endpoint
+
+                async def handler(request: Request) -> Response:
+                    return await tiles.serve(request, endpoint)
+
+                return handler
+
+        return ImageryTileRoute
+
+    def stats(self) -> dict:
+        return {"enabled": False} if self.cache is None else {"enabled": True, **self.cache.stats()}
+
+
 # -- the router --------------------------------------------------------------------------------
 
 
 def router(settings: Settings) -> APIRouter:
     """Every imagery route (mounted at the root by ``install``)."""
     lookups = ImageryRoutes(settings)
+    tiles = ImageryTiles(settings, lookups.pool)
     guard = [Depends(refuse_raw_sources)]
     api = APIRouter(tags=["Imagery"], dependencies=guard)
 
@@ -541,16 +764,21 @@ def router(settings: Settings) -> APIRouter:
 
     # TiTiler's factories, their readers fed by the catalogue only.
     mosaic = CollectionTilerFactory(
-        backend=CatalogueBackend, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}",
+        backend=CatalogueBackend, router=APIRouter(dependencies=guard, route_class=tiles.route_class()),
+        router_prefix="/imagery/collections/{cid}",
         path_dependency=lookups.collection_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
         supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, add_statistics=False,
         name="imagery_collection")
     item_tiles = ItemTilerFactory(
-        reader=Reader, router=APIRouter(dependencies=guard), router_prefix="/imagery/collections/{cid}/items/{item_id}",
+        reader=Reader, router=APIRouter(dependencies=guard, route_class=tiles.route_class()),
+        router_prefix="/imagery/collections/{cid}/items/{item_id}",
         path_dependency=lookups.item_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
         supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, name="imagery_item")
     api.include_router(mosaic.router, prefix="/imagery/collections/{cid}", tags=["Imagery"])
     api.include_router(item_tiles.router, prefix="/imagery/collections/{cid}/items/{item_id}", tags=["Imagery"])
+    api.add_api_route("/imagery/tiles/cache", tiles.stats, methods=["GET"], include_in_schema=False,
+                      summary="Imagery tile cache statistics")
+    api.imagery_tiles = tiles  # install() puts it on app.state
     return api
 
 
@@ -597,7 +825,6 @@ def _render_empty(fmt: str, size: int, tms_id: str, z: int, x: int, y: int) -> t
 
 def _empty_tile_response(request: Request, exc: Exception):
     """The answer for a tile route whose tile holds no data (None when ``request`` is not a tile)."""
-    from fastapi.responses import Response
     from titiler.core.resources.enums import ImageType
 
     tile = _tile_of(request.path_params)
@@ -645,9 +872,9 @@ ERROR_STATUS = {
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the imagery routes and answer rio-tiler's errors with the OGC exception JSON."""
-    from fastapi.responses import Response
-
-    app.include_router(router(settings))
+    api = router(settings)
+    app.include_router(api)
+    app.state.imagery_tiles = api.imagery_tiles  # its tile cache (shutdown, tests)
     app.include_router(ogc_maps.router(settings, ImageryRoutes(settings), advertised_rendering),
                        dependencies=[Depends(refuse_raw_sources)])
 
@@ -667,4 +894,14 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.add_exception_handler(exc_class, handler_for(code))
 
 
-__all__ = ["CatalogueBackend", "SUPPORTED_TMS", "collections_for_capabilities", "install", "parse_datetime", "router"]
+__all__ = [
+    "SUPPORTED_TMS",
+    "CatalogueBackend",
+    "ImageryTileCache",
+    "ImageryTiles",
+    "collections_for_capabilities",
+    "copy_read_zoom",
+    "install",
+    "parse_datetime",
+    "router",
+]

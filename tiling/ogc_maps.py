@@ -6,8 +6,9 @@ collection and find its tiles by following links:
 - ``/imagery/collections/{cid}/map/tiles``: the tilesets (one per grid, ``dataType: map``);
 - ``/imagery/collections/{cid}/map/tiles/{tms}``: a tileset — the tiling-scheme link (the 2D-TMS
   document of ``/tileMatrixSets/{tms}``), ``tileMatrixSetLimits`` from the collection's extent and
-  zooms, and ``item`` links (PNG, JPEG) templated ``{tileMatrix}/{tileRow}/{tileCol}`` onto the
-  imagery tile route (which is ``{z}/{x}/{y}``, i.e. column before row).
+  zooms, and ``item`` links (PNG, JPEG; the collection's default format first) templated
+  ``{tileMatrix}/{tileRow}/{tileCol}`` onto the imagery tile route (which is ``{z}/{x}/{y}``, i.e.
+  column before row).
 
 ``datetime`` on a tileset request is carried into its tile template (the district as imaged then);
 a DEM's templates ask for its hillshade (heights as an 8-bit image would be invisible). Tiles where
@@ -73,7 +74,9 @@ def router(settings: Settings, lookups, rendering: Callable[[object], str]) -> A
         if full:
             # a DEM's tiles in its visible rendering (tiling.imagery.advertised_rendering)
             tile_query = "&".join(p for p in (query.lstrip("?"), rendering(col)) if p)
-            for fmt, media in MEDIA.items():
+            # the collection's default format first (JPEG for photographs): clients take the first
+            fmts = sorted(MEDIA, key=lambda f: f != (col.default_format or "png"))
+            for fmt, media in ((f, MEDIA[f]) for f in fmts):
                 template = (f"{base(request)}/imagery/collections/{cid}/tiles/{tms_id}/{{tileMatrix}}/{{tileCol}}/"
                             f"{{tileRow}}.{fmt}{'?' + tile_query if tile_query else ''}")
                 doc["links"].append({**link(template, "item", media, f"a tile ({fmt})"), "templated": True})

@@ -8,11 +8,22 @@ anything else is written as one by rio-cogeo (DEFLATE with a predictor, internal
 item records the footprint in EPSG:4490, the resolution in metres, bands / dtype / nodata, the CRS,
 the zoom range per tile grid, the file's size and sha256, and who loaded it.
 
-All-or-nothing: the COG is written under a temporary name, the catalogue row is inserted in one
-transaction (serialised per collection), and a failure anywhere removes the new file and leaves
-the catalogue as it was. Re-ingesting the same file for the same datetime writes nothing; a
-different file for a datetime already in the collection replaces that item (its old COG is removed
-after the commit).
+Web-optimised copies (issue 15): besides that master COG, the item gets one copy per served tile
+grid (``WebMercatorQuad``, ``CGCS2000Quad``; :func:`write_grid_copy`): the master warped once onto
+the grid (nearest neighbour, as TiTiler's own warped read samples it) at the grid's zoom nearest the
+image's resolution, in 256-px blocks with overviews, the finest levels' blocks aligned with the
+grid's tiles (rio-cogeo's web-optimised COG with ``aligned_levels``), lossless (DEFLATE), with a
+mask outside the image. A tile of that grid at one of the copy's zooms is then a window of one
+level — one block where the level is aligned — read without warping (tiling/imagery.py). The
+copies live beside the master, in ``grids/<tms>/`` of its folder, and are recorded in
+``imagery_item_grids`` with their zoom range. A copy that cannot be written fails the ingest.
+
+All-or-nothing: the COG and its copies are written under temporary names, the catalogue rows are
+inserted in one transaction (serialised per collection), and a failure anywhere removes the new
+files and leaves the catalogue as it was. Re-ingesting the same file for the same datetime writes
+nothing (an item registered before the copies existed gets them then); a different file for a
+datetime already in the collection replaces that item (its old COG and copies are removed after
+the commit).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import shutil
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,10 @@ __all__ = ["ImagerySummary", "ingest_imagery", "managed_dir"]
 
 #: Tile grids whose zoom range is recorded per item (ids as in spatial_api.api.grids.TMS).
 ZOOM_GRIDS = ("WebMercatorQuad", "CGCS2000Quad")
+#: Tile grids an item gets a web-optimised copy on (every grid the tile server serves).
+GRID_COPIES = ZOOM_GRIDS
+#: Sub-folder of a master COG's folder holding its grid copies (``grids/<tms>/<master's name>``).
+GRIDS_DIR = "grids"
 
 
 @dataclass
@@ -62,6 +77,10 @@ class ImagerySummary:
     crs: str | None = None
     bbox: list[float] | None = None
     seconds: float = 0.0
+    #: the web-optimised copies written by this ingest: {tms: {"cog_path", "minzoom", "maxzoom", "file_size"}}
+    #: (an item skipped as already there gets only the copies it lacked)
+    grids: dict[str, dict] = field(default_factory=dict)
+    grid_seconds: float = 0.0  # of ``seconds``, the time spent writing the copies
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +230,161 @@ def describe_cog(path: Path) -> dict:
     return {"footprint_wkt": footprint.wkt, "bbox": list(footprint.bounds), "zooms": zooms}
 
 
+# -- web-optimised copies -------------------------------------------------------------------
+
+
+def grid_copy_path(master: Path, tms_id: str) -> Path:
+    """Where the copy of ``master`` on grid ``tms_id`` lives: ``<master's folder>/grids/<tms>/<master's name>``
+    (the master's name carries its item id and content hash, so the copy's does too)."""
+    return master.parent / GRIDS_DIR / tms_id / master.name
+
+
+def _aligned_grid(src, tms, tile: int) -> tuple[dict, int, int, int]:
+    """rio-cogeo's web-optimised grid of ``src`` on ``tms`` (at the zoom nearest its resolution,
+    its extent whole tiles of that zoom), widened so that as many overview levels as possible are
+    aligned with the grid's tiles too, within twice the area of the unaligned grid: aligning the
+    coarsest levels, whose tiles are about the image's size, would multiply the copy's area (up to
+    16 times) for a handful of tiles. Returns (WarpedVRT parameters, max zoom, overview levels,
+    aligned levels: zooms ``max zoom − aligned`` … ``max zoom`` are tile-aligned)."""
+    from rasterio.rio.overview import get_maximum_overview_level
+    from rio_cogeo.utils import get_web_optimized_params
+
+    base = get_web_optimized_params(src, tms=tms)
+    area = base["width"] * base["height"]
+    grid, aligned = base, 0
+    for k in range(1, 31):
+        wider = get_web_optimized_params(src, tms=tms, aligned_levels=k)
+        if k > get_maximum_overview_level(wider["width"], wider["height"], minsize=tile) \
+                or wider["width"] * wider["height"] > 2 * area:
+            break
+        grid, aligned = wider, k
+    levels = get_maximum_overview_level(grid["width"], grid["height"], minsize=tile)
+    # the grid's resolution is that of one of its zooms (the same call rio-cogeo made to choose it)
+    maxzoom = tms.zoom_for_res(grid["transform"].a, max_z=30, zoom_level_strategy="auto")
+    return grid, maxzoom, levels, aligned
+
+
+def write_grid_copy(master: Path, dst: Path, tms_id: str) -> cat.GridCopy:
+    """Write the web-optimised copy of the COG ``master`` on grid ``tms_id`` to ``dst``.
+
+    The master is warped (nearest neighbour, the kernel TiTiler's warped read uses by default) onto
+    the grid's pixels at the zoom nearest its resolution (rio-cogeo's ``get_web_optimized_params``,
+    ``zoom_level_strategy="auto"``), and written by rio-cogeo as a COG in blocks of the grid's tile
+    size with internal overviews, lossless (DEFLATE with a predictor). The extent is widened to whole
+    tiles of a coarser zoom (:func:`_aligned_grid`), so that the blocks of the finest levels are
+    exactly the grid's tiles at their zoom (the copy's ``TILING_SCHEME_ALIGNED_LEVELS``; a tile of a
+    coarser level reads up to 4 blocks, still without warping). Outside the image the copy is masked (its nodata if the master has one, else an internal mask —
+    or the master's alpha band). Overviews are resampled as the master's were (its
+    ``OVERVIEW_RESAMPLING`` tag; else nearest for 8-bit images, average otherwise, as write_cog does).
+    Returns the copy's description (zoom range = its levels)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+    from rio_cogeo.utils import has_alpha_band
+
+    tms = TMS.get(tms_id)
+    tile = tms.matrix(tms.minzoom).tileWidth
+    with rasterio.open(master) as src:
+        dtype = src.dtypes[0]
+        grid, maxzoom, levels, aligned = _aligned_grid(src, tms, tile)
+        add_alpha = src.nodata is None and not has_alpha_band(src)
+        vrt_options = dict(grid, resampling=Resampling.nearest)
+        if src.nodata is not None:
+            vrt_options.update(nodata=src.nodata, src_nodata=src.nodata)
+        elif add_alpha:
+            vrt_options["add_alpha"] = True  # the area outside the image, masked in the copy
+        resampling = (src.tags().get("OVERVIEW_RESAMPLING") or "").lower()
+        if resampling not in Resampling.__members__:
+            resampling = "nearest" if dtype == "uint8" else "average"
+        profile = cog_profiles.get("deflate")
+        profile.update(predictor=3 if dtype.startswith("float") else 2, blockxsize=tile, blockysize=tile)
+        with WarpedVRT(src, **vrt_options) as vrt, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rio-cogeo's notes on masks and nodata, affine's deprecations
+            cog_translate(vrt, str(dst), profile, add_mask=add_alpha, overview_level=levels,
+                          overview_resampling=resampling, in_memory=False, quiet=True,
+                          config={"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS"},
+                          additional_cog_metadata={"TILING_SCHEME_NAME": tms_id,
+                                                   "TILING_SCHEME_ZOOM_LEVEL": maxzoom,
+                                                   "TILING_SCHEME_ALIGNED_LEVELS": aligned})
+    return cat.GridCopy(tms_id, dst, maxzoom - levels, maxzoom, dst.stat().st_size)
+
+
+def _write_grid_copies(master: Path, final_master: Path, grids, made: list[Path], path: str | Path) -> dict:
+    """The copies of ``master`` (possibly still under its temporary name) on ``grids``, written
+    under temporary names beside where ``final_master`` goes; each file path, folder or temporary
+    file that now exists because of this call is appended to ``made`` (the caller removes them
+    on failure). Returns {tms: (temporary path, final path, GridCopy with the final path)}."""
+    out = {}
+    for tms_id in grids:
+        final = grid_copy_path(final_master, tms_id)
+        for folder in (final.parent.parent, final.parent):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.tif"
+        made.append(tmp)
+        try:
+            copy = write_grid_copy(master, tmp, tms_id)
+        except Exception as exc:
+            raise IngestError(f"{path}: writing the web-optimised copy on {tms_id} failed ({_gdal_message(exc)}). "
+                              f"Check free space in {final.parent}.") from None
+        out[tms_id] = (tmp, final, cat.GridCopy(tms_id, final, copy.minzoom, copy.maxzoom, copy.file_size))
+    return out
+
+
+def _remove(paths) -> None:
+    """Remove files (and the folders among ``paths``, when empty), newest first; never raises."""
+    for p in reversed(list(paths)):
+        try:
+            if p.is_dir():
+                p.rmdir()
+            else:
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _copy_summary(copies: dict[str, cat.GridCopy]) -> dict[str, dict]:
+    return {t: {"cog_path": str(c.cog_path), "minzoom": c.minzoom, "maxzoom": c.maxzoom, "file_size": c.file_size}
+            for t, c in copies.items()}
+
+
+def _add_missing_copies(settings: Settings, current: cat.Item, path: str | Path) -> dict[str, cat.GridCopy]:
+    """An item already in the catalogue lacks copies on some grids (registered before they
+    existed, or a copy's file went missing): write them beside its COG and record them, all or
+    nothing. Returns the copies written."""
+    with db.connect(settings) as conn:
+        have = cat.grid_copies(conn, current.collection, current.item_id)
+    missing = [t for t in GRID_COPIES if t not in have or not have[t].cog_path.exists()]
+    if not missing:
+        return {}
+    made: list[Path] = []
+    committed = False
+    try:
+        written = _write_grid_copies(current.cog_path, current.cog_path, missing, made, path)
+        placed = []
+        for tmp, final, _ in written.values():
+            if not final.exists():
+                placed.append(final)
+            os.replace(tmp, final)
+        made += placed
+        with db.transaction(settings) as conn:
+            cat.lock_collection(conn, current.collection)
+            still = cat.get_item(conn, current.collection, current.item_id)
+            if still is None or still.sha256 != current.sha256:
+                raise IngestError(f"{path}: item {current.item_id!r} of {current.collection!r} changed while its "
+                                  "web-optimised copies were written; run the ingest again.")
+            cat.register_grid_copies(conn, current.collection, current.item_id,
+                                     {t: c for t, (_, _, c) in written.items()})
+        committed = True
+    finally:
+        if not committed:
+            _remove(made)
+    return {t: c for t, (_, _, c) in written.items()}
+
+
 # -- the ingestion ---------------------------------------------------------------------------
 
 
@@ -275,6 +449,9 @@ def ingest_imagery(
         summary.cog_path = str(current.cog_path)
         summary.sha256, summary.file_size = current.sha256, current.file_size
         summary.kind = existing_col.kind if existing_col else kind
+        t_grids = time.perf_counter()
+        summary.grids = _copy_summary(_add_missing_copies(settings, current, path))
+        summary.grid_seconds = time.perf_counter() - t_grids if summary.grids else 0.0
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -289,6 +466,8 @@ def ingest_imagery(
     tmp = out_dir / f".{item_id}.{uuid.uuid4().hex[:8]}.tmp.tif"
     final: Path | None = None
     preexisting = committed = False
+    made: list[Path] = []  # grid copies' files and folders this ingest created (removed on failure)
+    old_copies: dict[str, cat.GridCopy] = {}
     try:
         converted = not is_cog(source)
         if converted:
@@ -306,8 +485,15 @@ def ingest_imagery(
         final = out_dir / f"{item_id}.{sha[:16]}.tif"
         described = describe_cog(tmp)
         size = tmp.stat().st_size
+        t_grids = time.perf_counter()
+        copies = _write_grid_copies(tmp, final, GRID_COPIES, made, path)
+        summary.grid_seconds = time.perf_counter() - t_grids
         preexisting = final.exists()  # same item id and content (name has the sha): another item's file
         os.replace(tmp, final)
+        for copy_tmp, copy_final, _ in copies.values():
+            if not copy_final.exists():  # else: the same content, another item's (see preexisting)
+                made.append(copy_final)
+            os.replace(copy_tmp, copy_final)
         item = cat.Item(
             collection=collection, item_id=item_id, datetime=when, footprint_wkt=described["footprint_wkt"],
             resolution_m=float(info["resolution_m"]), width=info["width"], height=info["height"],
@@ -321,12 +507,18 @@ def ingest_imagery(
             col = cat.create_collection(
                 conn, collection, kind=kind or (col.kind if col else "ortho"), title_zh=title_zh, title_en=title_en,
                 description=description, access_level=access_level or "public", exist_ok=True)
-            replaced = cat.register_item(conn, item)
+            before = cat.item_at(conn, collection, when)
+            if before is not None:
+                old_copies = cat.grid_copies(conn, collection, before.item_id)
+            replaced = cat.register_item(conn, item)  # the replaced item's copies go with it (cascade)
+            cat.register_grid_copies(conn, collection, item_id, {t: c for t, (_, _, c) in copies.items()})
             still_used = replaced is not None and replaced.cog_path != final and any(
                 other.cog_path == replaced.cog_path for other in cat.list_items(conn, collection)
                 if other.item_id != replaced.item_id)
         committed = True
     except BaseException:
+        if not committed:
+            _remove(made)
         for leftover in (tmp, None if preexisting else final):
             if leftover is not None and not committed:
                 try:
@@ -342,6 +534,13 @@ def ingest_imagery(
         with db.connect(settings) as conn:
             if not cat.path_in_use(conn, replaced.cog_path):
                 replaced.cog_path.unlink(missing_ok=True)
+    if old_copies:
+        new_paths = {c.cog_path for _, _, c in copies.values()}
+        with db.connect(settings) as conn:
+            for old in old_copies.values():
+                if old.cog_path not in new_paths and not cat.grid_path_in_use(conn, old.cog_path):
+                    old.cog_path.unlink(missing_ok=True)
+    summary.grids = _copy_summary({t: c for t, (_, _, c) in copies.items()})
     summary.converted = converted
     summary.replaced = replaced.item_id if replaced is not None else None
     summary.kind = col.kind
@@ -388,8 +587,12 @@ def cli_command(
         return 1
     if as_json:
         print(json.dumps({"ok": True, **s.to_dict()}, ensure_ascii=False))
-    elif s.skipped:
+    elif s.skipped and not s.grids:
         console.print(f"[yellow]●[/] {collection}/{s.item_id} ({s.datetime[:10]}) already holds {path}: nothing written.")
+    elif s.skipped:
+        console.print(f"[yellow]●[/] {collection}/{s.item_id} ({s.datetime[:10]}) already holds {path}; "
+                      "its missing web-optimised copies were written.")
+        _print_grids(console, s)
     else:
         what = "written as a COG" if s.converted else "already a COG, copied"
         console.print(f"[green]●[/] {collection}/{s.item_id} ({s.datetime[:10]}) ← {path}: {what}"
@@ -397,4 +600,10 @@ def cli_command(
                       + (f" (new {s.kind} collection)" if s.new_collection else ""))
         console.print(f"  {s.cog_path}  {s.file_size / 1e6:.1f} MB, {s.bands} × {s.dtype}, {s.resolution_m:.2f} m, "
                       f"{s.crs}, sha256 {s.sha256[:16]}…  ({s.seconds:.1f} s)")
+        _print_grids(console, s)
     return 0
+
+
+def _print_grids(console, s: ImagerySummary) -> None:
+    grids = ", ".join(f"{t} z{g['minzoom']}–{g['maxzoom']} ({g['file_size'] / 1e6:.1f} MB)" for t, g in s.grids.items())
+    console.print(f"  web-optimised copies (tiles read without warping): {grids}  ({s.grid_seconds:.1f} s)")

@@ -15,6 +15,14 @@ Public API::
     store.imagery.items_covering(conn, "ortho", (lon0, lat0, lon1, lat1), at=datetime(...))
     store.imagery.collection_and_covering(conn, "ortho", bbox, at)   # both in one query (tiles)
     store.imagery.latest_path(conn, "dem")             # Path of the newest DEM (or None)
+    store.imagery.register_grid_copies(conn, "ortho", "E2023", {"WebMercatorQuad": GridCopy(...)})
+    store.imagery.tile_sources(conn, "ortho", "WebMercatorQuad", bbox, at)  # + each item's copy
+    store.imagery.catalogue_state(conn, "ortho")       # (access level, version): tile cache hits
+
+Grid copies (``imagery_item_grids``, migration 0012): per item and served tile grid, a
+web-optimised copy of the item's COG (written by the ingest, aligned with the grid's tiles) and the
+zoom levels it holds. ``imagery_collections.version`` is bumped by triggers on any change of a
+collection, its items or their copies (see :func:`catalogue_state`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,14 @@ ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS = ("ortho", "satellite", "aerial", "dem", "dsm", "other")
 ACCESS_LEVELS = ("public", "internal", "restricted")
 FORMATS = ("png", "jpg", "webp")
+#: Photographic kinds: their tiles default to JPEG (a fraction of a PNG's size and encoding time).
+PHOTO_KINDS = ("ortho", "satellite", "aerial")
+
+
+def default_format_for(kind: str) -> str:
+    """The default tile format of a new collection of ``kind``: JPEG for photographs, PNG for
+    the rest (DEMs are drawn as hillshades or Terrain-RGB, which need exact or transparent pixels)."""
+    return "jpg" if kind in PHOTO_KINDS else "png"
 
 
 @dataclass
@@ -50,6 +66,7 @@ class Collection:
     default_format: str = "png"
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    version: int = 0  # bumped on any change of the collection, its items or their grid copies
     # summary over the items (filled by get_collection / list_collections)
     items: int = 0
     bbox: list[float] | None = None  # lon/lat (EPSG:4490) of the union of the footprints
@@ -93,6 +110,32 @@ class Item:
         values["cog_path"] = Path(row["cog_path"])
         values["datetime"] = _local(row["datetime"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class GridCopy:
+    """A web-optimised copy of an item's COG on one tile grid: its tiles and overviews are aligned
+    with the grid's tiles at zooms ``minzoom`` … ``maxzoom``."""
+
+    tms: str
+    cog_path: Path
+    minzoom: int
+    maxzoom: int
+    file_size: int = 0
+
+    def serves(self, z: int, level: int | None = None) -> bool:
+        """Does the copy hold zoom ``z``, read at the resolution of zoom ``level`` (default ``z``;
+        a 512-px tile of zoom z has the pixels of zoom z + 1)?"""
+        return self.minzoom <= z and (z if level is None else level) <= self.maxzoom
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """What a tile of one item is read from: the item's COG and its copy on the tile's grid (if any)."""
+
+    item_id: str
+    cog_path: Path
+    copy: GridCopy | None = None
 
 
 def _local(value: datetime) -> datetime:
@@ -163,7 +206,7 @@ def collection_entry(conn: psycopg.Connection, cid: str, *, access: tuple[str, .
     if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
         return None
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT id, kind, title_zh, title_en, description, access_level, default_format "
+        row = cur.execute("SELECT id, kind, title_zh, title_en, description, access_level, default_format, version "
                           "FROM imagery_collections WHERE id = %s AND (%s::text[] IS NULL OR access_level = ANY(%s))",
                           (cid, list(access) if access else None, list(access) if access else None),
                           prepare=True).fetchone()
@@ -188,7 +231,7 @@ def create_collection(conn: psycopg.Connection, cid: str, *, kind: str, title_zh
         raise StoreError.about("kind", kind, f"choose one of {', '.join(KINDS)}")
     if access_level not in ACCESS_LEVELS:
         raise StoreError.about("access level", access_level, f"choose one of {', '.join(ACCESS_LEVELS)}")
-    fmt = default_format or "png"
+    fmt = default_format or default_format_for(kind)
     if fmt not in FORMATS:
         raise StoreError(f"default format {fmt!r}: choose one of {', '.join(FORMATS)}")
     existing = get_collection(conn, cid)
@@ -319,6 +362,111 @@ def collection_and_covering(conn: psycopg.Connection, cid: str, bbox: tuple[floa
     return col, [(r[7], Path(r[8])) for r in rows if r[7] is not None]
 
 
+_TILE_SOURCES_SQL = """
+SELECT c.id, c.kind, c.title_zh, c.title_en, c.description, c.access_level, c.default_format, c.version,
+       i.item_id, i.cog_path, g.cog_path, g.minzoom, g.maxzoom
+FROM imagery_collections c
+LEFT JOIN LATERAL (
+    SELECT j.item_id, j.cog_path, j.datetime FROM imagery_items j
+    WHERE j.collection = c.id
+      AND j.footprint && ST_MakeEnvelope(%s, %s, %s, %s, 4490)
+      AND ST_Intersects(j.footprint, ST_MakeEnvelope(%s, %s, %s, %s, 4490))
+      AND (%s::timestamptz IS NULL OR j.datetime <= %s)
+) i ON true
+LEFT JOIN imagery_item_grids g ON g.collection = c.id AND g.item_id = i.item_id AND g.tms = %s
+WHERE c.id = %s AND (%s::text[] IS NULL OR c.access_level = ANY(%s))
+ORDER BY i.datetime DESC
+"""
+
+_ENTRY_KEYS = ("id", "kind", "title_zh", "title_en", "description", "access_level", "default_format", "version")
+
+
+def _source(row, at: int, tms: str | None) -> TileSource:
+    item_id, path, copy_path, lo, hi = row[at:at + 5]
+    copy = GridCopy(tms=tms, cog_path=Path(copy_path), minzoom=lo, maxzoom=hi) if copy_path else None
+    return TileSource(item_id, Path(path), copy)
+
+
+def tile_sources(conn: psycopg.Connection, cid: str, tms: str, bbox: tuple[float, float, float, float],
+                 at: datetime | None = None, *, access: tuple[str, ...] | None = None
+                 ) -> tuple[Collection | None, list[TileSource]]:
+    """:func:`collection_and_covering` with each item's copy on grid ``tms`` (one prepared
+    statement, the collection tile path's only query): the collection (with its ``version``) and
+    the items covering ``bbox``, newest first; (None, []) when there is no such visible collection."""
+    if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
+        return None, []
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    levels = list(access) if access else None
+    rows = conn.execute(_TILE_SOURCES_SQL, (x0, y0, x1, y1, x0, y0, x1, y1, at, at, tms, cid, levels, levels),
+                        prepare=True).fetchall()
+    if not rows:
+        return None, []
+    col = Collection(**dict(zip(_ENTRY_KEYS, rows[0][:8])))
+    return col, [_source(r, 8, tms) for r in rows if r[8] is not None]
+
+
+_ITEM_SOURCE_SQL = """
+SELECT c.id, c.kind, c.title_zh, c.title_en, c.description, c.access_level, c.default_format, c.version,
+       i.item_id, i.cog_path, g.cog_path, g.minzoom, g.maxzoom
+FROM imagery_collections c
+LEFT JOIN imagery_items i ON i.collection = c.id AND i.item_id = %s
+LEFT JOIN imagery_item_grids g ON g.collection = c.id AND g.item_id = i.item_id AND g.tms = %s
+WHERE c.id = %s AND (%s::text[] IS NULL OR c.access_level = ANY(%s))
+"""
+
+
+def item_source(conn: psycopg.Connection, cid: str, item_id: str, tms: str | None = None, *,
+                access: tuple[str, ...] | None = None) -> tuple[Collection | None, TileSource | None]:
+    """The collection (with its ``version``) and one item's COG with its copy on grid ``tms`` (if
+    any) in one prepared statement: (None, None) when there is no such visible collection,
+    (collection, None) when it has no such item."""
+    if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
+        return None, None
+    if not isinstance(item_id, str) or not ITEM_ID_RE.match(item_id):
+        item_id = None  # matches no item; the collection is still looked up (404 names what is missing)
+    levels = list(access) if access else None
+    row = conn.execute(_ITEM_SOURCE_SQL, (item_id, tms, cid, levels, levels), prepare=True).fetchone()
+    if row is None:
+        return None, None
+    col = Collection(**dict(zip(_ENTRY_KEYS, row[:8])))
+    return col, (_source(row, 8, tms) if row[8] is not None else None)
+
+
+def catalogue_state(conn: psycopg.Connection, cid: str) -> tuple[str, int] | None:
+    """(access level, version) of a collection, or None: one prepared primary-key lookup, what a
+    tile cache hit checks (a cached tile is served only at the version it was rendered at)."""
+    if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
+        return None
+    row = conn.execute("SELECT access_level, version FROM imagery_collections WHERE id = %s", (cid,),
+                       prepare=True).fetchone()
+    return (row[0], int(row[1])) if row else None
+
+
+def grid_copies(conn: psycopg.Connection, cid: str, item_id: str) -> dict[str, GridCopy]:
+    """The grid copies of an item, by tile matrix set id."""
+    rows = conn.execute("SELECT tms, cog_path, minzoom, maxzoom, file_size FROM imagery_item_grids "
+                        "WHERE collection = %s AND item_id = %s ORDER BY tms", (cid, item_id)).fetchall()
+    return {r[0]: GridCopy(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+
+
+def register_grid_copies(conn: psycopg.Connection, cid: str, item_id: str, copies: dict[str, GridCopy]) -> None:
+    """Record (or replace) the grid copies of an item registered in the same transaction or before.
+    The caller holds the collection's lock and commits."""
+    for tms, copy in copies.items():
+        conn.execute(
+            "INSERT INTO imagery_item_grids (collection, item_id, tms, cog_path, minzoom, maxzoom, file_size) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (collection, item_id, tms) DO UPDATE SET "
+            "cog_path = EXCLUDED.cog_path, minzoom = EXCLUDED.minzoom, maxzoom = EXCLUDED.maxzoom, "
+            "file_size = EXCLUDED.file_size, created_at = now()",
+            (cid, item_id, tms, str(copy.cog_path), int(copy.minzoom), int(copy.maxzoom), int(copy.file_size)))
+
+
+def grid_path_in_use(conn: psycopg.Connection, path: Path) -> bool:
+    """Does any item's grid copy (of any collection) use this file?"""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM imagery_item_grids WHERE cog_path = %s)",
+                        (str(path),)).fetchone()[0]
+
+
 def latest_path(conn: psycopg.Connection, collection: str, at: datetime | None = None) -> Path | None:
     """The COG of the newest item of ``collection`` acquired at or before ``at`` (None: the newest
     of all), or None when there is none (or no such collection)."""
@@ -366,8 +514,37 @@ def path_in_use(conn: psycopg.Connection, path: Path) -> bool:
 
 
 __all__ = [
-    "ACCESS_LEVELS", "COLLECTION_ID_RE", "Collection", "FORMATS", "ITEM_ID_RE", "Item", "KINDS",
-    "check_collection_id", "check_item_id", "collection_and_covering", "collection_entry", "create_collection", "get_collection", "get_item", "item_at",
-    "item_path", "items_covering", "latest_path", "list_collections", "list_items", "lock_collection", "path_in_use",
+    "ACCESS_LEVELS",
+    "COLLECTION_ID_RE",
+    "FORMATS",
+    "ITEM_ID_RE",
+    "KINDS",
+    "PHOTO_KINDS",
+    "Collection",
+    "GridCopy",
+    "Item",
+    "TileSource",
+    "catalogue_state",
+    "check_collection_id",
+    "check_item_id",
+    "collection_and_covering",
+    "collection_entry",
+    "create_collection",
+    "default_format_for",
+    "get_collection",
+    "get_item",
+    "grid_copies",
+    "grid_path_in_use",
+    "item_at",
+    "item_path",
+    "item_source",
+    "items_covering",
+    "latest_path",
+    "list_collections",
+    "list_items",
+    "lock_collection",
+    "path_in_use",
+    "register_grid_copies",
     "register_item",
+    "tile_sources",
 ]

@@ -232,10 +232,18 @@ def test_cli_ingest_of_a_plain_geotiff_writes_a_cog_and_an_item(database, files,
     assert inside
     col = store.imagery.get_collection(conn, cid)
     assert (col.kind, col.title_en, col.access_level, col.items) == ("satellite", "GF-2", "public", 1)
+    # its web-optimised copies, one per served grid, beside it (issue 15)
+    assert set(s["grids"]) == {"WebMercatorQuad", "CGCS2000Quad"}
+    assert {t: Path(g["cog_path"]) for t, g in s["grids"].items()} == \
+        {t: cog_dir.resolve() / "grids" / t / cog.name for t in s["grids"]}
+    assert {t: (g.minzoom, g.maxzoom) for t, g in store.imagery.grid_copies(conn, cid, "2022-03-04").items()} == \
+        {t: (g["minzoom"], g["maxzoom"]) for t, g in s["grids"].items()}
     # the same file again: nothing written
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] is True
-    assert sorted(p.name for p in cog_dir.iterdir()) == [cog.name]
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] is True and json.loads(again.stdout)["grids"] == {}
+    assert sorted(p.name for p in cog_dir.iterdir() if p.is_file()) == [cog.name]
+    assert sorted(p.relative_to(cog_dir).as_posix() for p in cog_dir.rglob("*") if p.is_file()) == \
+        sorted([cog.name] + [f"grids/{t}/{cog.name}" for t in s["grids"]])
     assert len(store.imagery.list_items(conn, cid)) == 1
 
 
@@ -282,7 +290,10 @@ def test_a_new_file_for_the_same_datetime_replaces_the_item(database, files, con
     with pytest.raises(IngestError, match="already has this item"):
         ingest_imagery(files["older"], collection=cid, datetime_="2022-05-05", item_id=second.item_id,
                        cog_dir=tmp_path, settings=database)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(second.cog_path).name]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [Path(second.cog_path).name]
+    # the replaced item's grid copies went with it; the refused one left none
+    assert sorted(p for p in (tmp_path / "grids").rglob("*") if p.is_file()) == \
+        sorted(Path(g["cog_path"]) for g in second.grids.values())
     assert [(i.item_id, i.sha256) for i in store.imagery.list_items(conn, cid)] == [(second.item_id, second.sha256)]
     # an item named on its first load keeps its name: the same file again without --item-id is a no-op
     named = ingest_imagery(files["older"], collection=cid, datetime_="2021-01-01", item_id="E2021", cog_dir=tmp_path,
@@ -321,15 +332,25 @@ def test_catalogue_lookups(conn, catalogue):
 # -- tiles ---------------------------------------------------------------------------------------
 
 
+def read_file(summary, t, tms: str = "WebMercatorQuad") -> str:
+    """The file geotwin reads tile t of an item from: the item's web-optimised copy on the grid
+    when the copy holds the tile's zoom (issue 15), else the item's COG."""
+    copy = summary.grids[tms]
+    return copy["cog_path"] if copy["minzoom"] <= t.z <= copy["maxzoom"] else summary.cog_path
+
+
 def test_xyz_tile_equals_titiler_application_pixel_for_pixel(server, titiler, catalogue):
-    """The same COG through geotwin's XYZ template (collection mosaic and single item) and through
-    titiler.application's /cog endpoint: identical decoded PNGs, edge tiles (alpha) included."""
-    old_cog, cid, old_id = catalogue["old"].cog_path, catalogue["ortho"], catalogue["old"].item_id
+    """The file geotwin reads through geotwin's XYZ template (collection mosaic and single item) and
+    through titiler.application's /cog endpoint: identical decoded PNGs, edge tiles (alpha)
+    included. Tiles at the zooms of the item's web-optimised copy are read from the copy, the others
+    from the COG (the copy against the COG's warped read: test_imagery_grids.py)."""
+    cid, old_id = catalogue["ortho"], catalogue["old"].item_id
     east = (X0 + 1500, Y0 - 1000)
     tiles = [tile_at(*east, z) for z in (14, 15, 16, 17)]
     tiles.append(tile_at(X0 + SIZE * PX - 5, Y0 - 5, 16))  # the NE corner: partly outside the image
+    assert [read_file(catalogue["old"], t) == catalogue["old"].cog_path for t in tiles] == [False] * 3 + [True, False]
     for t in tiles:
-        expected = reference_tile(titiler, old_cog, t)
+        expected = reference_tile(titiler, read_file(catalogue["old"], t), t)
         ours = get(f"{server}/imagery/collections/{cid}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png",
                    datetime="2021-12-31")  # before the newer item: the older one alone
         assert ours.status_code == 200 and ours.headers["content-type"] == "image/png"
@@ -339,18 +360,21 @@ def test_xyz_tile_equals_titiler_application_pixel_for_pixel(server, titiler, ca
     assert png(get(f"{server}/imagery/collections/{cid}/tiles/WebMercatorQuad/{tiles[-1].z}/{tiles[-1].x}/"
                    f"{tiles[-1].y}.png", datetime="2021-12-31").content)[..., 3].min() == 0  # the edge has alpha
     # rendering parameters pass through as in titiler: one band, rescaled, coloured
-    t = tiles[2]
-    params = {"bidx": "1", "rescale": "0,200", "colormap_name": "viridis"}
-    ours = get(f"{server}/imagery/collections/{cid}/items/{old_id}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png", **params)
-    assert np.array_equal(png(ours.content), reference_tile(titiler, old_cog, t, **params))
-    # JPEG: the same bytes as titiler.application's, under the registered media type
-    jpg = get(f"{server}/imagery/collections/{cid}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.jpg", datetime="2021-12-31")
-    ref = httpx.get(f"{titiler}/cog/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.jpg", params={"url": old_cog}, timeout=60)
-    assert jpg.headers["content-type"] == "image/jpeg" and jpg.content == ref.content
+    for t in (tiles[2], tiles[3]):  # from the copy, from the COG
+        params = {"bidx": "1", "rescale": "0,200", "colormap_name": "viridis"}
+        ours = get(f"{server}/imagery/collections/{cid}/items/{old_id}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png",
+                   **params)
+        assert np.array_equal(png(ours.content), reference_tile(titiler, read_file(catalogue["old"], t), t, **params))
+        # JPEG: the same bytes as titiler.application's, under the registered media type
+        jpg = get(f"{server}/imagery/collections/{cid}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.jpg",
+                  datetime="2021-12-31")
+        ref = httpx.get(f"{titiler}/cog/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.jpg",
+                        params={"url": read_file(catalogue["old"], t)}, timeout=60)
+        assert jpg.headers["content-type"] == "image/jpeg" and jpg.content == ref.content
     # the newest item covers nothing east: without datetime the east tile still comes from the older item
     t = tile_at(X0 + 1800, Y0 - 1000, 17)
     ours = get(f"{server}/imagery/collections/{cid}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png")
-    assert np.array_equal(png(ours.content), reference_tile(titiler, old_cog, t))
+    assert np.array_equal(png(ours.content), reference_tile(titiler, catalogue["old"].cog_path, t))
 
 
 def test_datetime_mosaic_newest_first_gaps_from_older(server, titiler, catalogue):
@@ -374,8 +398,11 @@ def test_datetime_mosaic_newest_first_gaps_from_older(server, titiler, catalogue
     nothing_yet = get(f"{url}/{t.z}/{t.x}/{t.y}.png", datetime="2019-01-01")  # before every item
     assert nothing_yet.status_code == 200 and png(nothing_yet.content)[..., 3].max() == 0  # a transparent tile
     # a tile across the newer item's east edge: newer pixels where it has data, the older elsewhere
+    # (at z16, each item read from its web-optimised copy)
     t = tile_at(WEST_EDGE_X, Y0 - 1000, 16)
-    older, newer = reference_tile(titiler, old_cog, t), reference_tile(titiler, new_cog, t)
+    older = reference_tile(titiler, read_file(catalogue["old"], t), t)
+    newer = reference_tile(titiler, read_file(catalogue["new"], t), t)
+    assert read_file(catalogue["new"], t) != new_cog
     has_new = newer[..., 3] == 255
     assert 0.05 < has_new.mean() < 0.95
     expected = np.where(has_new[..., None], newer, older)
@@ -401,8 +428,10 @@ def test_cgcs2000_quad_tile(server, catalogue, conn):
     assert r.status_code == 200 and r.headers["content-crs"].endswith("/4490>")
     img = png(r.content)
     assert img.shape == (256, 256, 4) and img[..., 3].min() == 255 and img[..., :3].std() > 10
-    with Reader(catalogue["old"].cog_path, tms=grid) as src:  # the same tile, read directly
+    # the same tile, read directly from the file geotwin reads it from (the item's copy on CGCS2000Quad)
+    with Reader(read_file(catalogue["old"], t, "CGCS2000Quad"), tms=grid) as src:
         direct = src.tile(t.x, t.y, t.z)
+    assert read_file(catalogue["old"], t, "CGCS2000Quad") != catalogue["old"].cog_path
     assert np.array_equal(np.moveaxis(img[..., :3], -1, 0), direct.data)
 
 
@@ -495,7 +524,9 @@ def test_requests_naming_files_or_urls_are_refused_and_open_nothing(server, cata
     assert opened == []  # nothing at all was opened for the refused requests
     # positive control: the hook sees what a served tile opens — catalogue files only
     assert httpx.get(f"{server}/imagery/collections/{cid}/{tile}", timeout=30).status_code == 200
-    assert opened and set(opened) <= {catalogue["old"].cog_path, catalogue["new"].cog_path}
+    catalogue_files = {s.cog_path for s in (catalogue["old"], catalogue["new"])} | \
+        {g["cog_path"] for s in (catalogue["old"], catalogue["new"]) for g in s.grids.values()}
+    assert opened and set(opened) <= catalogue_files
 
 
 def test_collection_documents_and_capabilities(server, catalogue, conn):
@@ -515,11 +546,13 @@ def test_collection_documents_and_capabilities(server, catalogue, conn):
     assert [i["id"] for i in get(f"{server}/imagery/collections/{cid}/items", datetime="2022-01-01").json()["items"]] \
         == [catalogue["old"].item_id]
     tj = get(f"{server}/imagery/collections/{cid}/tilejson.json", tms="CGCS2000Quad", datetime="2022-01-01").json()
-    assert tj["tiles"][0].endswith(f"/imagery/collections/{cid}/tiles/CGCS2000Quad/{{z}}/{{x}}/{{y}}.png?datetime=2022-01-01")
+    # an orthophoto's tiles are advertised as JPEG (issue 15)
+    assert tj["tiles"][0].endswith(f"/imagery/collections/{cid}/tiles/CGCS2000Quad/{{z}}/{{x}}/{{y}}.jpg?datetime=2022-01-01")
     caps = {c["id"]: c for c in collections_for_capabilities(conn)}
     cap = caps[cid]
     assert cap["tile_path"] == f"/imagery/collections/{cid}/tiles/{{tms}}/{{z}}/{{x}}/{{y}}.{{format}}"
-    assert cap["default_format"] == "png" and "jpg" in cap["formats"] and cap["bbox"] == pytest.approx(c["bbox"])
+    assert cap["default_format"] == "jpg" and "png" in cap["formats"] and cap["bbox"] == pytest.approx(c["bbox"])
+    assert caps[catalogue["dem"]]["default_format"] == "png"
     assert cap["zooms"]["CGCS2000Quad"] and len(cap["datetimes"]) == 2 and cap["tile_matrix_sets"] == \
         ["WebMercatorQuad", "CGCS2000Quad"]
     # a collection that is not public is not served

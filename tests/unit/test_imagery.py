@@ -88,3 +88,65 @@ def test_title_goes_to_the_language_it_is_written_in():
     assert _title_fields("正射影像", None, None) == ("正射影像", None)
     assert _title_fields("Orthophotos", None, None) == (None, "Orthophotos")
     assert _title_fields("Orthophotos", "影像", None) == ("影像", "Orthophotos")
+
+
+# -- issue 15: tiles from the grid ---------------------------------------------------------------
+
+
+def test_photographs_default_to_jpeg():
+    from spatial_api.store.imagery import default_format_for
+
+    assert [default_format_for(k) for k in ("ortho", "satellite", "aerial", "dem", "dsm", "other")] == \
+        ["jpg", "jpg", "jpg", "png", "png", "png"]
+
+
+def test_which_zoom_a_tile_reads_from_a_grid_copy():
+    from tiling.imagery import copy_read_zoom
+
+    assert copy_read_zoom({}, "WebMercatorQuad", 14) == 14
+    assert copy_read_zoom({"tilesize": "256"}, "WebMercatorQuad", 14) == 14
+    assert copy_read_zoom({"tilesize": "512"}, "WebMercatorQuad", 14) == 15  # the pixels of zoom 15
+    assert copy_read_zoom({"tilesize": "300"}, "CGCS2000Quad", 14) == 15  # finer than 256 → the next level
+    assert copy_read_zoom({"tilesize": "128"}, "WebMercatorQuad", 14) == 14
+    assert copy_read_zoom({"reproject": "nearest"}, "WebMercatorQuad", 14) == 14
+    # the warped read of the COG: another kernel, a nodata override, a size TiTiler refuses anyway
+    assert copy_read_zoom({"reproject": "bilinear"}, "WebMercatorQuad", 14) is None
+    assert copy_read_zoom({"nodata": "0"}, "WebMercatorQuad", 14) is None
+    assert copy_read_zoom({"tilesize": "big"}, "WebMercatorQuad", 14) is None
+
+
+def test_a_grid_copy_serves_its_own_levels():
+    from pathlib import Path
+
+    from spatial_api.store.imagery import GridCopy
+
+    copy = GridCopy("WebMercatorQuad", Path("x.tif"), 12, 16)
+    assert copy.serves(12) and copy.serves(16) and not copy.serves(11) and not copy.serves(17)
+    assert copy.serves(15, 16) and not copy.serves(16, 17)
+
+
+def test_the_imagery_tile_cache_keeps_tiles_of_the_newest_version_only():
+    from tiling.imagery import CachedTile, ImageryTileCache
+
+    def tile(n: int, level: str = "public") -> CachedTile:
+        return CachedTile(b"x" * n, f'"{n}"', "image/jpeg", (), level)
+
+    cache = ImageryTileCache(max_bytes=1000)
+    cache.put(("a", 1, "/t/1", ()), tile(100))
+    cache.put(("a", 1, "/t/2", ()), tile(200))
+    cache.put(("b", 7, "/t/1", ()), tile(300))
+    assert cache.get(("a", 1, "/t/1", ())).body == b"x" * 100
+    # a newer version of "a" is seen: its older tiles go, "b" keeps its own
+    assert cache.get(("a", 2, "/t/1", ())) is None
+    assert cache.stats()["dropped"] == 2 and cache.get(("b", 7, "/t/1", ())) is not None
+    # a tile rendered from the older version is not kept any more
+    cache.put(("a", 1, "/t/3", ()), tile(10))
+    assert cache.get(("a", 1, "/t/3", ())) is None
+    # bounded in bytes, least recently used out first
+    cache.put(("a", 2, "/t/4", ()), tile(400))
+    cache.get(("b", 7, "/t/1", ()))
+    cache.put(("a", 2, "/t/5", ()), tile(400))
+    assert cache.get(("a", 2, "/t/4", ())) is None and cache.get(("b", 7, "/t/1", ())) is not None
+    assert cache.stats()["bytes"] <= 1000
+    cache.put(("a", 2, "/t/6", ()), tile(2000))  # larger than the whole cache: not kept
+    assert cache.get(("a", 2, "/t/6", ())) is None
