@@ -4,9 +4,10 @@
 1. LOD1: the large district's ``buildings.gpkg`` (≈153 k footprints; built with ``geotwin demo
    build --size large --no-load`` when missing) is loaded by geotwin's own ingest into schema
    ``geotwin_cimbench``; then ``geotwin cim build --full`` (a fresh process each run: end to end,
-   read from PostGIS → DEM → meshes → glb → tileset.json → registry) is timed, and so are an
-   unchanged rebuild and a rebuild after a one-building changeset (incremental). Every glb of
-   the last build goes through the Khronos validator.
+   read from PostGIS → DEM → meshes and block models (the far view) → glb → tileset.json →
+   registry) is timed, and so are an unchanged rebuild and a rebuild after a one-building
+   changeset (incremental: its tile and the block tiles above it). Every glb of the last build
+   goes through the Khronos validator.
 2. BIM: ``geotwin cim convert-ifc duplex.ifc --at …`` (georeferenced, per-element metadata) vs
    ``py3dtiles convert duplex.ifc`` (peers' virtualenv ``.geotwin/bench/peers-venv``, ``py3dtiles[ifc]``),
    both as fresh processes, alternating, median of ``--runs``; output size and what metadata
@@ -138,7 +139,8 @@ def main() -> None:
         rep["cpu"] = CPU[-1]
         builds.append(rep)
         print(f"LOD1 full build {i + 1}: {rep['buildings']:,} buildings, {dt:.1f} s wall, {rep['cpu']:.1f} s CPU "
-              f"({rep['buildings'] / dt:,.0f}/s), {rep['tiles']} tiles, {rep['bytes_total'] / 1e6:.0f} MB; "
+              f"({rep['buildings'] / dt:,.0f}/s), {rep['tiles']} tiles ({rep.get('block_tiles', 0)} blocks), "
+              f"{rep['bytes_total'] / 1e6:.0f} MB; "
               f"phases {rep['timings']}", flush=True)
     noop = []
     for i in range(args.runs):
@@ -219,7 +221,8 @@ def main() -> None:
         f"| CPU time of the build process (user + sys; runs: {', '.join(f'{c:.1f}' for c in cpus)} s) | "
         f"{med(cpus):.1f} s → {n / med(cpus):,.0f} buildings per CPU-second (PostgreSQL's share not counted) |",
         "| phases of the last run (s) | " + ", ".join(f"{k} {v}" for k, v in phases.items()) + " |",
-        f"| output | {builds[-1]['tiles']:,} glb tiles, {builds[-1]['bytes_total'] / 1e6:.0f} MB "
+        f"| output | {builds[-1]['tiles']:,} glb tiles ({builds[-1].get('block_tiles', 0):,} of them block models "
+        f"for the far view), {builds[-1]['bytes_total'] / 1e6:.0f} MB "
         f"({builds[-1]['bytes_total'] / n:,.0f} B/building); largest tile {sizes[-1] / 1e6:.1f} MB, median "
         f"{sizes[len(sizes) // 2] / 1e3:.0f} kB; quadtree depth {builds[-1]['max_level']} |",
         f"| rebuild, nothing changed | {med(d for d, _ in noop):.1f} s, {noop[0][1]} tiles written |",

@@ -13,16 +13,20 @@
    :func:`_order_by_tile` — each building's cell (:mod:`cim_builder.tileset`), buildings sorted by
    tile; :func:`_plan_tiles` — one content hash per tile (builder version, layout, DEM, geoid
    separation, and every (fid, version) in it): what changed [layout];
+   :func:`_plan_blocks` — in a district large enough, every cell with buildings below it gets a
+   block tile (the far view, :mod:`cim_builder.blocks`), its hash made of the hashes of the tiles
+   and models under it [layout];
 4. :func:`_stand_on_ground` — base height (lowest DEM value under the footprint's vertices,
    orthometric) and bounds of the buildings in changed tiles only [footprints];
 5. :func:`_write_building_tiles` — mesh and write the changed tiles, reuse the others [tiles];
-6. :func:`_write_bim_tiles` — the models' glbs, converted again only when they changed [bim];
-7. :func:`_write_tileset` — tileset.json and the registry (``cim_tilesets`` / ``cim_tiles``);
+6. :func:`_write_block_tiles` — generalise, mesh and write the changed block tiles [blocks];
+7. :func:`_write_bim_tiles` — the models' glbs, converted again only when they changed [bim];
+8. :func:`_write_tileset` — tileset.json and the registry (``cim_tilesets`` / ``cim_tiles``);
    :func:`_remove_unreferenced` — files no tile references any more [write].
 
 All-or-nothing: content file names carry their hash, so new files never overwrite the ones the
 current tileset.json references; tileset.json is replaced atomically and the registry updated in
-one transaction; files no longer referenced are removed last. A failure in stages 5–7 removes
+one transaction; files no longer referenced are removed last. A failure in stages 5–8 removes
 the files it wrote (:func:`_roll_back`).
 """
 
@@ -43,6 +47,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cim_builder import ifc
+from cim_builder.blocks import BLOCK_MIN, BLOCKS_VERSION, Blocks, Outlines, generalise
 from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, GEOGRAPHIC_CRS, METRIC_CRS, CimError, Dem, Frame,
                              enu_rotation, resolve_dem, tilesets_dir, to_ecef, transformer)
 from cim_builder.glb import GlbWriter, Primitive, PropertyTable
@@ -52,7 +57,7 @@ from spatial_api import db, store
 from spatial_api.api import time as timepolicy
 from spatial_api.config import get_settings
 
-BUILDER_VERSION = "geotwin-cim/1"
+BUILDER_VERSION = "geotwin-cim/2"  # 2: block tiles above the buildings
 TILESET_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 BUILDING_COLOUR = (0.86, 0.84, 0.80, 1.0)
 #: A BIM model replaces the LOD1 prism of a building when it covers this share of its footprint.
@@ -70,6 +75,7 @@ class BuildReport:
     tiles_written: int = 0
     tiles_unchanged: int = 0
     tiles_removed: int = 0
+    block_tiles: int = 0  # of ``tiles``: block models (the far view)
     written: list[str] = field(default_factory=list)
     bytes_total: int = 0
     bytes_written: int = 0
@@ -213,6 +219,22 @@ class TilePlan:
 
 
 @dataclass
+class BlockPlan:
+    """One block tile of the new tileset: the cell's buildings and those below it, generalised."""
+
+    key: str  # "block/level/ix/iy"
+    level: int
+    ix: int
+    iy: int
+    members: np.ndarray  # its buildings (positions in the tile-ordered ctx.buildings)
+    models: list[int]  # its BIM models (positions in ctx.models)
+    content_hash: str
+    old: dict | None  # the registry's row from the previous build, if any
+    reuse: bool  # unchanged and its file still there
+    row: dict | None = None  # its uri, region, transform, feature count and bytes in this build
+
+
+@dataclass
 class MeshInput:
     """The buildings of the tiles to (re)write only, in tile order: their footprints, base and roof
     heights (orthometric m), lon/lat bounds (radians) and local up vectors (ECEF)."""
@@ -262,10 +284,13 @@ class BuildContext:
     # _plan_tiles
     stored: dict[str, dict] = field(default_factory=dict)  # the registry's tiles of the previous build
     tiles: list[TilePlan] = field(default_factory=list)
+    block_min: int = BLOCK_MIN
+    blocks: list[BlockPlan] = field(default_factory=list)
     # _stand_on_ground
     meshing: MeshInput | None = None
     # _write_building_tiles, _write_bim_tiles
     content: dict[str, dict] = field(default_factory=dict)  # building tile key → uri, region, transform
+    block_content: dict[str, dict] = field(default_factory=dict)  # cell "l/ix/iy" → its block tile's
     bim_tiles: list[dict] = field(default_factory=list)
     rows: list[tuple] = field(default_factory=list)  # the new cim_tiles rows
     written_files: list[Path] = field(default_factory=list)  # new files, removed if the build fails
@@ -290,9 +315,10 @@ class BuildContext:
 def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Path | None = None,
           dem: str | Path | None = None, geoid_separation: float | None = None, full: bool = False,
           max_per_tile: int = 1500, floor_height_m: float = 3.0, layer: str = "buildings",
-          title: str | None = None, progress=None) -> BuildReport:
+          title: str | None = None, progress=None, block_min: int = BLOCK_MIN) -> BuildReport:
     """Build (or incrementally rebuild) tileset ``tileset_id``: the stages of the module
-    docstring, in order. ``progress`` is called with each stage's name as it ends."""
+    docstring, in order. ``progress`` is called with each stage's name as it ends. Block tiles
+    (the far view) when at least ``block_min`` buildings lie below the root's tile."""
     settings = settings or get_settings()
     started = time.perf_counter()
     if not TILESET_ID_RE.match(tileset_id):
@@ -302,7 +328,7 @@ def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Pat
     with db.connect(settings) as conn:
         ctx = BuildContext(conn=conn, tileset_id=tileset_id, at=at, geoid_separation=separation, full=full,
                            max_per_tile=max_per_tile, floor_height_m=floor_height_m, layer=layer, title=title,
-                           started=started, progress=progress)
+                           started=started, progress=progress, block_min=int(block_min))
         _lock_and_locate(ctx, settings, out)
         _read_sources(ctx, dem)
         ctx.lap("read")
@@ -313,12 +339,15 @@ def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Pat
         _choose_layout(ctx)
         _order_by_tile(ctx)
         _plan_tiles(ctx)
+        _plan_blocks(ctx)
         ctx.lap("layout")
         _stand_on_ground(ctx)
         ctx.lap("footprints")
         try:
             _write_building_tiles(ctx)
             ctx.lap("tiles")
+            _write_block_tiles(ctx)
+            ctx.lap("blocks")
             _write_bim_tiles(ctx)
             ctx.lap("bim")
             _write_tileset(ctx)
@@ -432,7 +461,7 @@ def _choose_layout(ctx: BuildContext) -> None:
     ctx.model_tiles = [ifc.model_tile_info(m, ctx.geoid_separation) for m in ctx.models]
     ctx.params = {"builder": BUILDER_VERSION, "geoid_separation": ctx.geoid_separation,
                   "dem": ctx.dem_source.identity, "floor_height_m": ctx.floor_height_m, "layer": ctx.layer,
-                  "max_per_tile": ctx.max_per_tile}
+                  "max_per_tile": ctx.max_per_tile, "block_min": ctx.block_min}
     xs = np.r_[buildings.centre_x, [mt["x"] for mt in ctx.model_tiles]]
     ys = np.r_[buildings.centre_y, [mt["y"] for mt in ctx.model_tiles]]
     layout = None
@@ -507,6 +536,61 @@ def _plan_tiles(ctx: BuildContext) -> None:
             tile.mesh_start, tile.mesh_end = to_mesh, to_mesh + (end - start)
             to_mesh += end - start
         ctx.tiles.append(tile)
+
+
+def _plan_blocks(ctx: BuildContext) -> None:
+    """Takes the tile plans; gives ``ctx.blocks``: a :class:`BlockPlan` for every cell that hides
+    buildings (in the tiles below it; BIM models count) — when the root hides at least
+    ``ctx.block_min`` of them; a district too small for that keeps the plain tree (refine ADD).
+
+    Every cell, not only the crowded ones: under a block (REPLACE) a plain cell without a block of
+    its own would draw only its own buildings until it refined too, and a viewer decides that from
+    the distance to its own bounding volume, farther than its parent's — its buildings below
+    would vanish at the moment its parent's block gave way. So the building tiles are the leaves
+    of a REPLACE tree. Each plan has its members — the buildings of the cell's own tile and of
+    every tile below it — and a content hash made of the block generalisation's version and the
+    hashes of those tiles and models: a block is rewritten exactly when a building under it
+    changes."""
+    buildings, layout = ctx.buildings, ctx.layout
+    tile_hash = {(t.level, t.ix, t.iy): t.content_hash for t in ctx.tiles}
+    model_cells = [_bim_parent_cell(layout, mt) for mt in ctx.model_tiles]
+    common = (BUILDER_VERSION, BLOCKS_VERSION, json.dumps(layout.to_json(), sort_keys=True),
+              ctx.dem_source.identity, ctx.geoid_separation, ctx.floor_height_m)
+    for level in range(layout.max_level):  # a leaf hides nothing
+        below = np.flatnonzero(buildings.level >= level)
+        shift = buildings.level[below] - level
+        code = (buildings.ix[below] >> shift) * (1 << 32) + (buildings.iy[below] >> shift)
+        order = np.argsort(code, kind="stable")  # stable: each cell's members stay in tile order
+        sorted_code = code[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_code)) + 1] if len(below) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(below)]
+        hidden = np.add.reduceat((shift > 0)[order], starts) if len(below) else np.zeros(0, np.int64)
+        cells = {int(sorted_code[a]): (a, b, int(h)) for a, b, h in zip(starts, ends, hidden)}
+        models: dict[int, list[int]] = {}
+        for j, (model_level, mx, my) in enumerate(model_cells):  # a model hangs below its cell
+            if model_level >= level:
+                up = model_level - level
+                models.setdefault((mx >> up) * (1 << 32) + (my >> up), []).append(j)
+        for cell in sorted(set(cells) | set(models)):
+            a, b, hidden_count = cells.get(cell, (0, 0, 0))
+            ix, iy = cell >> 32, cell & 0xFFFFFFFF
+            cell_models = models.get(cell, [])
+            hidden_count += len(cell_models)
+            if level == 0 and hidden_count < ctx.block_min:
+                return  # a small district: no blocks
+            if not hidden_count:
+                continue
+            members = below[order[a:b]]
+            member_cells = np.stack([buildings.level[members], buildings.ix[members], buildings.iy[members]], axis=1)
+            firsts = np.r_[0, np.flatnonzero(np.any(np.diff(member_cells, axis=0) != 0, axis=1)) + 1] \
+                if len(members) else np.zeros(0, np.int64)
+            under = [tuple(int(v) for v in member_cells[i]) for i in firsts]
+            key = f"block/{tile_key(level, ix, iy)}"
+            content_hash = _hash(*common, key, *(f"{tile_key(*c)}:{tile_hash[c]}" for c in under),
+                                 *(f"bim/{ctx.models[j].id}:{ctx.model_tiles[j]['hash']}" for j in cell_models))
+            old = ctx.stored.get(key)
+            reuse = bool(old and old["hash"] == content_hash and (ctx.out_dir / old["uri"]).is_file())
+            ctx.blocks.append(BlockPlan(key, level, ix, iy, members, cell_models, content_hash, old, reuse))
 
 
 def _stand_on_ground(ctx: BuildContext) -> None:
@@ -616,6 +700,100 @@ def _write_building_tiles(ctx: BuildContext) -> None:
         report.bytes_written += len(glb)
 
 
+def _block_inputs(ctx: BuildContext) -> tuple[Outlines, np.ndarray, np.ndarray, np.ndarray]:
+    """What every block is generalised from: the outlines of the buildings (then of the models'
+    footprints), their base (the lowest DEM value under their vertices, 0 m off the DEM, as the
+    prisms) and roof elevations (orthometric; a model's: its top), and their ids."""
+    buildings = ctx.buildings
+    model_fp = [_project_to_metric(m.footprint) for m in ctx.models]
+    geoms = np.concatenate([buildings.geoms, np.array(model_fp, dtype=object)]) if model_fp else buildings.geoms
+    xy, owner = shapely.get_coordinates(geoms, return_index=True)
+    ground = ctx.dem_source.sample(xy[:, 0], xy[:, 1], METRIC_CRS)
+    base = np.full(len(geoms), np.inf)
+    np.minimum.at(base, owner, np.where(np.isfinite(ground), ground, np.inf))
+    base = np.where(np.isfinite(base), base, 0.0)
+    n = len(buildings)
+    tops = np.array([m.z_range[1] for m in ctx.models], float)
+    roof = np.r_[base[:n] + buildings.height, np.maximum(tops, base[n:] + 1.0)]
+    ids = np.r_[buildings.fids.astype(object), np.array([f"bim:{m.id}" for m in ctx.models], dtype=object)]
+    return Outlines.of(geoms), base, roof, ids
+
+
+def _mesh_blocks(ctx: BuildContext, plan: BlockPlan, features: Blocks) -> tuple[bytes, list[float], list[float]]:
+    """One block tile's glb (prisms of its blocks and landmarks in the east-north-up frame at the
+    cell's centre, one ``block`` property-table row each), region and transform."""
+    separation = ctx.geoid_separation
+    fp = footprints(features.polygons)
+    owner = fp.vertex_building()
+    xs, ys = fp.xy[:, 0], fp.xy[:, 1]
+    lon, lat = transformer(METRIC_CRS, GEOGRAPHIC_CRS).transform(xs, ys)
+    ecef = to_ecef(METRIC_CRS)
+    base_ecef = np.column_stack(ecef.transform(xs, ys, features.base[owner] + separation))
+    top_ecef = np.column_stack(ecef.transform(xs, ys, features.roof[owner] + separation))
+    first = np.minimum(fp.voff[:-1], len(xs) - 1)
+    up = enu_rotation(lon[first], lat[first])[:, 2, :]
+    cell_lon, cell_lat = transformer(METRIC_CRS, GEOGRAPHIC_CRS).transform(
+        *ctx.layout.cell_centre(plan.level, plan.ix, plan.iy))
+    frame = Frame.at(cell_lon, cell_lat, 0.0)
+    mesh = prism_mesh(fp, 0, fp.count, base_ecef, top_ecef, up, frame)
+    lon_rad, lat_rad = np.radians(lon), np.radians(lat)
+    region = [float(lon_rad.min()), float(lat_rad.min()), float(lon_rad.max()), float(lat_rad.max()),
+              float(features.base.min() + separation), float(features.roof.max() + separation)]
+    writer = GlbWriter()
+    material = writer.material(BUILDING_COLOUR, name="block")
+    count = len(features)
+    prefix = tile_key(plan.level, plan.ix, plan.iy)
+    table = PropertyTable("block", count, {
+        "block_id": [f"{prefix}#{i}" for i in range(count)],
+        "building_count": features.building_count.astype(np.uint32),
+        "mean_height_m": features.mean_height,
+        "max_height_m": features.max_height,
+        "landmark_id": features.landmark_id,
+    })
+    primitive = Primitive(mesh.positions, mesh.normals, mesh.indices, mesh.feature_ids, count, 0, material)
+    return writer.write([primitive], [table]), region, frame.transform()
+
+
+def _write_block_tiles(ctx: BuildContext) -> None:
+    """Takes the block plans; keeps the unchanged block tiles, generalises (:func:`blocks.generalise
+    <cim_builder.blocks.generalise>`, at the tile's geometric error), meshes and writes the others;
+    gives ``ctx.block_content`` and their ``ctx.rows``."""
+    report, layout = ctx.report, ctx.layout
+    todo = [plan for plan in ctx.blocks if not plan.reuse]
+    if todo:
+        import rasterio  # GDAL's polygonize; one environment for every tile
+
+        outlines, base, roof, ids = _block_inputs(ctx)
+        n = len(ctx.buildings)
+
+        def ground(x, y):
+            return ctx.dem_source.sample(x, y, METRIC_CRS)
+
+        with rasterio.Env():
+            for plan in todo:
+                members = np.r_[plan.members, n + np.asarray(plan.models, np.int64)].astype(np.int64)
+                features = generalise(outlines, members, base[members], roof[members], ids[members],
+                                      x0=layout.x0, y0=layout.y0, error=layout.block_error(plan.level), ground=ground)
+                glb, region, transform = _mesh_blocks(ctx, plan, features)
+                uri = f"blocks/{plan.level}/{plan.ix}/{plan.iy}-{plan.content_hash[:12]}.glb"
+                _write_new(ctx, uri, glb)
+                plan.row = {"uri": uri, "region": region, "transform": transform, "count": len(features),
+                            "bytes": len(glb)}
+                report.tiles_written += 1
+                report.written.append(plan.key)
+                report.bytes_written += len(glb)
+    for plan in ctx.blocks:
+        if plan.reuse:
+            plan.row = plan.old
+            report.tiles_unchanged += 1
+        row = plan.row
+        report.bytes_total += row["bytes"]
+        ctx.block_content[tile_key(plan.level, plan.ix, plan.iy)] = {
+            "uri": row["uri"], "region": row["region"], "transform": row["transform"]}
+        ctx.rows.append((plan.key, row["uri"], plan.content_hash, row["count"], row["bytes"], row["region"],
+                         row["transform"]))
+
+
 def _bim_parent_cell(layout: Layout, model_tile: dict) -> tuple[int, int, int]:
     """The quadtree cell a model's tile hangs under: one level above the one its size σ picks."""
     level = int(layout.levels(np.array([model_tile["sigma"]]))[0])
@@ -653,15 +831,17 @@ def _write_tileset(ctx: BuildContext) -> None:
     """Takes the content, BIM tiles and rows; fills in the report's totals, writes tileset.json to
     a temporary file and, in one transaction, updates the registry and moves it into place."""
     report, conn = ctx.report, ctx.conn
-    root = build_tree(ctx.layout, ctx.content, ctx.bim_tiles)
+    root = build_tree(ctx.layout, ctx.content, ctx.bim_tiles, ctx.block_content)
     separation = ctx.geoid_separation
     doc = tileset_json(root, extras={"geotwin": {
         "tileset": ctx.tileset_id, "as_of": ctx.at.isoformat() if ctx.at else None,
         "built_at": datetime.now().astimezone().isoformat(),
         "heights": f"ellipsoidal = orthometric (DEM) + geoid separation {separation} m",
         "geoid_separation_m": separation, "crs": METRIC_CRS, "buildings": report.buildings,
+        "blocks": {"tiles": len(ctx.blocks), "min_buildings": ctx.block_min, "generalisation": BLOCKS_VERSION},
         "bim_models": [m.id for m in ctx.models]}})
     report.tiles = len(ctx.rows)
+    report.block_tiles = len(ctx.blocks)
     old_keys = {r[0] for r in conn.execute("SELECT tile_key FROM cim_tiles WHERE tileset_id = %s", (ctx.tileset_id,))}
     report.tiles_removed = len(old_keys - {r[0] for r in ctx.rows})
     report.seconds = round(time.perf_counter() - ctx.started, 3)
@@ -698,7 +878,7 @@ def _roll_back(ctx: BuildContext) -> None:
 def _remove_unreferenced(ctx: BuildContext) -> None:
     """Once the new tileset is in place: removes the content files no tile references any more."""
     keep_uris = {r[1] for r in ctx.rows}
-    for sub in ("tiles", "bim"):
+    for sub in ("tiles", "blocks", "bim"):
         folder = ctx.out_dir / sub
         for path in folder.rglob("*.glb") if folder.exists() else []:
             if path.relative_to(ctx.out_dir).as_posix() not in keep_uris:

@@ -32,6 +32,20 @@ SCHEMA: dict = {
                 "source": {"type": "STRING", "required": True},
             },
         },
+        "block": {
+            "name": "Block (buildings generalised for the far view; cim_builder.blocks)",
+            "properties": {
+                "block_id": {"type": "STRING", "required": True,
+                             "description": "level/ix/iy of its quadtree cell, #n within it"},
+                "building_count": {"type": "SCALAR", "componentType": "UINT32", "required": True},
+                "mean_height_m": {"type": "SCALAR", "componentType": "FLOAT32", "required": True,
+                                  "description": "area-weighted mean height of its buildings (landmarks excepted)"},
+                "max_height_m": {"type": "SCALAR", "componentType": "FLOAT32", "required": True},
+                "landmark_id": {"type": "STRING",
+                                "description": "a landmark: the building drawn as its own prism (it rises more "
+                                               "than the tile's geometric error above its block's median roof)"},
+            },
+        },
         "bim_element": {
             "name": "BIM element (IFC)",
             "properties": {

@@ -1,4 +1,5 @@
-"""The tile hierarchy: a quadtree over EPSG:4547 with ``refine: ADD``.
+"""The tile hierarchy: a quadtree over EPSG:4547, ``refine: ADD`` for the buildings and
+``REPLACE`` for the block models above them.
 
 Where a building goes depends on itself only (so a change touches only its own tile): its
 *size* σ = max(footprint bbox diagonal, height) picks the level, its centre picks the cell.
@@ -12,6 +13,15 @@ Bounding volumes are ``region``s (radians, ellipsoidal metres) computed from the
 tile and of all its descendants, so they are tight and nest. Content tiles carry a
 ``transform`` (their east-north-up frame → ECEF); as transforms compose down the tree, a
 child's transform is stored relative to its nearest transformed ancestor.
+
+Block tiles (:mod:`cim_builder.blocks`): in a district large enough, every cell with buildings
+below it draws them generalised. Its tile holds the blocks, refines by ``REPLACE`` and claims
+``Layout.block_error`` = g_{l+1} (cell/16) — the error the plain tiles one level down would
+claim — so errors still halve down the tree. Its children are the cells below (blocks again, or
+building tiles with nothing below them) and, as a leaf, the cell's own buildings (the large ones
+its level holds, additive to the cells below): once the block gives way, they draw everything
+it stood for, each building once. The building tiles are the leaves; a small district keeps
+the plain ``ADD`` tree. ``refine`` is written where it changes.
 """
 
 from __future__ import annotations
@@ -41,6 +51,10 @@ class Layout:
 
     def error(self, level: int) -> float:
         return self.cell(level) / (2 * self.k)
+
+    def block_error(self, level: int) -> float:
+        """The geometric error of a block tile at ``level``: that of the plain tiles below it."""
+        return self.error(level + 1)
 
     def levels(self, sigma: np.ndarray) -> np.ndarray:
         sigma = np.maximum(np.asarray(sigma, float), 1e-3)
@@ -131,6 +145,8 @@ class Node:
     transform: list[float] | None = None  # world (ENU → ECEF), column-major
     error: float = 0.0
     children: list["Node"] = field(default_factory=list)
+    refine: str = "ADD"
+    fixed_error: float | None = None  # its own (blocks, BIM, a cell's buildings under its block); None: g_l
 
 
 def union_region(a: list[float] | None, b: list[float] | None) -> list[float] | None:
@@ -146,9 +162,11 @@ def _matrix(transform: list[float] | None) -> np.ndarray:
     return np.eye(4) if transform is None else np.asarray(transform, float).reshape(4, 4).T
 
 
-def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]) -> Node:
-    """``content_tiles``: key "l/x/y" → {"uri", "region", "transform"}; ``extra``: BIM tiles
-    {"key", "uri", "region", "transform", "parent": (l, ix, iy)} hung under a quadtree cell."""
+def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict],
+               blocks: dict[str, dict] | None = None) -> Node:
+    """``content_tiles``: key "l/x/y" → {"uri", "region", "transform"} (buildings); ``extra``: BIM
+    tiles {"key", "uri", "region", "transform", "parent": (l, ix, iy)} hung under a quadtree cell;
+    ``blocks``: key "l/x/y" → {"uri", "region", "transform"}, the block tile of that cell."""
     nodes: dict[tuple[int, int, int], Node] = {}
 
     def get(level: int, ix: int, iy: int) -> Node:
@@ -167,7 +185,15 @@ def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]
     for info in extra:
         parent = get(*info["parent"])
         parent.children.append(Node(info["key"], parent.level + 1, -1, -1, list(info["region"]),
-                                    info["uri"], info["transform"], 0.0))
+                                    info["uri"], info["transform"], 0.0, fixed_error=0.0))
+    for key, info in (blocks or {}).items():
+        level, ix, iy = (int(v) for v in key.split("/"))
+        node = get(level, ix, iy)
+        if node.content:  # the cell's own buildings: a leaf under its block
+            node.children.append(Node(node.key, level, ix, iy, node.region, node.content, node.transform,
+                                      fixed_error=0.0))
+        node.content, node.region, node.transform = info["uri"], list(info["region"]), info["transform"]
+        node.refine, node.fixed_error = "REPLACE", layout.block_error(level)
 
     def finish(n: Node) -> None:
         n.children.sort(key=lambda c: c.key)
@@ -175,32 +201,34 @@ def build_tree(layout: Layout, content_tiles: dict[str, dict], extra: list[dict]
             finish(c)
             n.region = union_region(n.region, c.region)
         n.children = [c for c in n.children if c.region is not None]
-        if n.ix >= 0:
-            n.error = layout.error(n.level) if n.children else 0.0
+        n.error = n.fixed_error if n.fixed_error is not None else (layout.error(n.level) if n.children else 0.0)
 
     finish(root)
     return root
 
 
 def tileset_json(root: Node, *, extras: dict | None = None) -> dict:
-    def emit(n: Node, parent_world: np.ndarray) -> dict:
+    def emit(n: Node, parent_world: np.ndarray, parent_refine: str | None, parent_transform: list | None) -> dict:
         out: dict = {"boundingVolume": {"region": [float(v) for v in n.region]},
                      "geometricError": float(n.error)}
+        refine = parent_refine
+        if n.children and n.refine != parent_refine:  # written where it changes (a leaf refines nothing)
+            out["refine"] = refine = n.refine
         world = parent_world
-        if n.transform is not None:
+        if n.transform is not None and n.transform != parent_transform:  # (a block's own buildings: its frame)
             world = _matrix(n.transform)
             rel = np.linalg.solve(parent_world, world)
             out["transform"] = [float(v) for v in rel.T.reshape(-1)]
         if n.content:
             out["content"] = {"uri": n.content}
         if n.children:
-            out["children"] = [emit(c, world) for c in n.children]
+            out["children"] = [emit(c, world, refine, n.transform or parent_transform) for c in n.children]
         return out
 
     if root.region is None:  # nothing to show: an empty, valid tileset
         root.region = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    body = emit(root, np.eye(4))
-    body["refine"] = "ADD"
+    body = emit(root, np.eye(4), None, None)
+    body["refine"] = root.refine
     doc = {"asset": {"version": "1.1", "generator": "geotwin cim_builder"},
            "geometricError": float(max(root.error * 2, 1.0)), "root": body}
     if extras:
@@ -238,6 +266,9 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
         problems.append("asset.version is not 1.1")
     if doc["root"].get("refine") not in ("ADD", "REPLACE"):
         problems.append("root has no refine")
+    for tile, _, _ in world_transforms(doc):
+        if tile.get("refine", "ADD") not in ("ADD", "REPLACE"):
+            problems.append(f"refine {tile['refine']!r} is neither ADD nor REPLACE")
     if doc["geometricError"] < doc["root"]["geometricError"]:
         problems.append("tileset geometricError below the root's")
     for tile, world, ancestors in world_transforms(doc):
