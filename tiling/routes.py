@@ -17,18 +17,21 @@ import functools
 import threading
 from urllib.parse import quote
 
+import psycopg
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from psycopg_pool import ConnectionPool
 
-from spatial_api import db, security
+from spatial_api import db, security, store
 from spatial_api.config import Settings
 from spatial_api.api.collections import Collections
 from spatial_api.api.errors import ApiError, invalid_parameter
 from spatial_api.api.params import as_of_param
 from spatial_api.api.responses import base_url, link
 from tiling.cache import Entry, Invalidator, TileCache, TileKey, etag_of, variant
-from tiling.vector import GRIDS, TMS, TileError, TileRequest, render, tile_bounds, zoom_range
+from tiling.generalise import Generaliser, covers
+from tiling.vector import GRIDS, TMS, Rendered, TileError, TileRequest, render_tile, tile_bounds, zoom_range
 
 MVT = "application/vnd.mapbox-vector-tile"
 _TILEJSON_TYPES = {"integer": "Number", "number": "Number", "boolean": "Boolean"}
@@ -124,6 +127,13 @@ class TileAPI:
         self.cache_control = {level: f"{'public' if level == 'public' else 'private'}, "
                                      f"max-age={settings.tile_max_age}, must-revalidate"
                               for level in ("public", "internal", "restricted")}
+        self.generaliser = Generaliser(settings)
+        #: layer name -> (its definition, the xmin of its registry row when read): a tile is rendered
+        #: from these without reading the registry; its statement returns the row's xmin, and a tile
+        #: rendered from a definition that was no longer current is rendered again (see render_entry)
+        self.definitions: dict[str, tuple[store.Layer, str]] = {}
+        self._render_pool: ConnectionPool | None = None
+        self._render_pool_lock = threading.Lock()
 
     # -- tile matrix sets and tilesets ------------------------------------------------------------
 
@@ -219,6 +229,57 @@ class TileAPI:
             with self.starting:
                 self.invalidator.start()
 
+    def render_pool(self) -> ConnectionPool:
+        """Connections that render tiles: autocommit (a tile is one statement: no BEGIN / COMMIT round
+        trips) and not checked at each checkout (the shared pool's check is a round trip per request);
+        a tile whose statement fails on a broken connection is tried again once after the pool has
+        checked its idle connections (see :meth:`render`)."""
+        if self._render_pool is None:
+            with self._render_pool_lock:
+                if self._render_pool is None:
+                    self._render_pool = ConnectionPool(
+                        db.database_url(self.settings), min_size=1, max_size=16, open=True, name="geotwin-tiles",
+                        timeout=db.POOL_TIMEOUT, reconnect_timeout=3600,
+                        kwargs={"autocommit": True, "application_name": "geotwin-tiles",
+                                "connect_timeout": db.CONNECT_TIMEOUT,
+                                "options": f"-c search_path={db.schema_name(self.settings)},public -c timezone=UTC "
+                                           f"-c statement_timeout={db.API_STATEMENT_TIMEOUT}"})
+        return self._render_pool
+
+    def render(self, layers: list[store.Layer], req: TileRequest, at, names: list[str] | None) -> Rendered:
+        """The tile from the given layer definitions (zoom generalisations where the layer has them)."""
+        pool = self.render_pool()
+        generalised = {layer.name for layer in layers if self.generaliser.has(layer.name)}
+        for attempt in (1, 2):
+            try:
+                with pool.connection() as conn:
+                    out = render_tile(conn, layers, req, at=at, properties=names, generalised=generalised)
+                break
+            except psycopg.errors.UndefinedTable:
+                if attempt == 2 or not generalised:
+                    raise
+                self.generaliser.forget(generalised)  # a generalisations table gone: exact, and made anew
+                generalised = set()
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                pool.check()  # a database restart: drop the broken idle connections, then once more
+        if covers(req.tms, req.z):
+            for layer in layers:
+                if layer.name in out.behind or layer.name not in generalised:
+                    self.generaliser.wanted(layer.name)
+        return out
+
+    @staticmethod
+    def _usable(layers: list[store.Layer], req: TileRequest, names: list[str] | None) -> bool:
+        """Can the tile be rendered from these definitions as they are (every layer in its zoom range,
+        every property known)? When not, the registry is read and the error, if any, raised from it."""
+        for layer in layers:
+            lo, hi = zoom_range(layer, req.tms)
+            if not lo <= req.z <= hi or (names and any(n not in layer.schema for n in names)):
+                return False
+        return True
+
     def render_entry(self, key: TileKey, req: TileRequest, datetime_: str | None, properties: str | None) -> Entry:
         try:
             tile_bounds(req)
@@ -227,11 +288,27 @@ class TileAPI:
         self.ensure_listening()
         at = as_of_param(datetime_)
         generation = self.cache.generation(key.layers) if self.cache else 0
-        with self.pool.connection() as conn:
-            layers = [self.cols.get(conn, name) for name in key.layers]
-            names = None
-            if properties is not None:
-                names = [p for p in properties.split(",") if p]
+        names = None if properties is None else [p for p in properties.split(",") if p]
+        caller = security.current()
+        rendered, layers = None, None
+        known = [self.definitions.get(name) for name in key.layers]
+        if all(known) and all(caller.sees(k[0].access_level) for k in known):
+            layers = [k[0] for k in known]
+            if self._usable(layers, req, names):
+                for layer in layers:
+                    if layer.access_level == "restricted":
+                        security.note_restricted(f"layer:{layer.name}")
+                rendered = self.render(layers, req, at, names)
+                if any(rendered.xmins.get(name) != k[1] for name, k in zip(key.layers, known)):
+                    rendered = None  # a definition changed meanwhile: from the registry, below
+        if rendered is None:
+            with self.pool.connection() as conn:
+                # the rows' xmin before the definitions: a change in between makes the first tile
+                # rendered from them mismatch, never a stale definition pass for a current one
+                xmins = dict(conn.execute("SELECT name, xmin::text FROM layers WHERE name = ANY(%s)",
+                                          (list(key.layers),)).fetchall())
+                layers = [self.cols.get(conn, name) for name in key.layers]
+            if names is not None:
                 for layer in layers:
                     unknown = [n for n in names if n not in layer.schema]
                     if unknown:
@@ -242,9 +319,13 @@ class TileAPI:
                     raise ApiError(404, "NotFound", f"{layers[0].name!r} has tiles at zooms {lo}–{hi} only "
                                    f"(tile matrix {req.z} requested)")
             try:
-                body = render(conn, layers, req, at=at, properties=names)
+                rendered = self.render(layers, req, at, names)
             except TileError as exc:
                 raise ApiError(404, "NotFound", str(exc)) from None
+            for layer in layers:
+                if layer.name in rendered.xmins and rendered.xmins[layer.name] == xmins.get(layer.name):
+                    self.definitions[layer.name] = (layer, xmins[layer.name])
+        body = rendered.body
         order = ("public", "internal", "restricted")
         level = max((layer.access_level for layer in layers), key=order.index)
         if self.cache is None:

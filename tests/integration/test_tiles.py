@@ -124,3 +124,55 @@ def test_tilejson_describes_the_xyz_tiles(tiles):
     fields = doc["vector_layers"][0]["fields"]
     assert fields["floors"] == "Number" and fields["code"] == "String"
     assert tiles["client"].get("/tiles/nope/tilejson.json").status_code == 404
+
+
+def test_a_registry_change_made_elsewhere_reaches_the_next_tile(tiles, database):
+    """Tiles render from the layer's definition as last read, and their statement checks that it is
+    still the registry's (the row's xmin): a change by another process, unheard here (a raw UPDATE:
+    no NOTIFY; no tile cache), shows at once."""
+    import dataclasses
+
+    from spatial_api import db
+
+    name = tiles["plain"]
+    c = TestClient(create_app(dataclasses.replace(database, tile_cache_mb=0)))  # no tile cache in the way
+    t = WM.tile(114.2495, 22.7195, 15)
+    url = f"/tiles/{name}/{t.z}/{t.x}/{t.y}.mvt"
+    assert c.get(url).status_code == 200 and c.get(url).status_code == 200  # the definition is now kept
+
+    def elsewhere(**changes):  # the registry row changed without this process hearing of it
+        with db.connect(database) as other:
+            other.execute("UPDATE layers SET tile_options = %s::jsonb, properties = coalesce(%s::jsonb, properties) "
+                          "WHERE name = %s", (changes.get("tile_options", "{}"), changes.get("properties"), name))
+            other.commit()
+
+    elsewhere(tile_options='{"maxzoom": 14}')
+    assert c.get(url).status_code == 404  # beyond the layer's new maxzoom
+    elsewhere(tile_options="{}")
+    assert c.get(url).status_code == 200
+    assert c.get(url, params={"properties": "extra"}).status_code == 400
+    with db.connect(database) as conn:
+        props = store.get_layer(conn, name).properties
+    elsewhere(properties=__import__("json").dumps(props + [{"name": "extra", "type": "string"}]))
+    assert c.get(url, params={"properties": "extra"}).status_code in (200, 204)
+    elsewhere(properties=__import__("json").dumps(props))
+
+
+def test_low_zoom_tiles_of_small_layers(tiles):
+    """Zooms 9–13 come from the zoom generalisations once made (tiling/generalise.py): the same
+    features here, where every parcel is many pixels across, before and after."""
+    import mapbox_vector_tile
+
+    from tiling import generalise
+
+    c, name = tiles["client"], tiles["versioned"]
+    t = WM.tile(114.2495, 22.7195, 13)
+    url = f"/tiles/{name}/{t.z}/{t.x}/{t.y}.mvt"
+
+    def codes(**params):
+        body = c.get(url, params=params).content
+        return sorted(f["properties"]["code"] for f in mapbox_vector_tile.decode(body)[name]["features"])
+
+    exact, exact_then = codes(), codes(datetime="2021-06-01")  # the first ones queue the generalisation
+    assert generalise.wait_idle(60)
+    assert codes() == exact and codes(datetime="2021-06-01") == exact_then and exact != exact_then
