@@ -13,7 +13,6 @@ Public API::
     store.imagery.list_collections(conn); store.imagery.get_collection(conn, "ortho")
     store.imagery.list_items(conn, "ortho"); store.imagery.get_item(conn, "ortho", "E2023")
     store.imagery.items_covering(conn, "ortho", (lon0, lat0, lon1, lat1), at=datetime(...))
-    store.imagery.collection_and_covering(conn, "ortho", bbox, at)   # both in one query (tiles)
     store.imagery.latest_path(conn, "dem")             # Path of the newest DEM (or None)
     store.imagery.register_grid_copies(conn, "ortho", "E2023", {"WebMercatorQuad": GridCopy(...)})
     store.imagery.tile_sources(conn, "ortho", "WebMercatorQuad", bbox, at)  # + each item's copy
@@ -329,39 +328,6 @@ def items_covering(conn: psycopg.Connection, cid: str, bbox: tuple[float, float,
     return [(r[0], Path(r[1])) for r in rows]
 
 
-_ENTRY_AND_COVERING_SQL = """
-SELECT c.id, c.kind, c.title_zh, c.title_en, c.description, c.access_level, c.default_format, i.item_id, i.cog_path
-FROM imagery_collections c
-LEFT JOIN LATERAL (
-    SELECT j.item_id, j.cog_path, j.datetime FROM imagery_items j
-    WHERE j.collection = c.id
-      AND j.footprint && ST_MakeEnvelope(%s, %s, %s, %s, 4490)
-      AND ST_Intersects(j.footprint, ST_MakeEnvelope(%s, %s, %s, %s, 4490))
-      AND (%s::timestamptz IS NULL OR j.datetime <= %s)
-) i ON true
-WHERE c.id = %s AND (%s::text[] IS NULL OR c.access_level = ANY(%s))
-ORDER BY i.datetime DESC
-"""
-
-
-def collection_and_covering(conn: psycopg.Connection, cid: str, bbox: tuple[float, float, float, float],
-                            at: datetime | None = None, *, access: tuple[str, ...] | None = None
-                            ) -> tuple[Collection | None, list[tuple[str, Path]]]:
-    """:func:`collection_entry` and :func:`items_covering` in one prepared statement (the tile
-    path's only query): (None, []) when there is no such collection (of these access levels)."""
-    if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
-        return None, []
-    x0, y0, x1, y1 = (float(v) for v in bbox)
-    levels = list(access) if access else None
-    rows = conn.execute(_ENTRY_AND_COVERING_SQL, (x0, y0, x1, y1, x0, y0, x1, y1, at, at, cid, levels, levels),
-                        prepare=True).fetchall()
-    if not rows:
-        return None, []
-    keys = ("id", "kind", "title_zh", "title_en", "description", "access_level", "default_format")
-    col = Collection(**dict(zip(keys, rows[0][:7])))
-    return col, [(r[7], Path(r[8])) for r in rows if r[7] is not None]
-
-
 _TILE_SOURCES_SQL = """
 SELECT c.id, c.kind, c.title_zh, c.title_en, c.description, c.access_level, c.default_format, c.version,
        i.item_id, i.cog_path, g.cog_path, g.minzoom, g.maxzoom
@@ -390,7 +356,7 @@ def _source(row, at: int, tms: str | None) -> TileSource:
 def tile_sources(conn: psycopg.Connection, cid: str, tms: str, bbox: tuple[float, float, float, float],
                  at: datetime | None = None, *, access: tuple[str, ...] | None = None
                  ) -> tuple[Collection | None, list[TileSource]]:
-    """:func:`collection_and_covering` with each item's copy on grid ``tms`` (one prepared
+    """:func:`collection_entry` and :func:`items_covering`, with each item's copy on grid ``tms`` (one prepared
     statement, the collection tile path's only query): the collection (with its ``version``) and
     the items covering ``bbox``, newest first; (None, []) when there is no such visible collection."""
     if not isinstance(cid, str) or not COLLECTION_ID_RE.match(cid):
@@ -527,7 +493,6 @@ __all__ = [
     "catalogue_state",
     "check_collection_id",
     "check_item_id",
-    "collection_and_covering",
     "collection_entry",
     "create_collection",
     "default_format_for",
