@@ -25,6 +25,8 @@ have_cmd node || need+=(nodejs)
 have_cmd npm || need+=(npm)
 # Noto Sans: the Latin glyph ranges of the map styles are generated from it (make assets).
 [ -f /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf ] || need+=(fonts-noto-core)
+# Mosquitto: the MQTT broker of the sensing room (geotwin mqtt up runs its own instance).
+have_cmd mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # Chromium: the web clients' end-to-end tests drive it headless (Python playwright, no browser download).
 have_cmd chromium || need+=(chromium)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-ROLES = ("public", "external-platform", "planner", "land-officer", "gis-staff", "admin")
+ROLES = ("public", "external-platform", "community-worker", "planner", "land-officer", "gis-staff", "admin")
 LEVELS = ("public", "internal", "restricted")
 
 #: The access levels of layers, imagery collections and tilesets a role may see.
 SEES: dict[str, frozenset[str]] = {
     "public": frozenset({"public"}),
     "external-platform": frozenset({"public", "internal"}),
+    "community-worker": frozenset({"public", "internal"}),  # + the households of its own community (sensing)
     "planner": frozenset({"public", "internal"}),
     "land-officer": frozenset({"public", "internal", "restricted"}),
     "gis-staff": frozenset({"public", "internal", "restricted"}),

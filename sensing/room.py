@@ -1,0 +1,19 @@
+"""The sensing room: ``/sta/v1.1`` (OGC SensorThings API 1.1) and ``/sensing/...`` (devices,
+status, alerts and their workflow, rules, the live alert stream, the devices' vector tiles)."""
+
+from __future__ import annotations
+
+from spatial_api.rooms import ORDER_ROOM, Room
+
+
+def install(app, settings) -> None:
+    from sensing import api
+    from sensing.sta import read_routes, write_routes
+
+    # writes first: $batch and POST paths must not be shadowed by the read router's catch-all path
+    app.include_router(write_routes.router(settings))
+    app.include_router(read_routes.router(settings))
+    app.include_router(api.router(settings))
+
+
+ROOM = Room("sensing", install, ORDER_ROOM, "IoT sensing: SensorThings API 1.1, devices, alerts")

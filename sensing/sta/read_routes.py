@@ -1,0 +1,7 @@
+"""(being built)"""
+
+from fastapi import APIRouter
+
+
+def router(settings) -> APIRouter:
+    return APIRouter()
