@@ -1,0 +1,127 @@
+"""Who sees what through the SensorThings API: Things with ``"restricted": true`` (the pilot's
+households) and everything under them exist only for roles that may ``sensing:households``; a
+community worker sees its own community's households only; every read of a household's data is
+audited; a place shared with a public Thing stays visible."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from spatial_api import db
+from spatial_api.app import create_app
+from tests.integration.test_sta_read import COMMUNITY_B, ROOT, build_district
+
+
+@pytest.fixture(scope="module")
+def district(database):
+    d = build_district(database)
+    with db.connect(database) as conn:
+        # the street location is shared with household b; a FOI sits at household a's home
+        conn.execute("INSERT INTO sta_thing_locations VALUES (%s, %s)", (d["house_b"], d["loc"]))
+        loc_a = conn.execute("SELECT location FROM sta_locations WHERE id = %s", (d["loc_a"],)).fetchone()[0]
+        d["foi_a"] = conn.execute(
+            "INSERT INTO sta_features_of_interest (name, encoding_type, feature, geom) VALUES (%s, "
+            "'application/geo+json', %s::jsonb, ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326)) RETURNING id",
+            (f"home-a-{d['sfx']}", json.dumps(loc_a), json.dumps(loc_a))).fetchone()[0]
+        conn.commit()
+    return d
+
+
+@pytest.fixture(scope="module")
+def app(database, district):
+    return create_app(database)
+
+
+def client_for(app, district, who):
+    key = {"admin": district["key_admin"], "staff": district["key_staff"], "worker_a": district["key_worker_a"]}.get(who)
+    return TestClient(app, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def status(c, path):
+    return c.get(ROOT + path).status_code
+
+
+def things_of(c, district):
+    body = c.get(f"{ROOT}/Things?$filter=properties/sfx eq '{district['sfx']}'").json()
+    return sorted(t["@iot.id"] for t in body["value"])
+
+
+@pytest.mark.parametrize("who", [None, "staff"])
+def test_households_do_not_exist_for_the_public_and_other_roles(app, district, who):
+    c, d = client_for(app, district, who), district
+    assert things_of(c, d) == [d["thing"]]
+    for path in (f"/Things({d['house_a']})", f"/Datastreams({d['ds_house_a']})",
+                 f"/Datastreams({d['ds_house_a']})/Observations", f"/Observations({d['obs_house_a'][0]})",
+                 f"/Locations({d['loc_a']})", f"/Things({d['house_b']})/Locations", f"/FeaturesOfInterest({d['foi_a']})"):
+        assert status(c, path) == 404, path
+    body = c.get(f"{ROOT}/Observations?$filter=Datastream/id eq {d['ds_house_a']}&$count=true").json()
+    assert body["value"] == [] and body["@iot.count"] == 0
+    # the shared street location stays, and lists only the Things one may see
+    assert status(c, f"/Locations({d['loc']})") == 200
+    assert [t["@iot.id"] for t in c.get(f"{ROOT}/Locations({d['loc']})/Things").json()["value"]] == [d["thing"]]
+    exp = c.get(f"{ROOT}/Locations({d['loc']})?$expand=Things").json()
+    assert [t["@iot.id"] for t in exp["Things"]] == [d["thing"]]
+    # Sensors are shared: their Datastreams list hides the households'
+    ds = c.get(f"{ROOT}/Sensors({d['sensor']})/Datastreams").json()["value"]
+    assert sorted(x["@iot.id"] for x in ds) == sorted([d["ds_level"], d["ds_open"]])
+
+
+def test_counts_hide_households_too(app, district, database):
+    anon, admin = client_for(app, district, None), client_for(app, district, "admin")
+    n_anon = anon.get(f"{ROOT}/Observations?$count=true&$top=0").json()["@iot.count"]
+    n_admin = admin.get(f"{ROOT}/Observations?$count=true&$top=0").json()["@iot.count"]
+    with db.connect(database) as conn:
+        hidden = conn.execute(
+            "SELECT count(*) FROM sta_observations o JOIN sta_datastreams s ON s.id = o.stream_id "
+            "JOIN sta_things t ON t.id = s.thing_id WHERE t.properties @> '{\"restricted\": true}'").fetchone()[0]
+        total = conn.execute("SELECT count(*) FROM sta_observations").fetchone()[0]
+    assert hidden >= 6 and n_admin == total and n_anon == total - hidden
+
+
+def test_admin_sees_households_and_the_read_is_audited(app, district, database):
+    c, d = client_for(app, district, "admin"), district
+    assert things_of(c, d) == sorted([d["thing"], d["house_a"], d["house_b"]])
+    marker = uuid.uuid4().hex[:10]
+    r = c.get(f"{ROOT}/Datastreams({d['ds_house_a']})/Observations", params={"m": marker})
+    assert r.status_code == 200 and len(r.json()["value"]) == 4
+    assert c.get(f"{ROOT}/FeaturesOfInterest({d['foi_a']})").status_code == 200
+    # public data read by the same admin is not audited as restricted
+    public_marker = uuid.uuid4().hex[:10]
+    assert c.get(f"{ROOT}/Things({d['thing']})", params={"m": public_marker}).status_code == 200
+    deadline = time.monotonic() + 10  # restricted reads are written in batches
+    found = []
+    while time.monotonic() < deadline and not found:
+        with db.connect(database) as conn:
+            found = conn.execute("SELECT principal, role, detail FROM audit_log WHERE action = 'read-restricted' "
+                                 "AND detail->>'query' LIKE %s", (f"%{marker}%",)).fetchall()
+        if not found:
+            time.sleep(0.1)
+    assert found and found[0][1] == "admin"
+    assert f"sta:Things({d['house_a']})" in found[0][2]["restricted"]
+    with db.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE action = 'read-restricted' "
+                            "AND detail->>'query' LIKE %s", (f"%{public_marker}%",)).fetchone()[0] == 0
+
+
+def test_community_worker_sees_its_own_community_only(app, district):
+    c, d = client_for(app, district, "worker_a"), district
+    assert things_of(c, d) == sorted([d["thing"], d["house_a"]])
+    assert status(c, f"/Datastreams({d['ds_house_a']})/Observations") == 200
+    assert status(c, f"/Things({d['house_b']})") == 404
+    assert status(c, f"/Observations({d['obs_house_b'][0]})") == 404
+    assert status(c, f"/Observations({d['obs_house_a'][0]})") == 200
+    body = c.get(f"{ROOT}/Things?$filter=properties/community eq '{COMMUNITY_B}'").json()
+    assert body["value"] == []
+    # expand from a public entity does not leak the other community
+    ds = c.get(f"{ROOT}/Sensors({d['sensor']})?$expand=Datastreams($select=id)").json()["Datastreams"]
+    assert sorted(x["@iot.id"] for x in ds) == sorted([d["ds_level"], d["ds_open"], d["ds_house_a"]])
+
+
+def test_responses_vary_with_the_caller(app, district):
+    r = client_for(app, district, None).get(f"{ROOT}/Things({district['thing']})")
+    assert r.status_code == 200 and "private" in r.headers.get("cache-control", "")
