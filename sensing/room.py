@@ -6,9 +6,17 @@ from __future__ import annotations
 from spatial_api.rooms import ORDER_ROOM, Room
 
 
+def _frost_error(status: int, code: str, description: str) -> dict:
+    """SensorThings errors as FROST-Server writes them (the standard names no shape)."""
+    return {"code": status, "type": "error", "message": description}
+
+
 def install(app, settings) -> None:
     from sensing import api
     from sensing.sta import read_routes, write_routes
+    from spatial_api.api.errors import error_shape
+
+    error_shape(app, "/sta/", _frost_error)
 
     # writes first: $batch and POST paths must not be shadowed by the read router's catch-all path
     app.include_router(write_routes.router(settings))

@@ -179,7 +179,7 @@ async def _call(outer: Request, method: str, path: str, query: str, headers: dic
     try:
         await outer.app(scope, receive, send)
     except Exception as exc:  # noqa: BLE001 — the app answered 500 already (ServerErrorMiddleware re-raises)
-        return 500, {}, {"code": "ServerError", "description": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        return 500, {}, {"code": 500, "type": "error", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
     raw = b"".join(chunks)
     payload: object = None
     if raw:
@@ -206,7 +206,7 @@ def _response(rid: str, status: int, headers: dict, body) -> dict:
 
 
 def _failed_dependency(rid: str, message: str) -> dict:
-    return {"id": rid, "status": 424, "body": {"code": "FailedDependency", "description": message}}
+    return {"id": rid, "status": 424, "body": {"code": 424, "type": "error", "message": message}}
 
 
 async def execute(request: Request, settings) -> JSONResponse:
@@ -224,7 +224,7 @@ async def execute(request: Request, settings) -> JSONResponse:
             path, query = _target(r["url"], created)
             body = _substitute(r.get("body"), created, "body")
         except _Unresolved as exc:
-            return {"id": rid, "status": exc.status, "body": {"code": "InvalidParameterValue", "description": str(exc)}}
+            return {"id": rid, "status": exc.status, "body": {"code": exc.status, "type": "error", "message": str(exc)}}
         status, headers, payload = await _call(request, r["method"].upper(), path, query, r.get("headers") or {}, body)
         if status == 201 and isinstance(payload, dict) and isinstance(payload.get("@iot.id"), int):
             link = payload.get("@iot.selfLink") or headers.get("location", "")
@@ -272,7 +272,7 @@ async def _run_group(request: Request, settings, group: str, reqs: list[dict], o
                 await run_in_threadpool(conn.commit)
             except Exception as exc:  # noqa: BLE001 — the commit itself failed: nothing of the group stays
                 failure = {"id": reqs[-1]["id"], "status": 500, "body": {
-                    "code": "ServerError", "description": f"atomicity group {group!r} could not be committed: {exc}"}}
+                    "code": 500, "type": "error", "message": f"atomicity group {group!r} could not be committed: {exc}"}}
                 out = [failure]
         if failure is not None:
             await run_in_threadpool(conn.rollback)

@@ -42,17 +42,35 @@ _ROUTING_CODES = {400: "InvalidParameterValue", 401: "Unauthorized", 403: "Forbi
                   405: "MethodNotAllowed", 406: "NotAcceptable", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
 
 
+def error_shape(app: FastAPI, prefix: str, shape) -> None:
+    """A room whose standard answers errors in another JSON shape (SensorThings: FROST-Server's
+    ``{"code": 400, "type": "error", "message": …}``) registers it for its path prefix:
+    ``shape(status, code, description) -> dict``. Every handler below then answers requests under
+    that prefix in that shape, with the same status, headers and description."""
+    shapes = getattr(app.state, "error_shapes", None)
+    if shapes is None:
+        shapes = app.state.error_shapes = []
+    shapes.append((prefix, shape))
+
+
+def error_body(request: Request, status: int, code: str, description: str) -> dict:
+    for prefix, shape in getattr(request.app.state, "error_shapes", None) or ():
+        if request.url.path.startswith(prefix):
+            return shape(status, code, description)
+    return {"code": code, "description": description}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error of the application in the exception JSON (called once by create_app)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse({"code": exc.code, "description": exc.description}, status_code=exc.status,
+        return JSONResponse(error_body(request, exc.status, exc.code, exc.description), status_code=exc.status,
                             headers=exc.headers)
 
     @app.exception_handler(timepolicy.TimeError)
     async def _time_error(request: Request, exc: timepolicy.TimeError):
-        return JSONResponse({"code": "InvalidParameterValue", "description": str(exc)}, status_code=400)
+        return JSONResponse(error_body(request, 400, "InvalidParameterValue", str(exc)), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -63,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
                            "and /openapi.json")
         elif exc.status_code == 405 and description == "Method Not Allowed":
             description = f"{request.method} is not allowed on {request.url.path[:200]!r}"
-        return JSONResponse({"code": _ROUTING_CODES.get(exc.status_code, "Error"), "description": description},
+        return JSONResponse(error_body(request, exc.status_code, _ROUTING_CODES.get(exc.status_code, "Error"), description),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(psycopg.DataError)
@@ -71,28 +89,28 @@ def install_error_handlers(app: FastAPI) -> None:
         # A value of the request that PostgreSQL cannot take (a text where a number is queried, a
         # number out of range, a NUL byte): the caller's mistake, not the server's.
         message = (exc.diag.message_primary if getattr(exc, "diag", None) else None) or str(exc)
-        return JSONResponse({"code": "InvalidParameterValue",
-                             "description": f"a value in the request does not fit: {message[:300]}"}, status_code=400)
+        return JSONResponse(error_body(request, 400, "InvalidParameterValue",
+                                  f"a value in the request does not fit: {message[:300]}"), status_code=400)
 
     @app.exception_handler(QueryCanceled)
     async def _too_long(request: Request, exc: QueryCanceled):
-        return JSONResponse({"code": "RequestTooExpensive", "description": "the request took longer than the "
-                             f"server allows ({db.API_STATEMENT_TIMEOUT}); narrow it (bbox, filter, limit)"},
+        return JSONResponse(error_body(request, 413, "RequestTooExpensive", "the request took longer than the "
+                                  f"server allows ({db.API_STATEMENT_TIMEOUT}); narrow it (bbox, filter, limit)"),
                             status_code=413)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     async def _database_down(request: Request, exc: Exception):
         # The database is restarting or unreachable: say so at once (the pool reconnects by itself).
-        return JSONResponse({"code": "ServiceUnavailable", "description": "the database is not reachable right "
-                             "now; retry in a few seconds"}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(error_body(request, 503, "ServiceUnavailable", "the database is not reachable right "
+                                  "now; retry in a few seconds"), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', [])[1:]) or 'request'}: {err.get('msg')}"
             for err in exc.errors())
-        return JSONResponse({"code": "InvalidParameterValue", "description": problems}, status_code=400)
+        return JSONResponse(error_body(request, 400, "InvalidParameterValue", problems), status_code=400)
 
 
-__all__ = ["ApiError", "from_time_error", "install_error_handlers", "invalid_parameter", "not_found"]
+__all__ = ["ApiError", "error_body", "error_shape", "from_time_error", "install_error_handlers", "invalid_parameter", "not_found"]

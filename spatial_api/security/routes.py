@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 
 from spatial_api import db, security
+from spatial_api.api.errors import error_body
 from spatial_api.config import Settings
 from spatial_api.security import MAY, SEES, Forbidden, keys, redact
 from spatial_api.security.middleware import SecurityMiddleware
@@ -22,7 +23,7 @@ def router(settings: Settings) -> APIRouter:
     @api.get("/whoami", summary="The caller: name, role, what they see and may do")
     def whoami():
         p = security.current()
-        return {"name": p.name, "role": p.role, "via": p.via, "key_id": p.key_id,
+        return {"name": p.name, "role": p.role, "via": p.via, "key_id": p.key_id, "community": p.community,
                 "sees": sorted(SEES[p.role]), "may": sorted(a for a in MAY if p.may(a))}
 
     @api.get("/admin/audit", summary="The audit log (admins)")
@@ -71,6 +72,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def forbidden(request: Request, exc: Forbidden):
         code = "Unauthorized" if exc.status == 401 else "Forbidden"
         headers = {"WWW-Authenticate": 'Bearer realm="geotwin"'} if exc.status == 401 else {}
-        return JSONResponse({"code": code, "description": str(exc)}, status_code=exc.status, headers=headers)
+        return JSONResponse(error_body(request, exc.status, code, str(exc)), status_code=exc.status, headers=headers)
 
     app.include_router(router(settings))

@@ -102,9 +102,9 @@ def test_a_failing_atomicity_group_leaves_nothing(client, auth, conn, changes):
     out = {r["id"]: r for r in resp.json()["responses"]}
     assert {k: r["status"] for k, r in out.items()} == {"s": 424, "t": 424, "d": 400, "after": 424, "ref": 400,
                                                          "alone": 201}
-    assert out["d"]["body"]["description"].startswith("body: a Datastream needs ObservedProperty")
-    assert "rolled back" in out["t"]["body"]["description"]
-    assert "$s names no entity" in out["ref"]["body"]["description"]
+    assert out["d"]["body"]["message"].startswith("body: a Datastream needs ObservedProperty")
+    assert "rolled back" in out["t"]["body"]["message"]
+    assert "$s names no entity" in out["ref"]["body"]["message"]
     assert conn.execute("SELECT count(*) FROM sta_things WHERE name = %s", (name,)).fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM sta_things").fetchone()[0] == things_before + 1
     assert conn.execute("SELECT count(*) FROM sta_sensors").fetchone()[0] == sensors_before
@@ -140,4 +140,4 @@ def test_batch_sub_requests_keep_their_access_checks(client, conn):
 def test_malformed_batches_are_refused_naming_the_member(client, auth, body, member):
     resp = client.post(f"{ROOT}/$batch", json=body, headers=auth("gis-staff"))
     assert resp.status_code == 400
-    assert resp.json()["description"].startswith(member + ":")
+    assert resp.json()["message"].startswith(member + ":")

@@ -217,11 +217,11 @@ def test_multidatastream_and_its_observations(client, staff, conn):
                               headers=staff))
     assert one(conn, "SELECT stream_id, result_json FROM sta_observations WHERE id = %s", obs) == (mds, [1.5, 3.2])
     wrong = client.post(f"{ROOT}/MultiDatastreams({mds})/Observations", json={"result": 1.5}, headers=staff)
-    assert wrong.status_code == 400 and "result" in wrong.json()["description"]
+    assert wrong.status_code == 400 and "result" in wrong.json()["message"]
     # as many units and types as ObservedProperties
     body["ObservedProperties"] = [prop("flow")]
     resp = client.post(f"{ROOT}/MultiDatastreams", json=body, headers=staff)
-    assert resp.status_code == 400 and "ObservedProperties (1)" in resp.json()["description"]
+    assert resp.status_code == 400 and "ObservedProperties (1)" in resp.json()["message"]
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -233,32 +233,32 @@ def count(conn, table):
 def test_missing_and_unknown_members_are_named_and_nothing_is_written(client, staff, conn):
     before = {t: count(conn, t) for t in ("sta_things", "sta_locations", "sta_sensors", "sta_datastreams")}
     resp = client.post(f"{ROOT}/Things", json={"description": "no name"}, headers=staff)
-    assert resp.status_code == 400 and "needs name" in resp.json()["description"]
+    assert resp.status_code == 400 and "needs name" in resp.json()["message"]
     resp = client.post(f"{ROOT}/Things", json={"name": "x", "colour": "red"}, headers=staff)
-    assert resp.status_code == 400 and resp.json()["description"].startswith("colour: not a member of a Thing")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("colour: not a member of a Thing")
     # deep: the Thing and its Location would be fine, the Datastream lacks its ObservedProperty
     body = thing_with_everything("broken")
     del body["Datastreams"][0]["ObservedProperty"]
     resp = client.post(f"{ROOT}/Things", json=body, headers=staff)
     assert resp.status_code == 400
-    assert resp.json()["description"].startswith("Datastreams[0]: a Datastream needs ObservedProperty")
+    assert resp.json()["message"].startswith("Datastreams[0]: a Datastream needs ObservedProperty")
     body = thing_with_everything("broken")
     body["Datastreams"][0]["Sensor"]["metadata"] = 5
     resp = client.post(f"{ROOT}/Things", json=body, headers=staff)
-    assert resp.status_code == 400 and resp.json()["description"].startswith("Datastreams[0].Sensor.metadata:")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("Datastreams[0].Sensor.metadata:")
     body = thing_with_everything("broken")
     body["Datastreams"][0]["Sensor"] = {"@iot.id": 987654321}
     resp = client.post(f"{ROOT}/Things", json=body, headers=staff)
-    assert resp.status_code == 400 and "Datastreams[0].Sensor.@iot.id: no Sensor" in resp.json()["description"]
+    assert resp.status_code == 400 and "Datastreams[0].Sensor.@iot.id: no Sensor" in resp.json()["message"]
     body = thing_with_everything("broken")
     body["Locations"][0]["location"] = {"type": "Pointy", "coordinates": [1, 2]}
     resp = client.post(f"{ROOT}/Things", json=body, headers=staff)
-    assert resp.status_code == 400 and resp.json()["description"].startswith("Locations[0].location:")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("Locations[0].location:")
     resp = client.post(f"{ROOT}/Observations", json={"result": 1, "phenomenonTime": "yesterday",
                                                      "Datastream": {"@iot.id": 1}}, headers=staff)
-    assert resp.status_code == 400 and "phenomenonTime" in resp.json()["description"]
+    assert resp.status_code == 400 and "phenomenonTime" in resp.json()["message"]
     resp = client.post(f"{ROOT}/Things", content=b"{not json", headers={**staff, "Content-Type": "application/json"})
-    assert resp.status_code == 400 and resp.json()["description"].startswith("body: not JSON")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("body: not JSON")
     assert {t: count(conn, t) for t in before} == before  # all or nothing
 
 
@@ -267,9 +267,9 @@ def test_observation_needs_a_foi_source(client, staff, conn):
     ds = created(client.post(f"{ROOT}/Things({thing})/Datastreams",
                              json=datastream(Sensor=sensor(), ObservedProperty=prop()), headers=staff))
     resp = client.post(f"{ROOT}/Datastreams({ds})/Observations", json={"result": 1}, headers=staff)
-    assert resp.status_code == 400 and resp.json()["description"].startswith("FeatureOfInterest: missing")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("FeatureOfInterest: missing")
     resp = client.post(f"{ROOT}/Observations", json={"result": 1}, headers=staff)
-    assert resp.status_code == 400 and "Datastream (or MultiDatastream)" in resp.json()["description"]
+    assert resp.status_code == 400 and "Datastream (or MultiDatastream)" in resp.json()["message"]
 
 
 @pytest.mark.parametrize("role,status", [(None, 401), ("planner", 403), ("community-worker", 403)])
@@ -280,7 +280,7 @@ def test_writes_need_sensing_write(client, auth, conn, role, status):
                          ("POST", "CreateObservations")]:
         resp = client.request(method, f"{ROOT}/{path}", json={"name": "x"}, headers=headers)
         assert resp.status_code == status, (method, path, resp.text)
-        assert "sensing:write" in resp.json()["description"]
+        assert "sensing:write" in resp.json()["message"]
     assert count(conn, "sta_things") == before
 
 
@@ -309,7 +309,7 @@ def test_patch_merges_and_put_replaces(client, staff, conn, changes):
     assert resp.status_code == 200, resp.text
     assert one(conn, "SELECT name, description, properties FROM sta_things WHERE id = %s", thing) == ("q", "", None)
     resp = client.put(f"{ROOT}/Things({thing})", json={"description": "no name"}, headers=staff)
-    assert resp.status_code == 400 and "name" in resp.json()["description"]
+    assert resp.status_code == 400 and "name" in resp.json()["message"]
     # JSON Patch
     resp = client.patch(f"{ROOT}/Things({thing})", content=b'[{"op": "add", "path": "/properties", "value": '
                         b'{"floor": 3}}, {"op": "replace", "path": "/name", "value": "r"}]',
@@ -318,7 +318,7 @@ def test_patch_merges_and_put_replaces(client, staff, conn, changes):
     assert one(conn, "SELECT name, properties FROM sta_things WHERE id = %s", thing) == ("r", {"floor": 3})
     assert client.patch(f"{ROOT}/Things(987654321)", json={"name": "x"}, headers=staff).status_code == 404
     resp = client.patch(f"{ROOT}/Things({thing})", json={"nme": "typo"}, headers=staff)
-    assert resp.status_code == 400 and resp.json()["description"].startswith("nme:")
+    assert resp.status_code == 400 and resp.json()["message"].startswith("nme:")
 
 
 def test_patch_locations_records_history_and_observation_patch(client, staff, conn):
@@ -392,7 +392,7 @@ def test_ref_links(client, staff, conn):
                thing, loc)[0] == 1
     assert one(conn, "SELECT count(*) FROM sta_historical_locations WHERE thing_id = %s", thing)[0] == 1
     resp = client.post(f"{ROOT}/Things({thing})/Locations/$ref", json={"@iot.id": 987654321}, headers=staff)
-    assert resp.status_code == 400 and "no Location" in resp.json()["description"]
+    assert resp.status_code == 400 and "no Location" in resp.json()["message"]
     resp = client.delete(f"{ROOT}/Things({thing})/Locations({loc})/$ref", headers=staff)
     assert resp.status_code == 204
     assert one(conn, "SELECT count(*) FROM sta_thing_locations WHERE thing_id = %s", thing)[0] == 0
