@@ -66,6 +66,17 @@ class Settings:
     oidc_audience: str | None = field(default_factory=lambda: _env("OIDC_AUDIENCE") or None)
     #: The token claim naming the caller's geotwin role(s) (a string or a list).
     oidc_role_claim: str = field(default_factory=lambda: _env("OIDC_ROLE_CLAIM", "geotwin_roles"))
+    #: The MQTT broker (sensing): ``mqtt://[user:password@]host:port``. The default is geotwin's own
+    #: mosquitto (``geotwin mqtt up``); without a user in the URL the service user's is used.
+    mqtt_url: str = field(default_factory=lambda: _env("MQTT_URL", "mqtt://127.0.0.1:51883"))
+    #: Where the local broker keeps its configuration, password file, ACL and data (default
+    #: ``<home>/mqtt``).
+    mqtt_dir: Path | None = field(default_factory=lambda: Path(_env("MQTT_DIR")) if _env("MQTT_DIR") else None)
+    #: The server's address as clients see it: the base of ``@iot.selfLink`` in MQTT notifications
+    #: published outside an HTTP request (the ingestion worker).
+    public_url: str = field(default_factory=lambda: _env("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"))
+    #: The token claim naming a community worker's community (sensing: the households it sees).
+    oidc_community_claim: str = field(default_factory=lambda: _env("OIDC_COMMUNITY_CLAIM", "geotwin_community"))
 
     def __post_init__(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -78,6 +89,9 @@ class Settings:
 
         if self.anonymous_role not in ROLES:
             raise SettingsError(f"GEOTWIN_ANONYMOUS_ROLE={self.anonymous_role!r}: choose one of {', '.join(ROLES)}")
+        if not self.mqtt_url.startswith(("mqtt://", "mqtts://")):
+            raise SettingsError(f"GEOTWIN_MQTT_URL={self.mqtt_url!r}: write it as mqtt://host:port "
+                                "(optionally mqtt://user:password@host:port)")
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -85,6 +99,10 @@ class Settings:
     @property
     def cluster_dir(self) -> Path:
         return self.home / "db"
+
+    @property
+    def mqtt_home(self) -> Path:
+        return self.mqtt_dir or self.home / "mqtt"
 
     @property
     def uses_local_cluster(self) -> bool:

@@ -59,7 +59,8 @@ def api_keys(database):
     from spatial_api.security import ROLES, keys
 
     with db.connect(database) as conn:
-        made = {role: keys.create(conn, f"test-{role}", role, created_by="pytest") for role in ROLES}
+        made = {role: keys.create(conn, f"test-{role}", role, created_by="pytest",
+                                  community="测试社区" if role == "community-worker" else None) for role in ROLES}
         conn.commit()
     return made
 

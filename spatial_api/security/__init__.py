@@ -41,6 +41,7 @@ class Principal:
     via: str  # key | oidc | anonymous | cli
     key_id: str | None = None
     rate_per_min: int = 0  # 0: unlimited
+    community: str | None = None  # a community worker's community (sensing: the households it sees)
 
     def sees(self, level: str) -> bool:
         if level != "public":  # everyone sees public things; anything else depends on who asks

@@ -36,6 +36,9 @@ def _audit(conn, action: str, target: str, detail: dict) -> None:
 def create(name: str = typer.Argument(..., help="Who or what uses the key, e.g. 'zhang.wei' or 'city-brain'."),
            role: str = typer.Option(..., "--role", help=" | ".join(ROLES)),
            rate: int = typer.Option(6000, "--rate", help="Requests per minute allowed (per server process)."),
+           community: str = typer.Option(None, "--community",
+                                         help="The community of a community-worker key (required for that role): "
+                                              "the households it may see, e.g. 坂田社区."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Create a key and print it once: store it now, it cannot be shown again."""
     from spatial_api import db
@@ -44,14 +47,17 @@ def create(name: str = typer.Argument(..., help="Who or what uses the key, e.g. 
 
     try:
         with db.transaction() as conn:
-            key = keys.create(conn, name, role, created_by=author_default(), rate_per_min=rate)
-            _audit(conn, "key-create", f"keys/{key.split('_')[1]}", {"name": name, "role": role, "rate_per_min": rate})
+            key = keys.create(conn, name, role, created_by=author_default(), rate_per_min=rate, community=community)
+            _audit(conn, "key-create", f"keys/{key.split('_')[1]}",
+                   {"name": name, "role": role, "rate_per_min": rate, **({"community": community} if community else {})})
     except keys.KeyError_ as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps({"key": key, "key_id": key.split("_")[1], "name": name, "role": role}))
+        print(json.dumps({"key": key, "key_id": key.split("_")[1], "name": name, "role": role,
+                          **({"community": community.strip()} if community else {})}, ensure_ascii=False))
     else:
-        console.print(f"key for [bold]{name}[/] (role {role}, id {key.split('_')[1]}) — shown only now:")
+        where = f", community {community.strip()}" if community else ""
+        console.print(f"key for [bold]{name}[/] (role {role}{where}, id {key.split('_')[1]}) — shown only now:")
         print(key)
 
 
@@ -66,11 +72,13 @@ def list_(all_: bool = typer.Option(False, "--all", help="Include revoked keys."
         rows = keys.listing(conn, include_revoked=all_)
     if as_json:
         print(json.dumps([{**r.__dict__, "created_at": r.created_at.isoformat(),
-                           "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in rows]))
+                           "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in rows],
+                         ensure_ascii=False))
         return
-    table = Table("id", "name", "role", "per min", "created", "by", "revoked")
+    table = Table("id", "name", "role", "community", "per min", "created", "by", "revoked")
     for r in rows:
-        table.add_row(r.key_id, r.name, r.role, str(r.rate_per_min), f"{r.created_at:%Y-%m-%d %H:%M}", r.created_by,
+        table.add_row(r.key_id, r.name, r.role, r.community or "", str(r.rate_per_min),
+                      f"{r.created_at:%Y-%m-%d %H:%M}", r.created_by,
                       f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
     console.print(table)
 

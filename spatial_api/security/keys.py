@@ -35,16 +35,23 @@ class KeyRecord:
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    community: str | None = None  # a community-worker key's community
 
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create(conn: psycopg.Connection, name: str, role: str, *, created_by: str, rate_per_min: int = 6000) -> str:
-    """Create a key; returns it (the only time it is ever visible)."""
+def create(conn: psycopg.Connection, name: str, role: str, *, created_by: str, rate_per_min: int = 6000,
+           community: str | None = None) -> str:
+    """Create a key; returns it (the only time it is ever visible). A ``community-worker`` key needs
+    its ``community`` (the households it may see)."""
     if role not in ROLES:
         raise KeyError_(f"role {role!r}: choose one of {', '.join(ROLES)}")
+    community = community.strip() if community and community.strip() else None
+    if role == "community-worker" and community is None:
+        raise KeyError_("a community-worker key needs its community: add --community <name> "
+                        "(e.g. --community 坂田社区); it sees only that community's households")
     if not name.strip():
         raise KeyError_("give the key a name (who or what uses it, e.g. 'land-bureau-gis')")
     if rate_per_min < 1:
@@ -52,15 +59,16 @@ def create(conn: psycopg.Connection, name: str, role: str, *, created_by: str, r
     key_id = secrets.token_hex(5)
     key = f"gtk_{key_id}_{secrets.token_urlsafe(20)}"
     conn.execute(
-        "INSERT INTO api_keys (key_id, secret_sha256, name, role, rate_per_min, created_by) "
-        "VALUES (%s, %s, %s, %s, %s, %s)", (key_id, digest(key), name.strip(), role, rate_per_min, created_by))
+        "INSERT INTO api_keys (key_id, secret_sha256, name, role, rate_per_min, created_by, community) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (key_id, digest(key), name.strip(), role, rate_per_min, created_by, community))
     return key
 
 
 def listing(conn: psycopg.Connection, *, include_revoked: bool = False) -> list[KeyRecord]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT key_id, name, role, rate_per_min, created_at, created_by, revoked_at FROM api_keys "
+            "SELECT key_id, name, role, rate_per_min, created_at, created_by, revoked_at, community FROM api_keys "
             + ("" if include_revoked else "WHERE revoked_at IS NULL ") + "ORDER BY created_at").fetchall()
     return [KeyRecord(**r) for r in rows]
 
@@ -69,7 +77,7 @@ def revoke(conn: psycopg.Connection, key_id: str, *, revoked_by: str) -> KeyReco
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "UPDATE api_keys SET revoked_at = now(), revoked_by = %s WHERE key_id = %s AND revoked_at IS NULL "
-            "RETURNING key_id, name, role, rate_per_min, created_at, created_by, revoked_at",
+            "RETURNING key_id, name, role, rate_per_min, created_at, created_by, revoked_at, community",
             (revoked_by, key_id)).fetchone()
         if row is None:
             known = cur.execute("SELECT revoked_at FROM api_keys WHERE key_id = %s", (key_id,)).fetchone()
@@ -87,7 +95,7 @@ def lookup(conn: psycopg.Connection, key: str) -> KeyRecord | None:
         return None
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "SELECT key_id, name, role, rate_per_min, created_at, created_by, revoked_at, secret_sha256 "
+            "SELECT key_id, name, role, rate_per_min, created_at, created_by, revoked_at, community, secret_sha256 "
             "FROM api_keys WHERE key_id = %s", (m.group(1),)).fetchone()
     if row is None or row["revoked_at"] is not None:
         return None

@@ -67,7 +67,8 @@ class Resolver:
             from spatial_api.security.oidc import OIDCVerifier
 
             self._oidc = OIDCVerifier(settings.oidc_jwks, issuer=settings.oidc_issuer,
-                                      audience=settings.oidc_audience, role_claim=settings.oidc_role_claim)
+                                      audience=settings.oidc_audience, role_claim=settings.oidc_role_claim,
+                                      community_claim=settings.oidc_community_claim)
 
     @staticmethod
     def credential(headers: dict[str, str], query: str) -> str | None:
@@ -100,7 +101,7 @@ class Resolver:
         """Blocking: asks the database (once per KEY_TTL per key); None for an unknown or revoked key."""
         with db.pool(self.settings).connection() as conn:
             rec = keys.lookup(conn, cred)
-        p = Principal(rec.name, rec.role, "key", rec.key_id, rec.rate_per_min) if rec else None
+        p = Principal(rec.name, rec.role, "key", rec.key_id, rec.rate_per_min, rec.community) if rec else None
         with self._keys_lock:
             self._keys[cred] = (p, time.monotonic() + (KEY_TTL if p else UNKNOWN_KEY_TTL))
             self._keys.move_to_end(cred)
@@ -119,10 +120,10 @@ class Resolver:
         from spatial_api.security.oidc import TokenError  # deferred with OIDCVerifier (above): PyJWT
 
         try:
-            name, role = self._oidc.verify(cred)
+            name, role, community = self._oidc.identify(cred)
         except TokenError as exc:
             raise AuthError(str(exc)) from None
-        return Principal(name, role, "oidc")
+        return Principal(name, role, "oidc", community=community)
 
 
 def _json(status: int, code: str, description: str, headers: list | None = None):

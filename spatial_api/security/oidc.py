@@ -1,7 +1,9 @@
 """OIDC bearer tokens from the bureau's identity provider, checked with PyJWT against the JWKS the
 operator configures (``GEOTWIN_OIDC_JWKS``: a local file, or a URL on the intranet), with issuer and
 audience when set. The caller's role comes from a claim (``GEOTWIN_OIDC_ROLE_CLAIM``, a string or a
-list; the most capable known role wins). A token without a known role is refused."""
+list; the most capable known role wins). A token without a known role is refused. A community
+worker's community comes from ``GEOTWIN_OIDC_COMMUNITY_CLAIM`` (default ``geotwin_community``); a
+``community-worker`` token without it is refused."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ class TokenError(ValueError):
 
 
 class OIDCVerifier:
-    def __init__(self, jwks: str, *, issuer: str | None, audience: str | None, role_claim: str):
+    def __init__(self, jwks: str, *, issuer: str | None, audience: str | None, role_claim: str,
+                 community_claim: str = "geotwin_community"):
         self.source, self.issuer, self.audience, self.role_claim = jwks, issuer, audience, role_claim
+        self.community_claim = community_claim
         self._keys: jwt.PyJWKSet | None = None
         self._loaded = 0.0
         self._lock = threading.Lock()
@@ -44,6 +48,11 @@ class OIDCVerifier:
 
     def verify(self, token: str) -> tuple[str, str]:
         """(name, role) of a valid token; raises TokenError with the reason otherwise."""
+        name, role, _ = self.identify(token)
+        return name, role
+
+    def identify(self, token: str) -> tuple[str, str, str | None]:
+        """(name, role, community) of a valid token; raises TokenError with the reason otherwise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -70,4 +79,9 @@ class OIDCVerifier:
         if role is None:
             raise TokenError(f"token has no geotwin role in claim {self.role_claim!r} (one of {', '.join(ROLES)})")
         name = claims.get("preferred_username") or claims["sub"]
-        return str(name), role
+        community = claims.get(self.community_claim)
+        community = community.strip() if isinstance(community, str) and community.strip() else None
+        if role == "community-worker" and community is None:
+            raise TokenError(f"a community-worker token needs its community in claim {self.community_claim!r} "
+                             "(e.g. \"坂田社区\")")
+        return str(name), role, community

@@ -26,6 +26,11 @@ MAY: dict[str, frozenset[str]] = {
     "cases:write": frozenset({"land-officer", "admin"}),
     "audit:read": frozenset({"admin"}),
     "keys:manage": frozenset({"admin"}),
+    # sensing (issue 16): the pilot's households (a community worker: its own community only)
+    "sensing:households": frozenset({"community-worker", "admin"}),
+    "sensing:manage": frozenset({"gis-staff", "admin"}),       # the device registry, alert rules
+    "sensing:write": frozenset({"gis-staff", "admin"}),        # SensorThings API writes
+    "sensing:alerts": frozenset({"community-worker", "admin"}),  # work alerts (acknowledge, visit, close)
 }
 
 
