@@ -55,9 +55,14 @@ demo-data:
 	  --as-of $$($(BIN)/python -c "import json; print(json.load(open('.geotwin/demo/$(DEMO_SIZE)/manifest.json'))['reference_date'])")
 	$(BIN)/geotwin demo keys
 
+# The server, with the sensing room's MQTT broker (Debian's mosquitto, `geotwin mqtt up`) and one
+# ingestion worker (stores what devices publish, evaluates the alert rules) beside it.
 serve:
-	@echo "geotwin on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
-	$(BIN)/geotwin serve --host $(HOST) --port $(PORT)
+	$(BIN)/geotwin mqtt up
+	@echo "geotwin on http://$(HOST):$(PORT)/ (Ctrl-C stops it); MQTT on $$($(BIN)/python -c 'from spatial_api.config import get_settings; print(get_settings().mqtt_url)')"
+	@trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/geotwin mqtt worker & worker=$$!; \
+	  $(BIN)/geotwin serve --host $(HOST) --port $(PORT)
 
 bench: setup db
 	$(BIN)/python bench/ingest.py --runs 4

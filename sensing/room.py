@@ -22,6 +22,11 @@ def install(app, settings) -> None:
     app.include_router(write_routes.router(settings))
     app.include_router(read_routes.router(settings))
     app.include_router(api.router(settings))
+    # STA's MQTT extension: created and updated entities published to their topics; the landing
+    # page lists the broker (app.state.mqtt_endpoints). Without a broker the API works and says so.
+    from sensing.mqtt import notify
+
+    notify.install(app, settings)
 
 
 ROOM = Room("sensing", install, ORDER_ROOM, "IoT sensing: SensorThings API 1.1, devices, alerts")
