@@ -89,6 +89,11 @@ def build(
     console.print(files)
     planted = ", ".join(f"{k}×{len(v)}" for k, v in manifest.planted_cases.items())
     console.print(f"planted supervision cases (reference date {manifest.reference_date}): {planted}")
+    if manifest.sensing:
+        sc = manifest.sensing
+        console.print(f"sensing: {', '.join(f'{k}×{v}' for k, v in sc['counts'].items())}; planted: "
+                      + ", ".join(f"{k} {' '.join(v)}" for k, v in sc["planted"].items())
+                      + "; guards: " + ", ".join(f"{k} {' '.join(v)}" for k, v in sc["negative"].items()))
 
     if no_load:
         return
@@ -120,6 +125,18 @@ def build(
                                                       "rejected", "seconds")]
         table.add_row(*row)
     console.print(table)
+    sensing = next((s for s in summaries if isinstance(s, dict) and "reference_time" in s), None)
+    if sensing is not None:
+        if sensing["skipped"]:
+            console.print(f"[green]●[/] sensing: {sensing['devices']} devices already loaded (same plan)")
+        else:
+            console.print(f"[green]●[/] sensing: {sensing['devices']} devices, {sensing['observations']:,} observations "
+                          f"in {sensing['seconds']:.1f} s; alerts at {sensing['reference_time']}: "
+                          + (", ".join(f"{d} {'/'.join(r)}" for d, r in sensing.get("alerts", {}).items()) or "none"))
+        for p in sensing.get("problems", []):
+            err.print(f"[red]✗[/] sensing: {p}")
+        if sensing.get("problems"):
+            raise typer.Exit(1)
 
 
 @app.command("check")
@@ -147,6 +164,14 @@ def check(
                   ", ".join(m.negative_cases.get(rule, [])))
     console.print(t)
     problems = verify_planted(m, found)
+    if m.sensing:  # the sensing demo's readings, the pilot's rules evaluated naively
+        from data import sensing_demo
+
+        doc = sensing_demo.read_plan(out_dir)
+        seen = sensing_demo.naive_findings(doc, m.seed)
+        console.print("sensing at " + m.sensing["reference_time"] + ": "
+                      + ", ".join(f"{k} {' '.join(seen[k]) or '—'}" for k in sensing_demo.PLANTED_KINDS))
+        problems += [f"sensing: {p}" for p in sensing_demo.verify(doc, seen)]
     for p in problems:
         err.print(f"[red]✗[/] {p}")
     if problems:
@@ -177,12 +202,21 @@ def keys(as_json: bool = typer.Option(False, "--json")) -> None:
             key = stored.get(role)
             if not key or key.split("_")[1] not in live:
                 stored[role] = api_keys.create(conn, f"demo-{role}", role, created_by="demo")
+        # a community worker of the community with the most pilot households (sees only those)
+        top = conn.execute("SELECT community FROM sensing_devices WHERE restricted AND retired_at IS NULL "
+                           "GROUP BY community ORDER BY count(*) DESC, community LIMIT 1").fetchone()
+        if top:
+            role = f"community-worker ({top[0]})"
+            key = stored.get(role)
+            if not key or key.split("_")[1] not in live:
+                stored[role] = api_keys.create(conn, f"demo-community-worker-{top[0]}", "community-worker",
+                                               created_by="demo", community=top[0])
     path.write_text(json.dumps(stored, indent=1))
     os.chmod(path, 0o600)
     if as_json:
         print(json.dumps(stored))
         return
     table = Table("role", "API key (demo only)", title=f"demo keys (kept in {path})")
-    for role in DEMO_ROLES:
+    for role in [r for r in stored if r in DEMO_ROLES or r.startswith("community-worker")]:
         table.add_row(role, stored[role])
     console.print(table)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from data import _development, _imagery, _io, _landuse, _places, _world
+from data import _development, _imagery, _io, _landuse, _places, _world, sensing_demo
 from data._config import CENTRE, CRS, EPOCHS, REFERENCE_DATE, SIZES, SURVEY_DATES
 from data._io import write_layer
 from data.checks import naive_findings
@@ -34,8 +34,9 @@ from spatial_api.ingest.imagery import ingest_imagery
 
 MANIFEST_FORMAT = "geotwin-demo-manifest/1"
 #: bump when the builder's output changes, so `geotwin demo build` rebuilds existing folders
-BUILDER_VERSION = 2  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
+BUILDER_VERSION = 3  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
 #: (2 changes the imagery and the manifest's R9 lists only: the vector layers are those of 1)
+#: 3: the sensing devices and readings (sensing.json, the manifest's "sensing"; layers as in 2)
 Step = Callable[[str], None]
 
 
@@ -91,6 +92,8 @@ class Manifest:
     counts: dict[str, int]
     expected_findings: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the sensing demo (data.sensing_demo): plan file, counts, planted / guard device ids
+    sensing: dict[str, Any] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
     builder_version: int = BUILDER_VERSION
 
@@ -145,7 +148,7 @@ class Manifest:
                    planted_cases=d["planted_cases"], negative_cases=d["negative_cases"],
                    imagery_changes=d["imagery_changes"], land_use_changes=d["land_use_changes"],
                    counts=d["counts"], expected_findings=d.get("expected_findings", {}),
-                   timings=d.get("timings", {}), format=d.get("format", MANIFEST_FORMAT),
+                   timings=d.get("timings", {}), sensing=d.get("sensing", {}), format=d.get("format", MANIFEST_FORMAT),
                    builder_version=d.get("builder_version", 0))
 
     def layer(self, name: str, which: int = -1) -> LayerFile:
@@ -197,7 +200,8 @@ def existing(out_dir: Path, size: str, seed: int) -> "Manifest | None":
     if (m.size, m.seed, m.format, m.builder_version) != (size, seed, MANIFEST_FORMAT, BUILDER_VERSION):
         return None
     files = [x.path for x in m.layers] + [x.path for x in m.imagery] + [m.dem.path]
-    return m if all(f.exists() for f in files) and m.expected_findings else None
+    files += [m.out_dir / m.sensing["file"]] if m.sensing else []
+    return m if all(f.exists() for f in files) and m.expected_findings and m.sensing else None
 
 
 def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step: Step | None = None,
@@ -299,6 +303,9 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
         layers.append(_layer(out_dir, f"imagery_catalogue_{r.acquired_on.year}.gpkg", "imagery", cat,
                              np.array([foot] * (k + 1), dtype=object), r.acquired_on))
 
+    step("sensing plan (devices, readings checked)")
+    sensing = sensing_demo.plan(out_dir, {x.layer: x.path for x in layers}, REFERENCE_DATE, CRS, size, seed)
+
     step("manifest")
     stable = [pid for pid, s in zip(dev.parcels["parcel_id"], dev.parcels["actual_completion"])
               if s is not None and s < EPOCHS[0][1] and pid not in sum(dev.planted.values(), [])][:20]
@@ -311,7 +318,7 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
         imagery_changes={"from_epoch": EPOCHS[0][0], "to_epoch": EPOCHS[-1][0], "parcels": dev.imagery_change,
                          "stable_parcels": stable,
                          "note": "construction (bare soil → roofs) inside these parcels between the two epochs"},
-        land_use_changes=lu.counts, counts=counts, timings=timings,
+        land_use_changes=lu.counts, counts=counts, timings=timings, sensing=sensing,
     )
     manifest.write()
     step("verify")
@@ -407,6 +414,12 @@ def load(manifest: Manifest, *, progress: bool = True) -> list:
         summaries.append(ingest_imagery(manifest.dem.path, collection="dem", datetime_=dem_date, kind="dem",
                                         item_id="dem", title_zh="数字高程模型", title_en="Digital elevation model",
                                         author="demo-builder"))
+        # The sensing devices on the loaded buildings / addresses, their readings, and the alert
+        # rules evaluated at the reference time (a dict: see data.sensing_demo.load).
+        if manifest.sensing:
+            if prog:
+                prog.update(task, description="sensing devices and readings")
+            summaries.append(sensing_demo.load(manifest))
     finally:
         if prog:
             prog.stop()
