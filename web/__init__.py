@@ -7,8 +7,8 @@
   ``<home>/assets/web/vendor/<package>/`` (``GEOTWIN_ASSETS_DIR`` overrides ``<home>/assets``),
   served at ``/vendor/<package>/...``. Nothing is fetched from the internet at run time.
 
-Pages import e.g. ``/vendor/maplibre-gl/maplibre-gl.mjs``, ``/vendor/turf/turf.min.js`` and
-``/vendor/cesium/Cesium.js``.
+Pages import e.g. ``/vendor/maplibre-gl/maplibre-gl.mjs``, ``/vendor/turf/turf.min.js``,
+``/vendor/echarts/echarts.min.js`` and ``/vendor/cesium/Cesium.js``.
 :data:`VENDOR` lists what is copied; a package missing from node_modules is skipped (the page
 that needs it says so), and an unchanged copy is skipped (idempotent, fast).
 
@@ -37,6 +37,8 @@ VENDOR: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "cesium": ("cesium/Build/Cesium", None),
     # turf's browser build (UMD, defines globalThis.turf): the map's cleaning of drawn polygons (web/map/draw.js)
     "turf": ("@turf/turf", ("turf.min.js", "LICENSE")),
+    # ECharts' browser build (UMD, defines globalThis.echarts): the sensing panel's time series (web/map/sensing.js)
+    "echarts": ("echarts/dist", ("echarts.min.js", "LICENSE")),
 }
 #: what the map page cannot start without: `python -m web build` fails when one is not installed
 REQUIRED = ("maplibre-gl", "turf")

@@ -3,6 +3,7 @@
 import * as maplibregl from "/vendor/maplibre-gl/maplibre-gl.mjs";
 import { STRINGS, DISPOSITIONS, FIELDS } from "./i18n.js";
 import { cleanPolygon as cleanPoints } from "./draw.js";
+import { createSensing } from "./sensing.js";
 
 const KEY_STORE = "geotwin.apiKey", LANG_STORE = "geotwin.lang";
 const CJK_FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'Microsoft YaHei', 'PingFang SC', sans-serif";
@@ -62,6 +63,9 @@ const map = new maplibregl.Map({
 map.addControl(new maplibregl.NavigationControl(), "top-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-right");
 window.geotwin = { map, state, maplibregl, cleanPolygon };  // cleanPolygon: for the e2e tests too
+// the sensing room: devices layer, device panel, live alerts (web/map/sensing.js)
+const sensing = createSensing({ map, app: state, api, esc, setStatus });
+window.geotwin.sensing = sensing;
 
 function groupOf(layer) { return layer.metadata?.["geotwin:group"] || (layer.id.startsWith("findings") ? "findings" : null); }
 
@@ -80,6 +84,7 @@ function decorate(style) {
     ];
     style.layers.splice(at < 0 ? style.layers.length : at, 0, ...layers);
   }
+  sensing.decorate(style);
   style.sources.sketch = { type: "geojson", data: sketchData() };
   style.layers.push(
     { id: "sketch-fill", type: "fill", source: "sketch", filter: ["==", ["geometry-type"], "Polygon"], paint: { "fill-color": "#ff9800", "fill-opacity": 0.2 } },
@@ -655,6 +660,7 @@ map.on("click", (e) => {
     toolMessage(toolText());
     return;
   }
+  if (sensing.click(e)) return;  // a device: its panel
   const layers = ["parcels-fill", "findings-fill"].filter((id) => map.getLayer(id));
   const hit = layers.length ? map.queryRenderedFeatures(e.point, { layers }) : [];
   const f = hit.find((x) => x.properties.parcel_id);
@@ -686,9 +692,11 @@ function applyLang() {
   renderWho();
   if (state.style) { renderLayerList(); renderLegend(state.style); }
   if (state.parcel) showParcel(state.parcel);
+  sensing.applyLang();
 }
 async function relogin() {
   await whoami();
+  sensing.start();
   await loadFindings();
   state.style = null;
   await loadStyle();
@@ -722,6 +730,7 @@ for (const g of (params.get("hide") || "").split(",").filter(Boolean)) state.vis
 initHeader(); initTime(); initSwipe(); initSearch(); initTools(); applyLang();
 map.on("load", async () => {
   await whoami();
+  sensing.start();
   await loadFindings();
   await loadStyle();
   if (params.get("parcel")) showParcel(params.get("parcel"));

@@ -23,6 +23,19 @@ export const STRINGS = {
     draw_duplicates: "已移除重复顶点 {n} 个", draw_crossings: "已修复自相交（{n} 处交叉），按 {parts} 个面查询",
     draw_too_few: "至少需要 3 个不同的顶点（现有 {n} 个）：请在地图上继续单击添加顶点",
     draw_flat: "所画顶点在一条直线上，面积为零：请画出有面积的范围", draw_failed: "无法修复所画范围（{detail}）：请清除后重画",
+    // sensing (web/map/sensing.js)
+    s_title: "感知设备", s_all: "显示感知设备", s_status: "状态", s_online: "在线", s_offline: "离线", s_unknown: "未知",
+    s_open_alerts: "有未结告警", s_device: "设备", s_type: "类型", s_address: "地址", s_community: "社区", s_street: "街道",
+    s_building: "建筑", s_last_seen: "最近上报", s_battery: "电量", s_installed: "安装日期", s_household: "住户",
+    s_latest: "最新读数", s_no_latest: "暂无读数", s_series: "时间序列", s_stream: "数据流",
+    s_raw: "24 小时", s_hour: "7 天（小时）", s_day: "60 天（日）", s_no_points: "该时段无数据",
+    s_mean: "均值", s_min: "最小", s_max: "最大", s_sum: "合计", s_value: "读数", s_chart_missing: "图表库未安装（make assets）",
+    alerts: "告警", s_no_alerts: "无未结告警", s_live: "实时", s_offline_stream: "连接中断，正在重连…",
+    s_ack: "确认", s_visit: "已到场", s_close: "关闭", s_note_ph: "处理说明（关闭时必填）", s_submit: "提交",
+    s_note_needed: "请填写处理说明", s_ago: "{n} 前", s_left: "距到场时限 {mmss}", s_over: "已超时 {n}",
+    s_on_site: "到场用时 {n} 分钟", s_met: "达标", s_missed: "超时",
+    state_open: "新告警", state_notified: "已通知", state_acknowledged: "已确认", state_visited: "已到场", state_closed: "已关闭",
+    s_min_unit: "分钟", s_h_unit: "小时", s_d_unit: "天", s_s_unit: "秒",
   },
   en: {
     title: "Longgang district map", search_ph: "Search places, addresses…", as_of: "As of", swipe: "Swipe",
@@ -48,6 +61,18 @@ export const STRINGS = {
     draw_duplicates: "Removed {n} repeated vertex(es)", draw_crossings: "Repaired a self-intersection ({n} crossing(s)): querying {parts} part(s)",
     draw_too_few: "At least 3 distinct vertices are needed ({n} so far): click the map to add more",
     draw_flat: "The vertices lie on one line (no area): draw an outline with an area", draw_failed: "The drawing could not be repaired ({detail}): clear it and draw again",
+    s_title: "Sensing devices", s_all: "Show sensing devices", s_status: "Status", s_online: "online", s_offline: "offline", s_unknown: "unknown",
+    s_open_alerts: "open alerts", s_device: "Device", s_type: "Type", s_address: "Address", s_community: "Community", s_street: "Street",
+    s_building: "Building", s_last_seen: "Last seen", s_battery: "Battery", s_installed: "Installed on", s_household: "Household",
+    s_latest: "Latest values", s_no_latest: "No reading yet", s_series: "Time series", s_stream: "Datastream",
+    s_raw: "24 h", s_hour: "7 days (hourly)", s_day: "60 days (daily)", s_no_points: "No data in this period",
+    s_mean: "mean", s_min: "min", s_max: "max", s_sum: "total", s_value: "value", s_chart_missing: "The chart library is not installed (make assets)",
+    alerts: "Alerts", s_no_alerts: "No open alert", s_live: "live", s_offline_stream: "connection lost, reconnecting…",
+    s_ack: "Acknowledge", s_visit: "On site", s_close: "Close", s_note_ph: "Note (required to close)", s_submit: "Submit",
+    s_note_needed: "Write a note", s_ago: "{n} ago", s_left: "on site within {mmss}", s_over: "overdue by {n}",
+    s_on_site: "on site after {n} min", s_met: "target met", s_missed: "target missed",
+    state_open: "open", state_notified: "notified", state_acknowledged: "acknowledged", state_visited: "on site", state_closed: "closed",
+    s_min_unit: "min", s_h_unit: "h", s_d_unit: "d", s_s_unit: "s",
   },
 };
 
@@ -72,4 +97,13 @@ export const FIELDS = {
   gfa_due_m2: ["约定建筑面积（㎡）", "GFA due (m²)"], gfa_built_m2: ["已建建筑面积（㎡）", "GFA built (m²)"],
   investment_total_cny: ["总投资（元）", "Total investment (CNY)"], investment_done_cny: ["已完成投资（元）", "Investment done (CNY)"],
   basement_levels: ["地下层数", "Basement levels"], approval_ids: ["批准文号", "Approvals"],
+};
+
+// Sensing device types (the registry's `type` codes): names and map colours. A type the server
+// reports that is not listed here is drawn grey under the name the server gives (type_label).
+export const SENSING_TYPES = {
+  "water-meter": { zh: "智能水表", en: "Smart water meter", colour: "#1e88e5" },
+  "manhole-cover": { zh: "智能井盖", en: "Smart manhole cover", colour: "#6d4c41" },
+  "hydrant-pressure": { zh: "消火栓压力", en: "Hydrant pressure", colour: "#e53935" },
+  "traffic-counter": { zh: "交通流量", en: "Traffic counter", colour: "#8e24aa" },
 };

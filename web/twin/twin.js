@@ -4,6 +4,7 @@
 // a CustomHeightmapTerrainProvider decoding geotwin's Terrain-RGB PNG tiles of the DEM on the
 // CGCS2000Quad grid (the same geographic quadtree as Cesium's GeographicTilingScheme).
 import { WORDS } from "./i18n.js";
+import { createTwinSensing } from "./sensing.js";
 
 const C = window.Cesium;
 const $ = (id) => document.getElementById(id);
@@ -20,6 +21,7 @@ const HEIGHT_STOPS = [[100, "#b10026"], [60, "#e31a1c"], [40, "#fc4e2a"], [24, "
 const SEVERITY_COLOURS = { critical: "#7f0000", high: "#d7301f", medium: "#fc8d59", low: "#fdcc8a" };
 const SEVERITY_RANK = { low: 1, medium: 2, high: 3, critical: 4 };
 
+let sensing = null; // the sensing room (web/twin/sensing.js): sensors, buildings with open alerts
 const state = {
   lang: localStorage.getItem(LANG_STORE) === "en" ? "en" : "zh",
   key: localStorage.getItem(KEY_STORE) || "",
@@ -345,6 +347,7 @@ function applyStyle() {
       },
     };
   }
+  if (sensing) style.color = sensing.colour(style.color); // buildings with open alerts
   const storey = state.storey;
   style.show = {
     evaluate(feature) {
@@ -699,6 +702,7 @@ async function main() {
     state.lang = state.lang === "zh" ? "en" : "zh";
     localStorage.setItem(LANG_STORE, state.lang);
     applyWords(); renderWho(); renderLegend(); renderStoreys();
+    if (sensing) sensing.applyLang();
     applyDate().catch(fail);
     if (window.twin.lastPicked && !$("info").hidden) renderInfo(window.twin.lastPicked.kind, window.twin.lastPicked.props);
   });
@@ -784,6 +788,7 @@ async function main() {
   handler.setInputAction((click) => {
     if (state.measure.mode) { measureClick(click.position); return; }
     const picked = viewer.scene.pick(click.position);
+    if (sensing && sensing.pick(picked)) { highlight(null); return; } // a sensor: its panel
     if (picked instanceof C.Cesium3DTileFeature) {
       highlight(picked);
       window.twin.lastPickedFeature = picked; // (tests; may belong to a tileset removed since)
@@ -794,6 +799,9 @@ async function main() {
     }
   }, C.ScreenSpaceEventType.LEFT_CLICK);
 
+  sensing = createTwinSensing({ C, state, getJSON, esc, restyle: applyStyle, relayout });
+  window.twin.sensing = sensing;
+  sensing.start().catch(fail);
   await applyDate();
   if (state.whoami.may.includes("supervision:read")) loadFindings().catch(fail);
   if ($("status").textContent === t("loading")) status("");
