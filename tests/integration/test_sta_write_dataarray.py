@@ -122,5 +122,5 @@ def test_structural_mistakes_refuse_the_whole_request(client, staff, conn, block
     good = {"Datastream": {"@iot.id": ds}, "components": ["result"], "dataArray": [[1]]}
     resp = client.post(f"{ROOT}/CreateObservations", headers=staff, json=[good, block])
     assert resp.status_code == 400, resp.text
-    assert resp.json()["description"].startswith(member.replace("[0]", "[1]", 1) + ":")
+    assert resp.json()["message"].startswith(member.replace("[0]", "[1]", 1) + ":")
     assert conn.execute("SELECT count(*) FROM sta_observations").fetchone()[0] == before
