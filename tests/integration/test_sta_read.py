@@ -161,7 +161,11 @@ def test_landing_lists_every_entity_set_and_the_conformance_classes(client):
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data" in conf
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-array" in conf
     mqtt = doc["serverSettings"]["http://www.opengis.net/spec/iot_sensing/1.1/req/mqtt-extension"]
-    assert mqtt == {"endpoints": []}
+    from sensing.mqtt.broker import endpoint  # the broker the app announces: its own (settings.mqtt_url)
+    from spatial_api.config import get_settings
+
+    assert mqtt == {"endpoints": [endpoint(get_settings()).url]}
+    assert mqtt["endpoints"][0].startswith("mqtt://")
     assert doc["serverSettings"]["geotwin"]["maxTop"] == 10000
 
 

@@ -187,7 +187,7 @@ def test_an_edit_shows_in_the_next_generalised_tile(district, conn):
     assert code not in decode(c.get(url).content, name)
 
 
-def test_a_change_not_heard_of_falls_back_to_the_exact_path(district, conn):
+def test_a_change_not_heard_of_falls_back_to_the_exact_path(district, conn, caplog):
     generalised_now(district)
     name, c, tmp = district["name"], district["client"], district["tmp"]
     t = WM.tile(*CENTRE, 11)
@@ -208,7 +208,8 @@ def test_a_change_not_heard_of_falls_back_to_the_exact_path(district, conn):
     assert all(after[m].centroid.x > before[m].centroid.x + 5 for m in moved)
     assert same(after, decode(render(conn, name, t, generalised=False), name))
     assert generalise.wait_idle(120)  # that tile queued the layer: it has caught up
-    assert generalise.status(conn, name)["current"]
+    assert generalise.status(conn, name)["current"], (  # if not, say why (a failed sync logs it)
+        f"status {generalise.status(conn, name)}; log: {[r.getMessage() for r in caplog.records][-5:]}")
     now = decode(c.get(url).content, name)
     assert same(now, decode(render(conn, name, t, generalised=True), name)) and same(now, after)
 
