@@ -86,15 +86,24 @@ def load(settings, observations: int) -> dict:
         print()
         conn.execute("ANALYZE sta_observations")
         conn.commit()
-        n = conn.execute("SELECT sum(observations) FROM sta_stream_stats").fetchone()[0]
+    return {**inspect(settings), "seconds": seconds}
+
+
+def inspect(settings) -> dict:
+    """What the bench schema holds (after a load, or a kept one: --reuse)."""
+    from spatial_api import db
+
+    with db.connect(settings) as conn:
+        n = int(conn.execute("SELECT coalesce(sum(observations), 0) FROM sta_stream_stats").fetchone()[0])
+        streams = [r[0] for r in conn.execute("SELECT id FROM sta_datastreams ORDER BY id")]
         sizes = conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sta_observations'::regclass").fetchone()[0]
         stats_size = conn.execute("SELECT pg_total_relation_size('sta_stream_stats') + "
                                   "pg_total_relation_size('sta_aggregates')").fetchone()[0]
         things = [r[0] for r in conn.execute("SELECT id FROM sta_things ORDER BY id")]
-    return {"observations": int(n), "seconds": seconds, "rate": n / seconds, "bytes": int(sizes),
-            "stats_bytes": int(stats_size), "streams": streams, "things": things, "per_stream": per_stream}
+    return {"observations": n, "bytes": int(sizes), "stats_bytes": int(stats_size), "streams": streams,
+            "things": things, "per_stream": n // max(1, len(streams))}
 
 
 def requests_for(info: dict, rng: random.Random, kind: str) -> str:
@@ -163,8 +172,9 @@ def table(info: dict, res: dict, n: int) -> str:
         r = res[k]
         lines.append(f"| {TITLES[k]} | {r['p50']:.1f} | {r['p95']:.1f} | < {GOALS[k]} ms | "
                      f"{'yes' if r['p95'] < GOALS[k] else 'no'} |")
-    lines += ["", f"Loaded by INSERT … SELECT through the maintaining triggers at {info['rate']:,.0f} "
-                  f"observations/s; {mb:.0f} MB per million observations (partitions and their indexes); "
+    load = (f"Loaded by INSERT … SELECT through the maintaining triggers at {info['rate']:,.0f} observations/s; "
+            if info.get("rate") else "")
+    lines += ["", f"{load}{mb:.0f} MB per million observations (partitions and their indexes); "
                   f"stats and aggregates {info['stats_bytes'] / 1e6:.0f} MB in all.", "", END]
     return "\n".join(lines)
 
@@ -173,13 +183,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--observations", type=int, default=10_000_000)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the bench schema afterwards")
+    ap.add_argument("--reuse", action="store_true", help="measure a schema kept by an earlier run (--keep) "
+                                                        "instead of loading it again")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     settings = _settings()
-    print(f"loading {args.observations:,} observations into schema {SCHEMA} …")
-    info = load(settings, args.observations)
-    print(f"  {info['observations']:,} at {info['rate']:,.0f}/s, {info['bytes'] / 1e6:,.0f} MB")
+    if args.reuse:
+        info = inspect(settings)
+        if not info["observations"]:
+            raise SystemExit(f"--reuse: schema {SCHEMA} holds no observations; run without --reuse")
+        info["seconds"] = None
+    else:
+        print(f"loading {args.observations:,} observations into schema {SCHEMA} …")
+        info = load(settings, args.observations)
+    info["rate"] = info["observations"] / info["seconds"] if info["seconds"] else None
+    print(f"  {info['observations']:,} observations, {info['bytes'] / 1e6:,.0f} MB"
+          + (f", loaded at {info['rate']:,.0f}/s" if info["rate"] else ""))
     log_dir = ROOT / ".geotwin" / "bench" / "sensing"
     log_dir.mkdir(parents=True, exist_ok=True)
     server = geotwin_server("geotwin", settings, SCHEMA, log_dir, ready_path="/sta/v1.1")
