@@ -5,8 +5,10 @@ data, and who may see them.
 reporting interval and the Datastreams a device of that type gets (observed property, unit,
 observation type). Adding a device creates, in one transaction: the STA Thing (``properties``:
 ``deviceId``, ``type``, ``community``, ``street``, ``restricted``, ``buildingId`` — the STA read
-side filters Things on ``restricted`` / ``community`` exactly as :func:`visible_devices_sql`
-filters devices, so they are kept in sync on every update), its Location (the device's point) and
+side (``sensing.sta.read.visible_things_sql``) hides households by the same rule as
+:func:`visible_devices_sql`, from these properties, so they are kept in sync on every update; a
+difference: non-household Things are readable through STA by any caller, as FROST-Server serves
+them, while ``/sensing/devices`` lists devices to roles that see internal data only), its Location (the device's point) and
 a HistoricalLocation, the Sensor and ObservedProperties (shared by name across devices), one
 Datastream per stream of the type, the ``sensing_devices`` row and an MQTT credential allowed to
 publish to exactly those Datastreams' ``Observations`` topics (its password is returned once).
@@ -156,21 +158,6 @@ def visible_devices_sql(alias: str, principal: security.Principal) -> tuple[str,
     if others:
         return f"(NOT {alias}.restricted)", []
     return "false", []
-
-
-def visible_things_sql(alias: str, principal: security.Principal) -> tuple[str, list]:
-    """The same rule over STA Things (``sta_things`` aliased ``alias``), from the properties the
-    registry keeps on them (``restricted``, ``community``). Things that are not devices count as
-    not restricted."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias):
-        raise ValueError(f"alias {alias!r} is not a plain SQL name")
-    restricted = f"coalesce(({alias}.properties ->> 'restricted')::boolean, false)"
-    cond, params = visible_devices_sql("d", principal)
-    if cond in ("true", "false"):
-        return cond, params
-    if params:
-        return f"(NOT {restricted} OR {alias}.properties ->> 'community' = %s)", params
-    return f"(NOT {restricted})", []
 
 
 def note_household_read(device_ids: Iterable[str]) -> None:
