@@ -106,6 +106,8 @@ def router(settings) -> APIRouter:
             if isinstance(body, (dict, list)):
                 return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
             return Response(str(body) if not isinstance(body, bool) else str(body).lower(), media_type="text/plain")
+        if isinstance(body, dict) and isinstance(body.get("value"), read.RawJSONArray):
+            return Response(read.dumps(body), status_code=status, media_type="application/json")
         return JSONResponse(body, status_code=status)
 
     return r
