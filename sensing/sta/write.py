@@ -46,7 +46,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from sensing.sta import model, serialize
+from sensing.sta import model, read, serialize
 from sensing.sta.events import Change
 from sensing.sta.model import ENTITIES, Entity, Nav, Prop
 from spatial_api.api import time as timepolicy
@@ -173,17 +173,29 @@ def _cond(nav: Nav) -> sql.Composable:
     return sql.SQL(nav.cond.format(c="c", p="p"))
 
 
+def _visible(ent: Entity, alias: str) -> tuple[sql.Composable, list]:
+    """`` AND <the caller may see it>`` for rows of ``ent`` aliased ``alias`` (the read side's one
+    condition): a household's entities do not exist for a caller who may not see them — writing
+    to them is a 404 like reading them, and their ids cannot be linked."""
+    vis = read.visible_sql(ent, alias)
+    if vis is None:
+        return sql.SQL(""), []
+    return sql.SQL(" AND " + vis[0]), list(vis[1])
+
+
 def _exists(tx: Tx, ent: Entity, id_: int) -> bool:
-    return tx.conn.execute(sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(ent.table)),
-                           (id_,)).fetchone() is not None
+    cond, params = _visible(ent, "a")
+    return tx.conn.execute(sql.SQL("SELECT 1 FROM {} a WHERE a.id = %s").format(sql.Identifier(ent.table)) + cond,
+                           [id_, *params]).fetchone() is not None
 
 
 def _related(tx: Tx, parent: Entity, pid: int, nav: Nav, cid: int | None) -> int | None:
     """The child of ``parent(pid)`` through ``nav`` (with id ``cid`` when given), or None."""
     child = ENTITIES[nav.target]
+    cond, vparams = _visible(child, "c")
     q = sql.SQL("SELECT c.id FROM {} c, {} p WHERE p.id = %s AND ({})").format(
-        sql.Identifier(child.table), sql.Identifier(parent.table), _cond(nav))
-    params: list = [pid]
+        sql.Identifier(child.table), sql.Identifier(parent.table), _cond(nav)) + cond
+    params: list = [pid, *vparams]
     if cid is not None:
         q += sql.SQL(" AND c.id = %s")
         params.append(cid)
@@ -541,8 +553,12 @@ def _relocate(tx: Tx, thing: int, locations: list[int]) -> None:
 # ------------------------------------------------------------------------------------- observations
 
 def _stream_kind(tx: Tx, stream: int) -> str | None:
-    row = tx.conn.execute("SELECT 'Datastreams' FROM sta_datastreams WHERE id = %s UNION ALL "
-                          "SELECT 'MultiDatastreams' FROM sta_multi_datastreams WHERE id = %s", (stream, stream)).fetchone()
+    """Datastreams | MultiDatastreams for a stream the caller may see, else None."""
+    c1, p1 = _visible(model.DATASTREAMS, "d")
+    c2, p2 = _visible(model.MULTI_DATASTREAMS, "m")
+    row = tx.conn.execute(sql.SQL("SELECT 'Datastreams' FROM sta_datastreams d WHERE d.id = %s") + c1
+                          + sql.SQL(" UNION ALL SELECT 'MultiDatastreams' FROM sta_multi_datastreams m WHERE m.id = %s")
+                          + c2, [stream, *p1, stream, *p2]).fetchone()
     return row[0] if row else None
 
 

@@ -128,3 +128,32 @@ def test_community_worker_sees_its_own_community_only(app, district):
 def test_responses_vary_with_the_caller(app, district):
     r = client_for(app, district, None).get(f"{ROOT}/Things({district['thing']})")
     assert r.status_code == 200 and "private" in r.headers.get("cache-control", "")
+
+
+def test_households_cannot_be_written_by_who_cannot_see_them(app, district, database):
+    """gis-staff may write SensorThings entities, but a household's do not exist for it: PATCH,
+    DELETE and creating under them are 404, linking to them is 400 — nothing changes; an admin
+    (who sees them) may."""
+    c, d = client_for(app, district, "staff"), district
+    obs = {"phenomenonTime": "2026-11-20T00:00:00Z", "result": 1.5}
+    with db.connect(database) as conn:
+        before = conn.execute("SELECT name FROM sta_things WHERE id = %s", (d["house_a"],)).fetchone()[0]
+        count = conn.execute("SELECT count(*) FROM sta_observations WHERE stream_id = %s",
+                             (d["ds_house_a"],)).fetchone()[0]
+    assert c.patch(f"{ROOT}/Things({d['house_a']})", json={"name": "x"}).status_code == 404
+    assert c.delete(f"{ROOT}/Things({d['house_a']})").status_code == 404
+    assert c.post(f"{ROOT}/Datastreams({d['ds_house_a']})/Observations", json=obs).status_code == 404
+    linked = c.post(f"{ROOT}/Observations", json={**obs, "Datastream": {"@iot.id": d["ds_house_a"]}})
+    assert linked.status_code == 400 and "no Datastream" in linked.json()["message"]
+    arr = c.post(f"{ROOT}/CreateObservations", json=[{"Datastream": {"@iot.id": d["ds_house_a"]},
+                                                      "components": ["phenomenonTime", "result"],
+                                                      "dataArray": [["2026-11-20T00:00:00Z", 1]]}])
+    assert arr.status_code == 400, arr.text
+    with db.connect(database) as conn:
+        assert conn.execute("SELECT name FROM sta_things WHERE id = %s", (d["house_a"],)).fetchone()[0] == before
+        assert conn.execute("SELECT count(*) FROM sta_observations WHERE stream_id = %s",
+                            (d["ds_house_a"],)).fetchone()[0] == count
+    admin = client_for(app, district, "admin")
+    made = admin.post(f"{ROOT}/Datastreams({d['ds_house_a']})/Observations", json=obs)
+    assert made.status_code == 201, made.text
+    assert admin.delete(ROOT + made.headers["location"].split("/sta/v1.1", 1)[1]).status_code == 200
