@@ -28,6 +28,7 @@ request's audit entry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -84,6 +85,9 @@ class _Hub:
     def __init__(self, settings):
         self.settings = settings
         self.queues: set[asyncio.Queue] = set()
+        #: streams that missed events (a full queue, a lost LISTEN connection): they end, so that
+        #: the browser reconnects and reloads the list instead of showing it incomplete
+        self.dropped: set[asyncio.Queue] = set()
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
         self.schema = db.schema_name(settings)
@@ -102,6 +106,7 @@ class _Hub:
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
         self.queues.discard(q)
+        self.dropped.discard(q)
         if not self.queues and self.task is not None:
             self.task.cancel()
             self.task = None
@@ -127,12 +132,19 @@ class _Hub:
                         for q in list(self.queues):
                             try:
                                 q.put_nowait(alert_id)
-                            except asyncio.QueueFull:  # a stuck client loses events, not the others
-                                pass
+                            except asyncio.QueueFull:  # a stuck client: its stream ends (see dropped)
+                                self.queues.discard(q)
+                                self.dropped.add(q)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect after a database outage
                 log.warning("sensing alert stream: LISTEN connection lost (%s); reconnecting", exc)
+                # what was notified meanwhile is lost to these streams: end them (clients reload)
+                for q in self.queues:
+                    self.dropped.add(q)
+                    with contextlib.suppress(asyncio.QueueFull):
+                        q.put_nowait(None)  # wakes the stream, which then ends
+                self.queues.clear()
                 await asyncio.sleep(1.0)
 
 
@@ -232,11 +244,13 @@ class AlertsAPI:
         async def events():
             try:
                 yield "retry: 3000\n: connected\n\n"
-                while True:
+                while q not in hub.dropped:
                     try:
                         alert_id = await asyncio.wait_for(q.get(), timeout=KEEPALIVE_S)
+                        if alert_id is None:
+                            break
                     except TimeoutError:
-                        if await request.is_disconnected():
+                        if await request.is_disconnected() or q in hub.dropped:
                             break
                         yield ": keepalive\n\n"
                         continue

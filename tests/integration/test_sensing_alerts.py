@@ -427,3 +427,34 @@ def test_the_stream_delivers_alerts_as_they_open_and_change(server, database, wo
         t.join(timeout=30)
     for client in clients.values():
         client.close()
+
+
+def test_a_stream_that_missed_events_ends_so_the_client_reloads(server, database, workers):
+    """The LISTEN connection lost (a database restart, here its backend terminated): what was
+    notified meanwhile never reaches the open streams, so they end — the browser's EventSource
+    reconnects and the page reloads the list — rather than stay open and silently incomplete."""
+    lines: list[str] = []
+    connected, ended = threading.Event(), threading.Event()
+
+    def listen():
+        try:
+            with httpx.Client(timeout=httpx.Timeout(5.0, read=120.0)) as c, \
+                    c.stream("GET", f"{server}/sensing/alerts/stream", headers=workers[A]) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    if line.startswith(": connected"):
+                        connected.set()
+        finally:
+            ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert connected.wait(30), lines
+    with db.connect(database, autocommit=True) as admin:
+        deadline = time.monotonic() + 30
+        killed = 0
+        while not killed and time.monotonic() < deadline:  # the LISTEN connection is up once connected
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name = 'geotwin-alert-stream' AND datname = current_database()"
+                                   ).fetchone()[0]
+    assert killed >= 1
+    assert ended.wait(60), "the stream stayed open after missing events"
