@@ -32,13 +32,12 @@ import contextlib
 import json
 import logging
 import weakref
-from typing import Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from sensing import alerts, rules
+from sensing import alerts, http, rules
 from spatial_api import db, security
 from spatial_api.api import time as timepolicy
 from spatial_api.api.errors import ApiError, invalid_parameter, not_found
@@ -48,9 +47,12 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 15.0
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False, default=str), status_code=status,
-                    media_type="application/json")
+_json = http.json_response
+
+#: the alerts' and rules' errors in HTTP
+_ERRORS = {alerts.AlertError: lambda exc: ApiError(exc.status, {404: "NotFound", 409: "Conflict"}.get(
+               exc.status, "InvalidParameterValue"), str(exc)),
+           rules.RuleError: lambda exc: ApiError(400, "InvalidParameterValue", str(exc))}
 
 
 def visible_condition(principal: security.Principal) -> tuple[str, dict]:
@@ -164,17 +166,8 @@ class AlertsAPI:
         self.settings = settings
 
     def call(self, fn, *args, write: bool = False, **kwargs):
-        try:
-            with db.pool(self.settings).connection() as conn:
-                out = fn(conn, *args, **kwargs)
-                if write:
-                    conn.commit()
-                return out
-        except alerts.AlertError as exc:
-            code = {404: "NotFound", 409: "Conflict"}.get(exc.status, "InvalidParameterValue")
-            raise ApiError(exc.status, code, str(exc)) from None
-        except rules.RuleError as exc:
-            raise ApiError(400, "InvalidParameterValue", str(exc)) from None
+        """fn(conn, …) on a pooled connection (committed when ``write``); domain errors → HTTP."""
+        return http.call(self.settings, _ERRORS, fn, *args, write=write, **kwargs)
 
     # ---------------------------------------------------------------------------------- alerts
     def list_alerts(self, state: str | None = Query(None, description="open | notified | acknowledged | visited | "

@@ -17,33 +17,24 @@ in the request's audit entry. Errors: the OGC exception JSON; 400 names the para
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
-from sensing import devices, tiles
-from spatial_api import db, security
+from sensing import devices, http, tiles
+from spatial_api import security
 from spatial_api.api import time as timepolicy
 from spatial_api.api.errors import ApiError, invalid_parameter, not_found
 
 MVT = "application/vnd.mapbox-vector-tile"
 
 
-def _json(data: Any, status: int = 200, media_type: str = "application/json") -> Response:
-    return Response(json.dumps(data, ensure_ascii=False, default=_default), status_code=status, media_type=media_type)
+_json = http.json_response
 
-
-def _default(v):
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    if hasattr(v, "total_seconds"):
-        return int(v.total_seconds())
-    raise TypeError(f"{type(v).__name__} is not JSON")
+#: the registry's errors in HTTP
+_ERRORS = {devices.NotFound: lambda exc: not_found(str(exc)),
+           devices.DeviceError: lambda exc: ApiError(400, "InvalidParameterValue", str(exc))}
 
 
 def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
@@ -71,16 +62,7 @@ class DevicesAPI:
 
     def call(self, fn, *args, write: bool = False, **kwargs):
         """fn(conn, …) on a pooled connection (committed when ``write``); domain errors → HTTP."""
-        try:
-            with db.pool(self.settings).connection() as conn:
-                out = fn(conn, *args, **kwargs)
-                if write:
-                    conn.commit()
-                return out
-        except devices.NotFound as exc:
-            raise not_found(str(exc)) from None
-        except devices.DeviceError as exc:
-            raise ApiError(400, "InvalidParameterValue", str(exc)) from None
+        return http.call(self.settings, _ERRORS, fn, *args, write=write, **kwargs)
 
     # ------------------------------------------------------------------ reads
     def types(self) -> Response:

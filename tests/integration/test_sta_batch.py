@@ -7,38 +7,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from sensing.sta import events
-from spatial_api import db
-from spatial_api.app import create_app
+from tests.fixtures.sta import MEASUREMENT, ROOT, UOM, changes, client, conn  # noqa: F401  (fixtures)
 
-ROOT = "/sta/v1.1"
 POINT = {"type": "Point", "coordinates": [114.12, 22.61]}
-UOM = {"name": "cubic metre", "symbol": "m3", "definition": "http://qudt.org/vocab/unit/M3"}
-MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 SENSOR = {"name": "meter", "description": "d", "encodingType": "application/pdf", "metadata": "https://example.org/m"}
 PROP = {"name": "volume", "definition": "http://example.org/volume", "description": "d"}
-
-
-@pytest.fixture(scope="module")
-def client(database):
-    with TestClient(create_app(database)) as c:
-        yield c
-
-
-@pytest.fixture
-def conn(database):
-    with db.connect(database, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-def changes():
-    seen: list[events.Change] = []
-    unsubscribe = events.subscribe(seen.append)
-    yield seen
-    unsubscribe()
 
 
 def datastream(**links):

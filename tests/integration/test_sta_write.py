@@ -8,43 +8,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from sensing.sta import events
-from spatial_api.app import create_app
+from tests.fixtures.sta import MEASUREMENT, ROOT, UOM, changes, client, conn, staff  # noqa: F401  (fixtures)
 
-ROOT = "/sta/v1.1"
 POINT = {"type": "Point", "coordinates": [114.06, 22.62]}
-UOM = {"name": "cubic metre", "symbol": "m3", "definition": "http://qudt.org/vocab/unit/M3"}
-MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
-
-
-@pytest.fixture(scope="module")
-def client(database):
-    with TestClient(create_app(database)) as c:
-        yield c
-
-
-@pytest.fixture
-def conn(database):
-    """Autocommit: a check must not hold locks (a new month's partition waits for readers of the table)."""
-    from spatial_api import db
-
-    with db.connect(database, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def staff(auth):
-    return auth("gis-staff")
-
-
-@pytest.fixture
-def changes():
-    seen: list[events.Change] = []
-    unsubscribe = events.subscribe(seen.append)
-    yield seen
-    unsubscribe()
 
 
 def tag() -> str:

@@ -9,33 +9,12 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from fastapi.testclient import TestClient
 
 from sensing.sta import events
 from spatial_api import db
-from spatial_api.app import create_app
+from tests.fixtures.sta import MEASUREMENT, ROOT, UOM, client, conn, staff  # noqa: F401  (fixtures)
 
-ROOT = "/sta/v1.1"
 POINT = {"type": "Point", "coordinates": [114.05, 22.63]}
-UOM = {"name": "cubic metre", "symbol": "m3", "definition": "http://qudt.org/vocab/unit/M3"}
-MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
-
-
-@pytest.fixture(scope="module")
-def client(database):
-    with TestClient(create_app(database)) as c:
-        yield c
-
-
-@pytest.fixture
-def conn(database):
-    with db.connect(database, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def staff(auth):
-    return auth("gis-staff")
 
 
 def household(client, staff) -> tuple[int, int, int]:
