@@ -204,3 +204,10 @@ def check_cmd(folder: Path = typer.Argument(..., help="Folder holding tileset.js
     if problems:
         raise typer.Exit(1)
     console.print("[green]●[/] tileset is structurally sound")
+
+
+# Commands of issue 17, each in its own module: build-underground, clash, indoor.
+from cim_builder import clash_cli, indoor_cli, underground_cli  # noqa: E402
+
+for _module in (underground_cli, clash_cli, indoor_cli):
+    _module.register(cim_app)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from spatial_api.config_cli import config_app
 from spatial_api.ingest.cli import ingest_app, layers_app
-from spatial_api.rooms import command_groups
+from spatial_api.rooms import command_groups, ingest_commands
 from spatial_api.security.cli import keys_app
 
 console = Console()
@@ -41,6 +41,8 @@ def _add_rooms() -> None:
     """Command groups of the rooms (``geotwin.commands`` entry points: demo, supervise, cim …)."""
     for name, group in command_groups():
         app.add_typer(group, name=name)
+    for name, command in ingest_commands():  # `geotwin ingest pipes` …
+        ingest_app.command(name)(command)
 
 
 _add_rooms()

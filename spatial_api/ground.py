@@ -16,3 +16,10 @@ def _geocode(app, settings) -> None:
 OGC = Room("ogc", ogc_routes.install, ORDER_GROUND, "OGC API – Features (Parts 1–4) with time travel")
 SECURITY = Room("security", security_routes.install, ORDER_GROUND + 1, "/whoami and /admin/audit")
 GEOCODE = Room("geocode", _geocode, ORDER_GROUND + 2, "place names and addresses: search, autocomplete, reverse")
+
+
+def _entities(app, settings) -> None:  # PLACEHOLDER (lead, issue 17): the /entities routes
+    pass
+
+
+ENTITIES = Room("entities", _entities, ORDER_GROUND + 3, "geographic entities and their representations")

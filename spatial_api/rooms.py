@@ -5,6 +5,11 @@ TiTiler extensions do: the ground floor (``spatial_api``) imports no room; it di
   room's HTTP routes; ``order`` says where it goes (lower first; the web clients' static folders
   last, after every API route they might shadow). Ties go by name.
 - ``geotwin.commands``: each entry names a Typer app, added to ``geotwin`` under the entry's name.
+- ``geotwin.ingest``: each entry names a command function, added to ``geotwin ingest`` under the
+  entry's name (``geotwin ingest pipes`` comes from the underground room).
+- ``geotwin.representations``: each entry names a function ``(conn, entity, at) -> list[dict]``
+  giving a geographic entity's representations that the room holds (the twin's prisms and BIM
+  models, the sensing room's Things); ``/entities/{code}`` gathers them.
 
 A third-party package adds a room by declaring the same entry points; nothing here changes.
 """
@@ -17,6 +22,8 @@ from typing import Any, Callable
 
 ROUTES_GROUP = "geotwin.routes"
 COMMANDS_GROUP = "geotwin.commands"
+INGEST_GROUP = "geotwin.ingest"
+REPRESENTATIONS_GROUP = "geotwin.representations"
 
 #: Conventional places in the mounting order.
 ORDER_GROUND, ORDER_ROOM, ORDER_STATIC = 0, 100, 1000
@@ -68,5 +75,15 @@ def command_groups() -> list[tuple[str, Any]]:
     return [(ep.name, _load(ep)) for ep in _entries(COMMANDS_GROUP)]
 
 
-__all__ = ["COMMANDS_GROUP", "ORDER_GROUND", "ORDER_ROOM", "ORDER_STATIC", "ROUTES_GROUP", "Room", "RoomError",
+def ingest_commands() -> list[tuple[str, Any]]:
+    """(name, command function) of every ``geotwin.ingest`` entry, by name."""
+    return [(ep.name, _load(ep)) for ep in _entries(INGEST_GROUP)]
+
+
+def representation_providers() -> list[tuple[str, Callable]]:
+    """(room name, provider) of every ``geotwin.representations`` entry, by name."""
+    return [(ep.name, _load(ep)) for ep in _entries(REPRESENTATIONS_GROUP)]
+
+
+__all__ = ["COMMANDS_GROUP", "INGEST_GROUP", "REPRESENTATIONS_GROUP", "ingest_commands", "representation_providers", "ORDER_GROUND", "ORDER_ROOM", "ORDER_STATIC", "ROUTES_GROUP", "Room", "RoomError",
            "command_groups", "rooms"]

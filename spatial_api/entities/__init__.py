@@ -1,0 +1,1 @@
+"""Geographic entities (PLACEHOLDER, lead, issue 17)."""
