@@ -18,8 +18,10 @@ SECURITY = Room("security", security_routes.install, ORDER_GROUND + 1, "/whoami 
 GEOCODE = Room("geocode", _geocode, ORDER_GROUND + 2, "place names and addresses: search, autocomplete, reverse")
 
 
-def _entities(app, settings) -> None:  # PLACEHOLDER (lead, issue 17): the /entities routes
-    pass
+def _entities(app, settings) -> None:
+    from spatial_api.entities import api as entities_api
+
+    app.include_router(entities_api.router(settings))
 
 
 ENTITIES = Room("entities", _entities, ORDER_GROUND + 3, "geographic entities and their representations")

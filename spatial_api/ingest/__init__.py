@@ -58,6 +58,7 @@ class IngestSummary:
     within_tolerance: int = 0  # differed from the stored version only by round-off: left unchanged
     tolerance_deg: float | None = None  # the change-detection tolerance used, in degrees of CGCS2000
     tolerance_note: str | None = None  # how it was chosen
+    entities: dict | None = None  # the entity assignment's report (--entity-type), see spatial_api.entities
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,6 +333,10 @@ def ingest_vector(
     progress: Progress | None = None,
     tolerance: float | None = None,
     strip_strings: bool = False,
+    entity_type: str | None = None,
+    entity_key: str | None = None,
+    entity_ref: str | None = None,
+    entity_match: str | None = None,
 ) -> IngestSummary:
 
     started = time.perf_counter()
@@ -342,6 +347,7 @@ def ingest_vector(
     if access_level is not None and access_level not in store.ACCESS_LEVELS:
         raise IngestError(f"--access {access_level!r}: choose one of {', '.join(store.ACCESS_LEVELS)}")
     vf = parse_valid_time(valid_from, settings.timezone)
+    entity_spec = _entity_spec(entity_type, entity_key, entity_ref, entity_match)
     src = Path(path)
     if not src.exists():
         raise IngestError(f"{path}: no such file or folder. Check the path.")
@@ -365,6 +371,7 @@ def ingest_vector(
             summary.changeset_id = last[0]
             summary.unchanged = int((last[4] or {}).get("added", 0)) + int((last[4] or {}).get("changed", 0)) + int((last[4] or {}).get("unchanged", 0))
             summary.current_total = store.count(conn, layer)
+            _assign_entities(conn, summary, entity_spec, settings)
             summary.seconds = round(time.perf_counter() - started, 3)
             return summary
 
@@ -390,7 +397,7 @@ def ingest_vector(
         return _write(batch, summary, started, settings, path=path, layer=layer, key=key, mode=mode,
                       vf=vf, digest=digest, title_zh=title_zh, title_en=title_en,
                       access_level=access_level, author=author, evolve_schema=evolve_schema,
-                      message=message, progress=progress, strip_strings=strip_strings)
+                      message=message, progress=progress, strip_strings=strip_strings, entity_spec=entity_spec)
     except BaseException:
         # A failed first load may leave its side-built partition behind: remove it now.
         try:
@@ -398,6 +405,43 @@ def ingest_vector(
         except Exception:  # the original error matters more; the next load cleans up too
             pass
         raise
+
+
+_ENTITY_FLAGS = {"entity_type": "--entity-type", "key": "--entity-key", "ref_layer": "--entity-ref",
+                 "match": "--entity-match"}
+
+
+def _entity_spec(entity_type: str | None, key: str | None, ref: str | None, match: str | None) -> dict | None:
+    """The entity options of a load, checked before anything is read."""
+    if entity_type is None:
+        if key or ref or match:
+            raise IngestError("--entity-key / --entity-ref / --entity-match need --entity-type (e.g. --entity-type building)")
+        return None
+    from spatial_api import entities
+
+    try:
+        kind = entities.check_type(entity_type, "entity_type")
+    except entities.EntityError as exc:
+        raise IngestError(f"--entity-type {exc.detail}") from None
+    if ref and not key:
+        raise IngestError("--entity-ref needs --entity-key: the column holding the keys of that layer's features")
+    how = match or ("key" if key else "new")
+    if how not in entities.MATCHES:
+        raise IngestError(f"--entity-match {how!r}: choose one of {', '.join(entities.MATCHES)}")
+    return {"entity_type": kind, "key": key, "ref_layer": ref, "match": how}
+
+
+def _assign_entities(conn, summary: IngestSummary, spec: dict | None, settings: Settings) -> None:
+    """Assign the layer's entities in the load's transaction (the report goes in the summary)."""
+    if not spec:
+        return
+    from spatial_api import entities
+
+    try:
+        report = entities.assign(summary.layer, **spec, settings=settings, conn=conn)
+    except entities.EntityError as exc:
+        raise IngestError(f"{_ENTITY_FLAGS.get(exc.parameter, exc.parameter)} {exc.detail}") from None
+    summary.entities = report.to_dict()
 
 
 def _create_or_explain(conn, layer, *, with_partition: bool) -> None:
@@ -416,7 +460,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
            path, layer: str, key: str | None, mode: str, vf: datetime, digest: str,
            title_zh: str | None, title_en: str | None, access_level: str | None,
            author: str | None, evolve_schema: bool, message: str | None,
-           progress: Progress | None, strip_strings: bool = False) -> IngestSummary:
+           progress: Progress | None, strip_strings: bool = False, entity_spec: dict | None = None) -> IngestSummary:
     with db.transaction(settings) as conn:
         existing = store.get_layer(conn, layer)
         if existing is not None:
@@ -465,6 +509,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
                 summary.skipped = True
                 summary.unchanged = len(rows)
                 summary.current_total = store.count(conn, layer)
+                _assign_entities(conn, summary, entity_spec, settings)
                 summary.seconds = round(time.perf_counter() - started, 3)
                 return summary
         if new_layer:
@@ -496,6 +541,7 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             summary.unchanged = result.unchanged
             summary.within_tolerance = result.within_tolerance
             summary.current_total = result.current_total
+            _assign_entities(conn, summary, entity_spec, settings)
             summary.seconds = round(time.perf_counter() - started, 3)
             return summary
         summary.changeset_id = result.changeset_id
@@ -513,6 +559,8 @@ def _write(batch: PreparedBatch, summary: IngestSummary, started: float, setting
             "current": summary.current_total, **({"correction": True} if result.correction else {}),
             "within_tolerance": summary.within_tolerance, "tolerance_deg": summary.tolerance_deg,
         })
+        # in the load's transaction: a failed assignment leaves nothing, not even the load
+        _assign_entities(conn, summary, entity_spec, settings)
     # Committed: this process's caches drop what the changeset touched (others hear the NOTIFY).
 
     events.committed(settings.db_schema, layer, summary.changeset_id)

@@ -68,6 +68,10 @@ def ingest_vector_cmd(
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Geometry differences up to this are round-off, not change (file units: degrees, or metres if projected). Default: 1e-9°, or the precision a GeoJSON was written with."),
     strip_strings: bool = typer.Option(False, "--strip-strings", help="Compare text without trailing spaces (a re-export that pads fields is no change)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any rejected row instead of leaving it out."),
+    entity_type: Optional[str] = typer.Option(None, "--entity-type", help="Give the features geographic entities of this type (building, parcel, road, …) in the same transaction."),
+    entity_key: Optional[str] = typer.Option(None, "--entity-key", help="Column holding entity codes (or, with --entity-ref, keys of that layer's features)."),
+    entity_ref: Optional[str] = typer.Option(None, "--entity-ref", help="Take the entity of this layer's feature whose key --entity-key holds (addresses → buildings)."),
+    entity_match: Optional[str] = typer.Option(None, "--entity-match", help="new (default) | key | geometry: match existing entities by geometry."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
 ) -> None:
     """Load a vector file into a layer as one all-or-nothing changeset."""
@@ -91,7 +95,8 @@ def ingest_vector_cmd(
                 from_gcj02=from_gcj02, encoding=encoding, source_layer=source_layer,
                 title_zh=title_zh, title_en=title_en, access_level=access, author=author,
                 message=message, evolve_schema=evolve_schema, strict=strict, progress=report,
-                tolerance=tolerance, strip_strings=strip_strings,
+                tolerance=tolerance, strip_strings=strip_strings, entity_type=entity_type,
+                entity_key=entity_key, entity_ref=entity_ref, entity_match=entity_match,
             )
     except IngestError as exc:
         if as_json:
@@ -101,9 +106,17 @@ def ingest_vector_cmd(
     if as_json:
         print(json.dumps({"ok": True, **summary.to_dict()}, ensure_ascii=False, default=_json_default))
         _exit_now()
+    if summary.entities:
+        c, amb = summary.entities["counts"], summary.entities["ambiguous"]
+        console.print(f"entities ({summary.entities['type']}, {summary.entities['match']}): " + ", ".join(
+            f"{k} {v:,}" for k, v in c.items() if v) + (" — nothing to assign" if not any(c.values()) else ""))
+        for a in amb[:20]:
+            console.print(f"[yellow]ambiguous[/] {a['fid']}: {a['reason']} ("
+                          + ", ".join(f"{x['code']} {x['score']}" for x in a["candidates"]) + ")")
     if summary.skipped:
         console.print(f"[yellow]●[/] layer {layer!r} already holds what {path} says as of "
-                      f"{summary.valid_from[:10]} ({summary.unchanged:,} features): nothing written.")
+                      f"{summary.valid_from[:10]} ({summary.unchanged:,} features): nothing written"
+                      + (" to the layer." if summary.entities else "."))
         return
     table = Table(title=f"{layer} ← {path.name}  (changeset {summary.changeset_id}, valid from {summary.valid_from[:10]})")
     for col in ("added", "changed", "unchanged", "closed", "repaired", "rejected", "current", "seconds"):
