@@ -263,6 +263,55 @@ def _roads(ctx: Context) -> Drawing:
     return Drawing({src: ctx.vector(src)}, bodies, [label])
 
 
+def _pipes(ctx: Context) -> Drawing:
+    """Pipe segments coloured by type (width grows with the diameter / section), manholes as
+    rings in their type's colour where the points layer is present."""
+    src = "pipe_segments"
+    size = ["coalesce", ["get", "diameter_mm"], ["get", "width_mm"], 300]
+    sources = {src: ctx.vector(src)}
+    bodies = [
+        {"id": "pipes-line", "type": "line", "source": src, "source-layer": src, "minzoom": 13,
+         "layout": {"line-cap": "round", "line-join": "round"},
+         "paint": {"line-color": palette.pipe_colour_expression(),
+                   "line-width": ["interpolate", ["linear"], ["zoom"],
+                                  13, 0.6, 16, ["+", 1, ["/", size, 400]], 19, ["+", 2, ["/", size, 150]]]}},
+    ]
+    labels = [
+        {"id": "pipes-label", "type": "symbol", "source": src, "source-layer": src, "minzoom": 17,
+         "layout": {"symbol-placement": "line", "text-font": FONT, "text-size": 10, "symbol-spacing": 250,
+                    "text-field": ["concat", ["get", "type"], " ",
+                                   ["case", ["has", "diameter_mm"], ["concat", "DN", ["to-string", ["get", "diameter_mm"]]],
+                                    ["concat", ["to-string", ["get", "width_mm"]], "×",
+                                     ["to-string", ["get", "height_mm"]]]]]},
+         "paint": _label_paint(palette.darken(palette.PIPE_UNKNOWN, 0.3), 1.5)},
+    ]
+    if "pipe_points" in ctx.layers:
+        pts = "pipe_points"
+        sources[pts] = ctx.vector(pts)
+        bodies.append({"id": "pipes-manhole", "type": "circle", "source": pts, "source-layer": pts, "minzoom": 16,
+                       "filter": ["==", ["get", "is_manhole"], True],
+                       "paint": {"circle-radius": _zoom(1.5, 16, 2.5, 19, 6), "circle-color": "#ffffff",
+                                 "circle-stroke-color": palette.pipe_colour_expression(),
+                                 "circle-stroke-width": _zoom(1, 16, 1, 19, 2)}})
+    return Drawing(sources, bodies, labels)
+
+
+def _basements(ctx: Context) -> Drawing:
+    src = "basements"
+    fill = palette.BASEMENT_FILL
+    return Drawing({src: ctx.vector(src)}, [
+        {"id": "basements-fill", "type": "fill", "source": src, "source-layer": src, "minzoom": 13,
+         "paint": {"fill-color": fill, "fill-opacity": 0.25}},
+        {"id": "basements-line", "type": "line", "source": src, "source-layer": src, "minzoom": 13,
+         "paint": {"line-color": palette.darken(fill, 0.2), "line-width": 1.2, "line-dasharray": [3, 2]}},
+    ], [
+        {"id": "basements-label", "type": "symbol", "source": src, "source-layer": src, "minzoom": 16,
+         "layout": {"text-field": ["coalesce", ["get", "name"], ["get", "use"], ""], "text-font": FONT,
+                    "text-size": 10},
+         "paint": _label_paint(palette.darken(fill, 0.4))},
+    ])
+
+
 #: place-name tiers: (id suffix, kinds, minzoom, text size, text colour)
 _PLACE_TIERS = [
     ("major", ["landmark", "station", "mountain"], 11, 13, None),
@@ -369,6 +418,8 @@ GROUPS: dict[str, Group] = {g.id: g for g in [
     Group("buildings", "buildings", "建筑物", "Buildings", _buildings),
     Group("buildings_3d", "buildings", "建筑物（三维）", "Buildings (3D)", _buildings_3d),
     Group("roads", "roads", "道路", "Roads", _roads),
+    Group("basements", "basements", "地下空间", "Underground structures", _basements),
+    Group("pipes", "pipe_segments", "地下管线", "Underground utilities", _pipes),
     Group("communities", "communities", "社区", "Communities", _communities),
     Group("streets", "streets", "街道", "Streets (sub-districts)", _streets),
     Group("place_names", "place_names", "地名", "Place names", _place_names),
@@ -394,7 +445,7 @@ def _thematic(gid: str, **kw) -> StyleDef:
 
 STYLES: dict[str, StyleDef] = {s.id: s for s in [
     StyleDef("district", "龙岗区时空信息一张图", "District map (all layers)", tuple(GROUPS) , composite=True,
-             hidden=frozenset({"imagery", "relief", "farmland", "forest", "buildings_3d"})),
+             hidden=frozenset({"imagery", "relief", "farmland", "forest", "buildings_3d", "basements", "pipes"})),
     *[_thematic(g) for g in ("land_use", "farmland", "basic_farmland", "forest", "eco_redline", "approvals",
                              "parcels", "buildings")],
     _thematic("buildings_3d", pitch=55),

@@ -179,3 +179,19 @@ STREET_LINE = "#6a3d9a"
 COMMUNITY_LINE = "#9e86b8"
 WATER_TEXT = "#1f5f99"
 BACKGROUND = "#f4f1ea"
+
+#: Underground utilities by type code: the customary colours of pipe maps (GB/T 50348 / CJJ 61
+#: usage; the underground room's catalogue holds the same values and a unit test keeps them equal).
+PIPE_COLOURS = {"JS": "#1f5fd6", "PS": "#8b5a2b", "YS": "#a0522d", "WS": "#6b3e1f", "RQ": "#d63ad6",
+                "RL": "#f28c28", "DL": "#e02020", "TX": "#2ca02c", "GY": "#202020"}
+PIPE_UNKNOWN = "#808080"
+BASEMENT_FILL = "#7b6f9e"  # underground structures: a muted violet, apart from every land-use colour
+
+
+def pipe_colour_expression(prop: str = "type_code") -> list:
+    """MapLibre expression colouring a pipe layer's features by their type code."""
+    expr: list = ["match", ["get", prop]]
+    for code, colour in PIPE_COLOURS.items():
+        expr += [code, colour]
+    expr.append(PIPE_UNKNOWN)
+    return expr
