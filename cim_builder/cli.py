@@ -126,6 +126,7 @@ def add_ifc_cmd(
         return
     console.print(f"[green]●[/] model {info['id']!r} ({info['schema']}, {info['elements']} elements) placed by "
                   f"{info['georef']} at {info['centre'][0]}, {info['centre'][1]}")
+    console.print(f"  {info['indoor']['message']}")
     if info["overlapping_buildings"]:
         console.print(f"  overlaps building(s) {', '.join(info['overlapping_buildings'][:10])}: "
                       "their LOD1 prism is replaced at the next build")
@@ -176,11 +177,15 @@ def models_cmd() -> None:
 @cim_app.command("remove-model")
 def remove_model_cmd(model_id: str = typer.Argument(...)) -> None:
     """Take a model out of the twin (at the next build); its record stays, inactive."""
+    from cim_builder import indoor
+
     with db.connect(_settings()) as conn:
         n = conn.execute("UPDATE cim_models SET active = false WHERE id = %s", (model_id,)).rowcount
+        rooms = indoor.close_model(conn, model_id) if n else 0  # its rooms leave indoor_spaces (history kept)
     if not n:
         _fail(f"no model {model_id!r} (see `geotwin cim models`)")
-    console.print(f"model {model_id!r} deactivated; run `geotwin cim build`")
+    console.print(f"model {model_id!r} deactivated{f', {rooms} room(s) closed' if rooms else ''}; "
+                  "run `geotwin cim build`")
 
 
 @cim_app.command("list")

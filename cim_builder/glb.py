@@ -58,6 +58,17 @@ SCHEMA: dict = {
                 "below_ground": {"type": "BOOLEAN", "required": True},
                 "is_space": {"type": "BOOLEAN", "required": True},
                 "model_id": {"type": "STRING", "required": True},
+                # rooms (IfcSpace; cim_builder.indoor): the viewer's indoor mode, storey by storey
+                "storey_index": {"type": "SCALAR", "componentType": "INT16", "noData": -1,
+                                 "description": "0 = the model's lowest storey (by elevation)"},
+                "long_name": {"type": "STRING"},
+                "use": {"type": "STRING", "description": "a room's use: ObjectType, Pset_SpaceCommon.Category "
+                                                         "or LongName"},
+                "area_m2": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0,
+                            "description": "a room's floor area: Qto NetFloorArea / GrossFloorArea, else its "
+                                           "footprint's"},
+                "height_m": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0,
+                             "description": "a room's height (its mesh)"},
             },
         },
     },
@@ -91,7 +102,8 @@ class PropertyTable:
 
 
 class GlbWriter:
-    def __init__(self) -> None:
+    def __init__(self, schema: dict | None = None) -> None:
+        self.schema = schema or SCHEMA  # the metadata schema its property tables follow
         self.bin = bytearray()
         self.buffer_views: list[dict] = []
         self.accessors: list[dict] = []
@@ -133,15 +145,12 @@ class GlbWriter:
         return len(self.accessors) - 1
 
     def property_table(self, table: PropertyTable) -> dict:
-        props = SCHEMA["classes"][table.class_name]["properties"]
+        props = self.schema["classes"][table.class_name]["properties"]
         out: dict = {"class": table.class_name, "count": int(table.count), "properties": {}}
         for name, values in table.columns.items():
             spec = props[name]
             if spec["type"] == "STRING":
-                encoded = [("" if v is None else str(v)).encode("utf-8") for v in values]
-                offsets = np.zeros(len(encoded) + 1, np.uint32)
-                np.cumsum([len(e) for e in encoded], out=offsets[1:])
-                blob = b"".join(encoded)
+                blob, offsets = _encode_strings(values)
                 if not blob:  # a bufferView may not be empty
                     if not spec.get("required"):
                         continue  # every value empty: the optional property is left out
@@ -183,7 +192,7 @@ class GlbWriter:
         doc = {
             "asset": {"version": "2.0", "generator": "geotwin cim_builder"},
             "extensionsUsed": ["EXT_mesh_features", "EXT_structural_metadata"],
-            "extensions": {"EXT_structural_metadata": {"schema": SCHEMA, "propertyTables": property_tables}},
+            "extensions": {"EXT_structural_metadata": {"schema": self.schema, "propertyTables": property_tables}},
             "scene": 0,
             "scenes": [{"nodes": [0]}],
             "nodes": [{"mesh": 0}],
@@ -194,6 +203,25 @@ class GlbWriter:
             "buffers": [{"byteLength": len(self.bin)}],
         }
         return pack_glb(doc, bytes(self.bin))
+
+
+def _encode_strings(values) -> tuple[bytes, np.ndarray]:
+    """UTF-8 bytes of the values (None → "") one after the other, and their offsets (n + 1): the
+    values joined by NUL and encoded in one call, the NULs found with numpy (no per-value encode)."""
+    texts = ["" if v is None else str(v) for v in values]
+    joined = "\0".join(texts)
+    offsets = np.zeros(len(texts) + 1, np.uint32)
+    if not texts:
+        return b"", offsets
+    if joined.count("\0") == max(len(texts) - 1, 0):
+        raw = joined.encode("utf-8")
+        ends = np.r_[np.flatnonzero(np.frombuffer(raw, np.uint8) == 0), len(raw)]
+        lengths = np.diff(np.r_[-1, ends]) - 1  # each value's bytes, without its NUL
+        np.cumsum(lengths, out=offsets[1:])
+        return raw.replace(b"\0", b""), offsets
+    encoded = [t.encode("utf-8") for t in texts]  # a value holds a NUL itself: one by one
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return b"".join(encoded), offsets
 
 
 def pack_glb(doc: dict, binary: bytes) -> bytes:

@@ -63,6 +63,9 @@ PARALLEL_PRODUCTS = 2000  # mesh on several threads from this many IfcProducts o
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SPACE_COLOUR = (0.55, 0.75, 0.95, 0.25)
 ELEMENT_COLOUR = (0.8, 0.8, 0.8)
+#: the bim_element property table's version in a model tile's hash: a new column rewrites the models' glbs
+#: ("": the first table; ":rooms": storey_index, long_name, use, area_m2, height_m of issue 17)
+BIM_METADATA = ":rooms"
 
 
 def file_schema(path: Path) -> str | None:
@@ -515,6 +518,9 @@ class Elements:
     element: np.ndarray  # (3T,)
     meta: dict  # column → list, one entry per element
     warnings: list = field(default_factory=list)
+    #: rooms: element index → {footprint (model metres, shapely), zmin, zmax, qto_area} (cim_builder.indoor)
+    spaces: dict = field(default_factory=dict)
+    storeys: list = field(default_factory=list)  # indoor.storey_levels: every storey, lowest first
 
     @property
     def count(self) -> int:
@@ -566,6 +572,9 @@ def _storey(el):
 
 def read_elements(f, model_id: str) -> Elements:
     import ifcopenshell.geom
+    import ifcopenshell.util.unit
+
+    from cim_builder import indoor
 
     u_p = _unit_scale(f)
     s = ifcopenshell.geom.settings()
@@ -583,7 +592,13 @@ def read_elements(f, model_id: str) -> Elements:
         it = ifcopenshell.geom.iterator(s, f, threads, exclude=exclude)
     pos, nor, col, ele = [], [], [], []
     meta = {k: [] for k in ("global_id", "ifc_class", "name", "storey", "storey_elevation_m", "material",
-                            "below_ground", "is_space", "model_id")}
+                            "below_ground", "is_space", "model_id", "storey_index", "long_name", "use", "area_m2",
+                            "height_m")}
+    # rooms and storeys (cim_builder.indoor): storeys ordered by elevation, each room's attributes
+    levels = indoor.storey_levels(f, u_p)
+    level_of = {lv["entity"]: lv["index"] for lv in levels}
+    area_unit = float(ifcopenshell.util.unit.calculate_unit_scale(f, "AREAUNIT"))
+    qto: dict[int, float | None] = {}
     if not it.initialize():
         raise CimError(f"model {model_id}: IfcOpenShell found no element geometry to mesh")
     i = 0
@@ -630,6 +645,12 @@ def read_elements(f, model_id: str) -> Elements:
             meta["below_ground"].append(bool(below))
             meta["is_space"].append(bool(is_space))
             meta["model_id"].append(model_id)
+            meta["storey_index"].append(level_of.get(st.id(), -1) if st is not None else -1)
+            long_name, use, qto[i] = indoor.space_attributes(el, area_unit) if is_space else ("", "", None)
+            meta["long_name"].append(long_name)
+            meta["use"].append(use)
+            meta["area_m2"].append(-1.0)  # rooms: filled by indoor.finish_spaces
+            meta["height_m"].append(-1.0)
             i += 1
         if not it.next():
             break
@@ -644,8 +665,9 @@ def read_elements(f, model_id: str) -> Elements:
     if missing:
         warnings.append(f"model {model_id}: {len(missing)} element(s) with a representation could not be meshed "
                         f"(or have no body), e.g. {', '.join(missing[:5])}")
-    return Elements(np.concatenate(pos), np.concatenate(nor), np.concatenate(col), np.concatenate(ele), meta,
-                    warnings)
+    positions, element = np.concatenate(pos), np.concatenate(ele)
+    spaces = indoor.finish_spaces(meta, positions, element, qto)
+    return Elements(positions, np.concatenate(nor), np.concatenate(col), element, meta, warnings, spaces, levels)
 
 
 def _has_class(f, name: str) -> bool:
@@ -764,7 +786,7 @@ def model_tile_info(m: RegisteredModel, sep: float) -> dict:
     minx, miny, maxx, maxy = fp.bounds
     return {"x": (minx + maxx) / 2, "y": (miny + maxy) / 2,
             "sigma": max(math.hypot(maxx - minx, maxy - miny), m.z_range[1] - m.z_range[0]),
-            "hash": f"{m.sha256}:{json.dumps(m.georef.to_json(), sort_keys=True)}:{sep}"}
+            "hash": f"{m.sha256}:{json.dumps(m.georef.to_json(), sort_keys=True)}:{sep}{BIM_METADATA}"}
 
 
 def model_glb(m: RegisteredModel, sep: float) -> tuple[bytes, list[float], list[float], int]:
@@ -797,6 +819,9 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
              max_distance_km: float = 50.0) -> dict:
     """Read, georeference and mesh an IFC file (so it fails now, not at the next build), copy it
     under ``<home>/models/`` (``$GEOTWIN_MODELS_DIR``) and record it in ``cim_models``. Returns what was registered."""
+    from cim_builder import indoor
+    from spatial_api import events
+
     path = Path(path)
     f = open_ifc(path)
     model_id = model_id or _slug(path.stem)
@@ -842,11 +867,17 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
             "registered_at = now(), registered_by = EXCLUDED.registered_by, active = true",
             (model_id, name or path.stem, str(path.resolve()), str(stored), sha, f.schema, Jsonb(gj),
              Jsonb(georef.warnings), wkb, pm.elements.count, author_default()))
+        # its rooms (IfcSpace → indoor_spaces) and storeys, in the same transaction
+        rooms = indoor.write_model(conn, indoor.extract(pm, model_id, sep, conn=conn, buildings_layer=layer),
+                                   access_level=indoor.footprint_access_level(conn, layer),
+                                   source=f"cim model {model_id} ({path.name})")
+    if rooms["changeset_id"]:
+        events.committed(settings.db_schema, indoor.LAYER, rooms["changeset_id"])
     c = pm.footprint.centroid
     return {"id": model_id, "schema": f.schema, "elements": pm.elements.count, "georef": georef.method,
             "crs": georef.crs, "centre": [round(c.x, 7), round(c.y, 7)], "z_range": pm.z_range,
-            "warnings": georef.warnings + pm.elements.warnings, "overlapping_buildings": overlaps,
-            "stored_path": str(stored)}
+            "warnings": georef.warnings + pm.elements.warnings + rooms.pop("warnings"),
+            "overlapping_buildings": overlaps, "stored_path": str(stored), "indoor": rooms}
 
 
 def convert(path: str | Path, out: str | Path, *, at: tuple | None = None, rotation: float | None = None,
@@ -881,3 +912,26 @@ def convert(path: str | Path, out: str | Path, *, at: tuple | None = None, rotat
     os.replace(tmp, out / "tileset.json")
     return {"id": model_id, "schema": f.schema, "elements": pm.elements.count, "georef": georef.method,
             "warnings": georef.warnings + pm.elements.warnings, "bytes": len(glb), "out": str(out)}
+
+
+def reextract(settings, model_id: str, *, buildings_layer: str = "buildings",
+              geoid_separation: float | None = None) -> dict:
+    """``geotwin cim indoor extract``: the rooms and storeys of a registered model again (cim_builder.indoor)."""
+    from cim_builder import indoor
+    from spatial_api import events
+
+    sep = DEFAULT_GEOID_SEPARATION if geoid_separation is None else geoid_separation
+    with db.connect(settings) as conn:
+        model = next((m for m in registered_models(conn) if m.id == model_id), None)
+        if model is None:
+            raise CimError(f"no active model {model_id!r} (see `geotwin cim models`)")
+        if not Path(model.stored_path).is_file():
+            raise CimError(f"model {model_id!r}: its stored copy {model.stored_path} is missing; register the file "
+                           "again with `geotwin cim add-ifc`")
+        pm = place(Path(model.stored_path), model.id, model.georef, sep)
+        ex = indoor.extract(pm, model.id, sep, conn=conn, buildings_layer=buildings_layer)
+        out = indoor.write_model(conn, ex, access_level=indoor.footprint_access_level(conn, buildings_layer),
+                                 source=f"cim model {model_id} ({model.stored_path})")
+    if out["changeset_id"]:
+        events.committed(settings.db_schema, indoor.LAYER, out["changeset_id"])
+    return {"id": model_id, **out}
