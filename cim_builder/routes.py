@@ -85,14 +85,14 @@ def router(settings) -> APIRouter:
     @api.get("/twin/tilesets", summary="The twin's 3D Tiles tilesets")
     def list_tilesets(request: Request) -> JSONResponse:
         with db.pool(settings).connection() as conn:
-            rows = [r[:6] for r in conn.execute(
-                f"SELECT t.id, t.title, t.built_at, t.as_of, t.stats, {CHANGED_SINCE}, {LEVEL} "
-                "FROM cim_tilesets t ORDER BY t.id").fetchall() if security.current().sees(r[6])]
+            rows = [r[:7] for r in conn.execute(
+                f"SELECT t.id, t.title, t.built_at, t.as_of, t.stats, {CHANGED_SINCE}, t.params->>'kind', {LEVEL} "
+                "FROM cim_tilesets t ORDER BY t.id").fetchall() if security.current().sees(r[7])]
         base = str(request.base_url).rstrip("/")
         out = []
-        for tid, title, built_at, as_of, stats, changed in rows:
+        for tid, title, built_at, as_of, stats, changed, kind in rows:
             out.append({
-                "id": tid, "title": title or tid, "built_at": built_at.isoformat(),
+                "id": tid, "title": title or tid, "kind": kind or "buildings", "built_at": built_at.isoformat(),
                 "as_of": as_of.isoformat() if as_of else None,
                 # changesets of its buildings recorded since the build that change its date (a later
                 # edit, a late record, a correction in the past): `geotwin cim build` rebuilds the
