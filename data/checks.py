@@ -185,3 +185,56 @@ def shenzhen_late_completion(out_dir: str | Path) -> list[str]:
         if r["actual_completion"] is None and r["contract_date"] + timedelta(days=1461 + extra) < ref:
             out.append(r["parcel_id"])
     return sorted(out)
+
+
+# -- the underground (issue 17) ------------------------------------------------------------------
+
+def network_problems(out_dir: Path) -> tuple[dict[str, dict], list[str]]:
+    """The demo's utility network read back from its survey files and put through the checks of
+    ``geotwin ingest pipes`` (:mod:`underground.checks`: missing points, depths, drains flowing
+    uphill, pipes closer than their radii — each type against itself and against the types read
+    before it), plus: every storm / sewage segment falls at ≥ 0.3 %, every manhole-cover sensor
+    stands on a surveyed manhole, no type is empty. Returns (counts per type, problems)."""
+    from data.demo import Manifest
+    from underground.catalogue import pipe_type
+    from underground.checks import Axes, check_all, load_axes
+    from underground.survey import read_survey
+
+    m = Manifest.read(out_dir)
+    counts: dict[str, dict] = {}
+    problems: list[str] = []
+    stored: Axes | None = None
+    manholes: dict[str, float] = {}
+    for t in m.pipe_surveys():
+        ptype = pipe_type(t["type"])
+        survey = read_survey(t["points"], t["segments"], ptype, crs=m.crs)
+        seg = survey.segments
+        found = check_all(survey.points, seg, ptype, stored=stored, read_problems=survey.problems)
+        problems += [f"{t['type']} {p.id}: {p.message}" for p in found]
+        if ptype.gravity:
+            run = np.hypot(seg["x1"] - seg["x0"], seg["y1"] - seg["y0"]).to_numpy(dtype=float)
+            fall = (seg["start_axis_z"] - seg["end_axis_z"]).to_numpy(dtype=float)
+            flat = np.flatnonzero(fall < 0.003 * run - 0.01)
+            problems += [f"{t['type']} {seg['segment_id'].iat[i]}: falls {fall[i]:.3f} m over {run[i]:.1f} m (< 0.3 %)"
+                         for i in flat[:10]]
+        pts = survey.points
+        is_mh = pts["is_manhole"].to_numpy(dtype=bool)
+        manholes.update(dict(zip(pts["point_id"][is_mh], pts["well_depth"][is_mh])))
+        counts[t["type"]] = {"points": len(pts), "segments": len(seg), "manholes": int(is_mh.sum()),
+                             "length_km": round(float(seg["length_m"].sum()) / 1000, 2)}
+        if not len(seg):
+            problems.append(f"{t['type']}: no segments")
+        axes = load_axes(seg)
+        axes.ids = np.array([f"{ptype.code}-{i}" for i in axes.ids], dtype=object)
+        axes.label = np.array([f"{ptype.name} {i}" for i in seg["segment_id"]], dtype=object)
+        stored = axes if stored is None else Axes(
+            np.concatenate([stored.ids, axes.ids]), np.concatenate([stored.p, axes.p]),
+            np.concatenate([stored.q, axes.q]), np.concatenate([stored.r, axes.r]),
+            np.concatenate([stored.start, axes.start]), np.concatenate([stored.end, axes.end]),
+            np.concatenate([stored.label, axes.label]))
+    if m.sensing:
+        plan = json.loads((m.out_dir / m.sensing["file"]).read_text(encoding="utf-8"))
+        for d in plan["devices"]:
+            if d["type"] == "manhole-cover" and d.get("manhole") not in manholes:
+                problems.append(f"sensor {d['device_id']}: not on a surveyed manhole ({d.get('manhole')!r})")
+    return counts, problems

@@ -87,6 +87,11 @@ def build(
     files.add_row("DEM (COG)", manifest.dem.path.name, f"{manifest.dem.width}×{manifest.dem.height}", "",
                   f"{manifest.dem.gsd_m} m")
     console.print(files)
+    if manifest.underground:
+        ug = manifest.underground
+        console.print(f"underground ({ug['segments']:,} segments, survey area {ug['survey_area']}): "
+                      + ", ".join(f"{t['type']} {t['segments_count']:,} 段 / {t['points_count']:,} 点"
+                                  for t in ug["types"]))
     planted = ", ".join(f"{k}×{len(v)}" for k, v in manifest.planted_cases.items())
     console.print(f"planted supervision cases (reference date {manifest.reference_date}): {planted}")
     if manifest.sensing:
@@ -125,6 +130,14 @@ def build(
                                                       "rejected", "seconds")]
         table.add_row(*row)
     console.print(table)
+    for s in summaries[len(manifest.layers):]:
+        if hasattr(s, "type_code"):  # a pipe survey (underground.ingest.PipeLoadReport)
+            state = "already loaded" if s.skipped else f"{s.segments:,} segments, {s.points:,} points"
+            console.print(f"[green]●[/] pipes {s.type} {s.type_code}: {state} ({s.seconds:.1f} s)")
+        elif hasattr(s, "already") and hasattr(s, "counts"):  # entity codes (spatial_api.entities.AssignReport)
+            c = s.counts()
+            console.print(f"[green]●[/] entity codes {s.layer} → {s.type}: {c['new']:,} new, {c['matched']:,} matched, "
+                          f"{c['already']:,} already" + (f", {c['ambiguous']} ambiguous" if c["ambiguous"] else ""))
     sensing = next((s for s in summaries if isinstance(s, dict) and "reference_time" in s), None)
     if sensing is not None:
         if sensing["skipped"]:
@@ -164,6 +177,13 @@ def check(
                   ", ".join(m.negative_cases.get(rule, [])))
     console.print(t)
     problems = verify_planted(m, found)
+    if m.underground:  # the utility network through the pipe ingestion's checks
+        from data.checks import network_problems
+
+        counts, pipe_problems = network_problems(out_dir)
+        console.print("underground: " + ", ".join(f"{k} {v['segments']:,} 段 / {v['manholes']:,} 井"
+                                                   for k, v in counts.items()))
+        problems += [f"underground: {p}" for p in pipe_problems]
     if m.sensing:  # the sensing demo's readings, the pilot's rules evaluated naively
         from data import sensing_demo
 

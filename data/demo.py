@@ -8,8 +8,9 @@ loaded through the same ingestion GIS staff use.
 
 Modules: ``_world`` (terrain, water, admin areas, roads, lots), ``_development`` (parcels,
 buildings, approvals, planted cases), ``_landuse`` (two survey years and the protection
-layers), ``_places`` (place names, addresses), ``_imagery`` (DEM and imagery COGs), ``_io``
-(typed file writing), ``checks`` (naive evaluation of the supervision rules).
+layers), ``_places`` (place names, addresses), ``_imagery`` (DEM and imagery COGs),
+``_pipes`` (the utility network as CJJ 61 surveys, basements), ``_io`` (typed file writing),
+``checks`` (naive evaluation of the supervision rules).
 """
 
 from __future__ import annotations
@@ -25,18 +26,22 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from data import _development, _imagery, _io, _landuse, _places, _world, sensing_demo
+from data import _development, _imagery, _io, _landuse, _pipes, _places, _world, sensing_demo
 from data._config import CENTRE, CRS, EPOCHS, REFERENCE_DATE, SIZES, SURVEY_DATES
 from data._io import write_layer
 from data.checks import naive_findings
 from spatial_api.ingest import ingest_vector
+from spatial_api import entities
 from spatial_api.ingest.imagery import ingest_imagery
+from underground.ingest import ingest_pipes
 
 MANIFEST_FORMAT = "geotwin-demo-manifest/1"
 #: bump when the builder's output changes, so `geotwin demo build` rebuilds existing folders
-BUILDER_VERSION = 3  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
+BUILDER_VERSION = 4  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
 #: (2 changes the imagery and the manifest's R9 lists only: the vector layers are those of 1)
 #: 3: the sensing devices and readings (sensing.json, the manifest's "sensing"; layers as in 2)
+#: 4: the underground (pipe surveys per type, the basements layer, the manifest's "underground");
+#:    manhole-cover sensors on the network's manholes
 Step = Callable[[str], None]
 
 
@@ -94,6 +99,8 @@ class Manifest:
     timings: dict[str, float] = field(default_factory=dict)
     #: the sensing demo (data.sensing_demo): plan file, counts, planted / guard device ids
     sensing: dict[str, Any] = field(default_factory=dict)
+    #: the utility network (data._pipes): per type its survey files and counts, the survey area
+    underground: dict[str, Any] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
     builder_version: int = BUILDER_VERSION
 
@@ -148,11 +155,17 @@ class Manifest:
                    planted_cases=d["planted_cases"], negative_cases=d["negative_cases"],
                    imagery_changes=d["imagery_changes"], land_use_changes=d["land_use_changes"],
                    counts=d["counts"], expected_findings=d.get("expected_findings", {}),
-                   timings=d.get("timings", {}), sensing=d.get("sensing", {}), format=d.get("format", MANIFEST_FORMAT),
+                   timings=d.get("timings", {}), sensing=d.get("sensing", {}),
+                   underground=d.get("underground", {}), format=d.get("format", MANIFEST_FORMAT),
                    builder_version=d.get("builder_version", 0))
 
     def layer(self, name: str, which: int = -1) -> LayerFile:
         return [x for x in self.layers if x.layer == name][which]
+
+    def pipe_surveys(self) -> list[dict]:
+        """The underground's surveys, one per type, with absolute ``points`` / ``segments`` paths."""
+        return [{**t, "points": self.out_dir / t["points"], "segments": self.out_dir / t["segments"]}
+                for t in self.underground.get("types", [])]
 
 
 # -- layer catalogue: titles, keys, access levels ------------------------------------------------
@@ -171,6 +184,7 @@ TITLES = {
     "approvals": ("建设用地批准（批次）", "Construction-land approval batches", "internal", "approval_id"),
     "parcels": ("供地项目（出让地块）", "Project land supply (granted parcels)", "internal", "parcel_id"),
     "buildings": ("建筑物轮廓", "Building footprints", "public", "building_id"),
+    "basements": ("地下空间（地下室、地下车库）", "Basements and underground garages", "internal", "basement_id"),
     "imagery": ("影像目录", "Imagery catalogue", "public", "epoch_id"),
 }
 
@@ -201,7 +215,9 @@ def existing(out_dir: Path, size: str, seed: int) -> "Manifest | None":
         return None
     files = [x.path for x in m.layers] + [x.path for x in m.imagery] + [m.dem.path]
     files += [m.out_dir / m.sensing["file"]] if m.sensing else []
-    return m if all(f.exists() for f in files) and m.expected_findings and m.sensing else None
+    files += [p for t in m.pipe_surveys() for p in (t["points"], t["segments"])]
+    return (m if all(f.exists() for f in files) and m.expected_findings and m.sensing and m.underground.get("types")
+            else None)
 
 
 def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step: Step | None = None,
@@ -244,6 +260,13 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
     step("land use (2020, 2023)")
     lu = _landuse.make_landuse(world, dev)
     prot = _landuse.protection_layers(world, dev, lu)
+    step("underground (pipe network, basements)")
+    network = _pipes.make_network(world, size)
+    pipe_problems = _pipes.problems(network)
+    if pipe_problems:
+        raise AssertionError("demo builder: the pipe network is implausible: " + "; ".join(pipe_problems[:10]))
+    surveys = _pipes.write_surveys(network, out_dir / "underground", CRS)
+    bf, bg = _pipes.make_basements(world, dev)
 
     step("writing vector files")
     layers: list[LayerFile] = []
@@ -272,6 +295,7 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
     layers.append(_layer(out_dir, "approvals.gpkg", "approvals", dev.approvals, poly(dev.approval_geom), REFERENCE_DATE))
     layers.append(_layer(out_dir, "parcels.gpkg", "parcels", dev.parcels, poly(dev.parcel_geom), REFERENCE_DATE))
     layers.append(_layer(out_dir, "buildings.gpkg", "buildings", dev.buildings, poly(dev.building_geom), REFERENCE_DATE))
+    layers.append(_layer(out_dir, "basements.gpkg", "basements", bf, poly(bg), REFERENCE_DATE))
 
     step("DEM")
     dem_info = _imagery.write_dem(world, out_dir / "dem.tif")
@@ -304,13 +328,21 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
                              np.array([foot] * (k + 1), dtype=object), r.acquired_on))
 
     step("sensing plan (devices, readings checked)")
-    sensing = sensing_demo.plan(out_dir, {x.layer: x.path for x in layers}, REFERENCE_DATE, CRS, size, seed)
+    sensing = sensing_demo.plan(out_dir, {x.layer: x.path for x in layers}, REFERENCE_DATE, CRS, size, seed,
+                                manholes=network.manholes())
 
     step("manifest")
     stable = [pid for pid, s in zip(dev.parcels["parcel_id"], dev.parcels["actual_completion"])
               if s is not None and s < EPOCHS[0][1] and pid not in sum(dev.planted.values(), [])][:20]
     counts = {x.layer if x.layer not in ("land_use", "imagery") else f"{x.layer}:{x.path.stem}": x.count for x in layers}
     counts["imagery_epochs"] = len(imagery)
+    for t in surveys:
+        counts[f"pipe_points:{t['code']}"] = t["points_count"]
+        counts[f"pipe_segments:{t['code']}"] = t["segments_count"]
+    underground = {"crs": CRS, "survey_area": [round(v, 3) for v in network.box.bounds], "types": surveys,
+                   "segments": sum(t["segments_count"] for t in surveys), "seconds": network.seconds,
+                   "note": "CJJ 61 surveys: points (GeoPackage, Chinese headers) and segments (CSV) per type; "
+                           "depth to the top, to the invert for 雨水 / 污水"}
     manifest = Manifest(
         out_dir=out_dir, size=size, seed=seed, crs=CRS, bbox=[round(v, 3) for v in world.bounds],
         centre=list(CENTRE), reference_date=REFERENCE_DATE, layers=layers, imagery=imagery, dem=dem,
@@ -318,7 +350,7 @@ def build_files(out_dir: Path, size: str = "small", seed: int = 2024, *, on_step
         imagery_changes={"from_epoch": EPOCHS[0][0], "to_epoch": EPOCHS[-1][0], "parcels": dev.imagery_change,
                          "stable_parcels": stable,
                          "note": "construction (bare soil → roofs) inside these parcels between the two epochs"},
-        land_use_changes=lu.counts, counts=counts, timings=timings, sensing=sensing,
+        land_use_changes=lu.counts, counts=counts, timings=timings, sensing=sensing, underground=underground,
     )
     manifest.write()
     step("verify")
@@ -380,9 +412,27 @@ def verify_planted(manifest: Manifest, found: dict | None = None) -> list[str]:
 
 # -- load --------------------------------------------------------------------------------------
 
+#: Entity codes given at load time, in order: (layer, entity type, assign options). Features
+#: without an entity get a new one (a re-load finds them all linked: nothing changes); the
+#: addresses join their building's entity through ``building_id``. ``pipe_points`` become
+#: ``manhole`` entities — every surveyed point, valves and plain points too: the entity type for a
+#: point of the network.
+ENTITY_ASSIGNMENTS: tuple[tuple[str, str, dict], ...] = (
+    ("buildings", "building", {}),
+    ("addresses", "building", {"key": "building_id", "ref_layer": "buildings", "match": "key"}),
+    ("parcels", "parcel", {}),
+    ("roads", "road", {}),
+    ("basements", "underground_structure", {}),
+    ("pipe_points", "manhole", {}),
+    ("pipe_segments", "pipe_segment", {}),
+)
+
 def load(manifest: Manifest, *, progress: bool = True) -> list:
     """Load every vector file through ``spatial_api.ingest.ingest_vector`` (the code path of
-    ``geotwin ingest vector``), in manifest order. Returns the ingest summaries."""
+    ``geotwin ingest vector``), in manifest order, the imagery and DEM, each type's pipe survey
+    through ``underground.ingest.ingest_pipes`` (``geotwin ingest pipes``), the entity codes
+    (:data:`ENTITY_ASSIGNMENTS`), then the sensing demo. Returns the summaries (first one per
+    layer file, in manifest order). Loading the same build again changes nothing."""
     summaries = []
     prog = None
     if progress:
@@ -414,6 +464,20 @@ def load(manifest: Manifest, *, progress: bool = True) -> list:
         summaries.append(ingest_imagery(manifest.dem.path, collection="dem", datetime_=dem_date, kind="dem",
                                         item_id="dem", title_zh="数字高程模型", title_en="Digital elevation model",
                                         author="demo-builder"))
+        # The utility network: one survey per type, checked on the way in against the types
+        # already stored (crossings), both layers in one transaction; an unchanged survey is a no-op.
+        for t in manifest.pipe_surveys():
+            if prog:
+                prog.update(task, description=f"ingest pipes {t['type']} ← {t['segments'].name}")
+            summaries.append(ingest_pipes(t["points"], t["segments"], type=t["type"], crs=manifest.crs,
+                                          valid_from=manifest.reference_date, author="demo-builder"))
+        # Geographic entities for the loaded layers (features already linked are left as they are).
+        loaded = {x.layer for x in manifest.layers} | ({"pipe_points", "pipe_segments"} if manifest.underground else set())
+        for layer, etype, options in ENTITY_ASSIGNMENTS:
+            if layer in loaded:
+                if prog:
+                    prog.update(task, description=f"entity codes: {layer} → {etype}")
+                summaries.append(entities.assign(layer, entity_type=etype, author="demo-builder", **options))
         # The sensing devices on the loaded buildings / addresses, their readings, and the alert
         # rules evaluated at the reference time (a dict: see data.sensing_demo.load).
         if manifest.sensing:

@@ -311,11 +311,15 @@ def _traffic(dev, ref, days, rng) -> Series:
 
 # -- the plan (build time, files only) -----------------------------------------------------------------
 
-def plan(out_dir: Path, layers: dict[str, Path], reference_date: date, crs: str, size: str, seed: int) -> dict:
+def plan(out_dir: Path, layers: dict[str, Path], reference_date: date, crs: str, size: str, seed: int,
+         manholes=None) -> dict:
     """Choose the devices of the demo from the built layer files (``layers``: layer name → file;
     addresses, buildings, roads, communities, streets), write ``sensing.json`` into ``out_dir`` and
-    return the manifest's ``sensing`` section. Raises AssertionError when a planted case does not
-    hold in the generated readings (or another household looks like one)."""
+    return the manifest's ``sensing`` section. ``manholes``: the utility network's manholes
+    (``data._pipes.Network.manholes()``: point_id, type, type_code, x, y in ``crs``, well_depth,
+    road), drains' 检查井 first — the manhole covers stand on them, their depth the well's; without
+    it (or too few) they stand on points along the roads. Raises AssertionError when a planted case
+    does not hold in the generated readings (or another household looks like one)."""
     import pyogrio
     import shapely
 
@@ -415,15 +419,21 @@ def plan(out_dir: Path, layers: dict[str, Path], reference_date: date, crs: str,
         return ri, shapely.points(shapely.get_x(pts) + offset_m, shapely.get_y(pts))
 
     base = len(devices)
-    ri, pts = along_roads(spec.manholes, 0.0)
-    for j, (p, r) in enumerate(zip(place(pts), ri)):
+    covers = _on_manholes(manholes, spec.manholes, rng)
+    if covers is None:  # no network: points along the roads
+        ri, pts = along_roads(spec.manholes, 0.0)
+        covers = [{"road": roads["name"].iloc[r], "depth_m": round(float(rng.uniform(1.8, 3.0)), 1)} for r in ri]
+    else:
+        pts = shapely.points([c["x"] for c in covers], [c["y"] for c in covers])
+    for j, (p, c) in enumerate(zip(place(pts), covers)):
+        on = {k: c[k] for k in ("manhole", "pipe_type") if k in c}
         devices.append({"index": base + j, "device_id": f"MC-{j + 1:04d}", "type": "manhole-cover",
-                        "name": f"智能井盖 {roads['name'].iloc[r]} #{j + 1}", "street": p[3], "community": p[2],
-                        "lon": p[0], "lat": p[1], "road": roads["name"].iloc[r], "restricted": False,
+                        "name": f"智能井盖 {c['road']} #{j + 1}", "street": p[3], "community": p[2],
+                        "lon": p[0], "lat": p[1], "road": c["road"], "restricted": False, **on,
                         "installed_on": (ref_date - timedelta(days=int(rng.integers(200, 900)))).isoformat(),
                         "tilt0": round(float(rng.uniform(0.3, 2.5)), 1),
                         "level0": round(float(rng.uniform(0.1, 0.5)), 2),
-                        "depth_m": round(float(rng.uniform(1.8, 3.0)), 1),
+                        "depth_m": c["depth_m"],
                         "battery0": round(float(rng.uniform(55, 99)), 1),
                         "case": {0: "manhole-open", 1: "manhole-flooded"}.get(j)})
     base = len(devices)
@@ -460,6 +470,26 @@ def plan(out_dir: Path, layers: dict[str, Path], reference_date: date, crs: str,
     if problems:
         raise AssertionError("sensing demo: planted cases do not hold: " + "; ".join(problems))
     return section
+
+
+def _on_manholes(manholes, k: int, rng) -> list[dict] | None:
+    """``k`` manholes of the network for the covers, spread over it: drains' 检查井 (storm, then
+    sewage) first, then the other types' wells; None without enough manholes."""
+    if manholes is None or len(manholes) < k:
+        return None
+    rank = {"YS": 0, "WS": 1}
+    m = manholes.assign(_rank=manholes["type_code"].map(lambda c: rank.get(c, 2)))
+    m = m[np.isfinite(m["well_depth"].to_numpy(dtype=float)) & (m["road"].astype(str) != "")]
+    pool = []
+    for _, grp in m.groupby("_rank", sort=True):
+        take = min(k - len(pool), len(grp))
+        pool += [grp.iloc[i] for i in np.sort(rng.choice(len(grp), size=take, replace=False))]
+        if len(pool) == k:
+            break
+    if len(pool) < k:
+        return None
+    return [{"x": float(r["x"]), "y": float(r["y"]), "road": str(r["road"]), "manhole": str(r["point_id"]),
+             "pipe_type": str(r["type"]), "depth_m": round(float(r["well_depth"]), 1)} for r in pool]
 
 
 def _junctions(roads, k: int, rng) -> list[tuple[Any, str, str]]:
@@ -619,7 +649,7 @@ def device_spec(dev: dict, plan_id: str) -> dict:
     props = {"source": SOURCE, "plan": plan_id}
     if dev["type"] == "water-meter":
         props["habit"] = dev["habit"]
-    for k in ("road", "depth_m", "tilt0", "level0", "pressure0", "peak_per_5min", "battery0"):
+    for k in ("road", "manhole", "pipe_type", "depth_m", "tilt0", "level0", "pressure0", "peak_per_5min", "battery0"):
         if k in dev:  # the device's normal values: the simulator continues from them
             props[k] = dev[k]
     spec = {"device_id": dev["device_id"], "type": dev["type"], "name": dev["name"], "community": dev["community"],
