@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cim_builder.build import build
-from cim_builder.geo import CimError
+from cim_builder.geo import CimError, parse_at
 from cim_builder.ifc import convert, register
 from cim_builder.tileset import check_tileset
 from spatial_api import db
@@ -51,13 +51,14 @@ def build_cmd(
     floor_height: float = typer.Option(3.0, "--floor-height", help="Metres per floor when height_m is missing."),
     layer: str = typer.Option("buildings", "--layer", help="Footprint layer."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    store: Optional[str] = typer.Option(None, "--store", help="s3 | s3://BUCKET/prefix: write the tileset to an S3 bucket (see `geotwin s3`); later builds keep it there."),
 ) -> None:
     """Build (or incrementally rebuild) the twin's 3D Tiles tileset."""
     try:
         with console.status("building the twin…") as status:
             report = build(_settings(), tileset_id=tileset_id, as_of=as_of, out=out, dem=dem,
                            geoid_separation=geoid_separation, full=full, max_per_tile=max_per_tile,
-                           floor_height_m=floor_height, layer=layer,
+                           floor_height_m=floor_height, layer=layer, store=store,
                            progress=lambda phase: status.update(f"building the twin… {phase} done"))
     except CimError as exc:
         _fail(str(exc))
@@ -79,15 +80,10 @@ def build_cmd(
 
 
 def _parse_at(at: str | None) -> tuple | None:
-    if at is None:
-        return None
     try:
-        parts = tuple(float(v) for v in at.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) not in (2, 3):
-        _fail(f"--at {at!r}: give LON,LAT or LON,LAT,H (degrees, metres), e.g. 114.2514,22.7215,35")
-    return parts
+        return parse_at(at)
+    except CimError as exc:
+        _fail(str(exc))
 
 
 @cim_app.command("add-ifc")

@@ -38,6 +38,19 @@ class CimError(ValueError):
     """An error the user can fix: the message names the file / parameter and what to do."""
 
 
+def parse_at(at: str | None) -> tuple | None:
+    """``--at LON,LAT[,H]`` (degrees, metres) → a tuple; None stays None."""
+    if at is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in at.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (2, 3):
+        raise CimError(f"--at {at!r}: give LON,LAT or LON,LAT,H (degrees, metres), e.g. 114.2514,22.7215,35")
+    return parts
+
+
 def tilesets_dir(settings) -> Path:
     """Where built tilesets go: ``$GEOTWIN_TILESETS_DIR``, default ``<home>/tilesets``."""
     return Path(os.environ.get("GEOTWIN_TILESETS_DIR") or Path(settings.home) / "tilesets")

@@ -189,18 +189,17 @@ def shenzhen_late_completion(out_dir: str | Path) -> list[str]:
 
 # -- the underground (issue 17) ------------------------------------------------------------------
 
-def network_problems(out_dir: Path) -> tuple[dict[str, dict], list[str]]:
+def network_problems(manifest) -> tuple[dict[str, dict], list[str]]:
     """The demo's utility network read back from its survey files and put through the checks of
     ``geotwin ingest pipes`` (:mod:`underground.checks`: missing points, depths, drains flowing
     uphill, pipes closer than their radii — each type against itself and against the types read
     before it), plus: every storm / sewage segment falls at ≥ 0.3 %, every manhole-cover sensor
     stands on a surveyed manhole, no type is empty. Returns (counts per type, problems)."""
-    from data.demo import Manifest
     from underground.catalogue import pipe_type
     from underground.checks import Axes, check_all, load_axes
     from underground.survey import read_survey
 
-    m = Manifest.read(out_dir)
+    m = manifest  # a data.demo.Manifest (read by the caller: data.demo imports this module)
     counts: dict[str, dict] = {}
     problems: list[str] = []
     stored: Axes | None = None

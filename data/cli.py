@@ -180,7 +180,7 @@ def check(
     if m.underground:  # the utility network through the pipe ingestion's checks
         from data.checks import network_problems
 
-        counts, pipe_problems = network_problems(out_dir)
+        counts, pipe_problems = network_problems(Manifest.read(out_dir))
         console.print("underground: " + ", ".join(f"{k} {v['segments']:,} 段 / {v['manholes']:,} 井"
                                                    for k, v in counts.items()))
         problems += [f"underground: {p}" for p in pipe_problems]

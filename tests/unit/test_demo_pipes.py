@@ -15,6 +15,7 @@ import shapely
 from data import _pipes, _world
 from data._config import SIZES
 from data.checks import network_problems
+from data.demo import Manifest
 from data.demo import build_files
 
 SEED = 2024
@@ -129,7 +130,7 @@ def test_survey_files_in_the_cjj61_shape(built):
 
 
 def test_built_network_passes_the_ingestion_checks(built):
-    counts, problems = network_problems(built.out_dir)
+    counts, problems = network_problems(Manifest.read(built.out_dir))
     assert problems == []
     assert counts["雨水"]["manholes"] == counts["雨水"]["points"]
 
@@ -142,7 +143,7 @@ def test_the_checks_catch_an_uphill_drain(built, tmp_path):
     seg = pd.read_csv(path, encoding="utf-8", dtype={"起点埋深": float, "终点埋深": float})
     seg.loc[3, "终点埋深"] = seg.loc[3, "起点埋深"] - 1.0  # the end 1 m shallower on flat ground: uphill
     seg.to_csv(path, index=False, encoding="utf-8")
-    _, problems = network_problems(copy)
+    _, problems = network_problems(Manifest.read(copy))
     sid = f"{seg.loc[3, '起点点号']}-{seg.loc[3, '终点点号']}"
     assert any(p.startswith(f"污水 {sid}:") and "uphill" in p for p in problems), problems[:5]
 
