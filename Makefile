@@ -51,6 +51,7 @@ db:
 demo-data:
 	$(BIN)/geotwin demo build --size $(DEMO_SIZE)
 	$(BIN)/geotwin cim build
+	$(BIN)/geotwin cim build-underground
 	@test -n "$$($(BIN)/geotwin supervise runs --json | tr -d '[] \n')" || $(BIN)/geotwin supervise run \
 	  --as-of $$($(BIN)/python -c "import json; print(json.load(open('.geotwin/demo/$(DEMO_SIZE)/manifest.json'))['reference_date'])")
 	$(BIN)/geotwin demo keys
