@@ -200,10 +200,16 @@ def worker_env(settings) -> dict:
 def worker_process(env: dict, client_id: str, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", client_id,
            "--batch-size", str(args.batch_size), "--batch-ms", str(args.batch_ms),
-           "--notify" if args.notify else "--no-notify",
+           "--notify" if args.notify else "--no-notify", "--workers", str(args.workers),
+           "--notifier", args.notifier,
            "--rules"]  # the alert rules' after-batch hooks (the default of `geotwin mqtt worker`, said aloud)
     with open(log, "ab") as out_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, env=env, stdout=out_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def worker_ids(client_id: str, args) -> list[str]:
+    """The client ids `geotwin mqtt worker --workers M` gives its worker processes."""
+    return [client_id] if args.workers == 1 else [f"{client_id}-s{i}" for i in range(1, args.workers + 1)]
 
 
 def stored_total(conn, ids) -> int:
@@ -218,7 +224,8 @@ def drain_run(settings, ids, args, folder: Path) -> dict:
     from sensing.mqtt.testing import wait_for
     from spatial_api import db
 
-    ensure_worker_session(settings, "bench-drain")
+    for cid in worker_ids("bench-drain", args):
+        ensure_worker_session(settings, cid, shared=args.workers > 1)
     out = mp.Queue()
     start_at = time.time() + 1
     shares = [ids[i::args.publishers] for i in range(args.publishers)]
@@ -244,7 +251,8 @@ def drain_run(settings, ids, args, folder: Path) -> dict:
             worker.terminate()
             worker.wait(30)
         stored = stored_total(conn, ids) - before
-    forget_session(settings, "bench-drain")
+    for cid in worker_ids("bench-drain", args):
+        forget_session(settings, cid)
     return {"backlog": backlog, "stored": stored, "seconds": seconds, "rate": (stored - first) / seconds}
 
 
@@ -257,7 +265,8 @@ def mqtt_run(settings, ids, args, folder: Path) -> dict:
     worker = worker_process(env, "bench-worker", args, log)
     probe = None
     try:
-        wait_for(lambda: log.exists() and "bench-worker subscribed" in log.read_text(), 60, "the worker")
+        wait_for(lambda: log.exists() and all(f"{cid} subscribed" in log.read_text()
+                                              for cid in worker_ids("bench-worker", args)), 90, "the workers")
         if args.notify:
             probe = LatencyProbe(settings)
         out = mp.Queue()
@@ -429,7 +438,8 @@ def alert_run(settings, ids: list[int], devs: list, args, folder: Path) -> dict:
     pub = None
     procs: list = []
     try:
-        wait_for(lambda: log.exists() and "bench-alert-worker subscribed" in log.read_text(), 60, "the worker")
+        wait_for(lambda: log.exists() and all(f"{cid} subscribed" in log.read_text()
+                                              for cid in worker_ids("bench-alert-worker", args)), 90, "the workers")
         pub = device_client(settings, client_id=f"bench-alert-pub-{uuid.uuid4().hex[:6]}")
         load_streams = ids + [d.datastreams[k] for d in devs for k in QUIET_STREAMS]
         with db.connect(settings, autocommit=True) as conn:
@@ -530,6 +540,11 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=200, help="Datastreams (spread over the publishers)")
     ap.add_argument("--notify", action=argparse.BooleanOptionalAction, default=True,
                     help="the worker announces stored Observations (and latency is measured)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes sharing the stream (geotwin mqtt worker --workers M)")
+    ap.add_argument("--notifier", choices=("auto", "process", "inline"), default="auto",
+                    help="who publishes the notifications: the announcer process, each worker, or auto "
+                         "(process with --workers > 1)")
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--batch-ms", type=int, default=100)
     ap.add_argument("--naive-seconds", type=float, default=5)
@@ -579,8 +594,9 @@ def main() -> None:
     if mq or drain or floor or naive:
         print(f"\nMQTT ingestion, {args.duration:.0f} s, {args.publishers} publisher processes "
               f"({f'{args.rate:,.0f} obs/s' if args.rate else 'as fast as they can'}), {args.streams} "
-              f"datastreams, QoS 1, worker batch {args.batch_size} / {args.batch_ms} ms, notifications "
-              f"{'on' if args.notify else 'off'}, alert rules on, {cores} cores (shared machine)\n")
+              f"datastreams, QoS 1, {args.workers} worker process(es), batch {args.batch_size} / {args.batch_ms} ms, "
+              f"notifications {'on (' + args.notifier + ')' if args.notify else 'off'}, alert rules on, "
+              f"{cores} cores (shared machine; load average {os.getloadavg()[0]:.1f} at the end)\n")
         print("| way | observations | seconds | obs/s | lost | duplicated | store lag p50 / p99 | "
               "publish → notified p50 / p99 |")
         print("|---|---:|---:|---:|---:|---:|---|---|")

@@ -156,6 +156,7 @@ class LocalBroker:
         self.data_dir = self.dir / "data"
         self.service_password_file = self.dir / "service-password"
         self.state_file = self.dir / "state.json"
+        self.shared_sessions_file = self.dir / "shared-sessions.json"
 
     # -- files ---------------------------------------------------------------------------
     def config_text(self, *, autosave: int = 30, inflight: int = 10000) -> str:
@@ -177,6 +178,36 @@ class LocalBroker:
             return self.service_password_file.read_text().strip() or None
         except OSError:
             return None
+
+    # -- shared subscriptions --------------------------------------------------------------
+    # mosquitto 2.0.11 restores a persistent session after a restart — its queued and in-flight
+    # messages included — but not the session's *shared* subscriptions (measured; 2.0's persistence
+    # writes the subscription tree, where shared subscriptions hang off a separate list). Until a
+    # worker subscribes again, what devices publish matches no subscriber and is dropped after its
+    # PUBACK. So the workers' client ids are recorded here, and `start` resubscribes them before
+    # devices may log in (see `start`).
+    def shared_sessions(self) -> list[str]:
+        """Client ids of the workers holding the shared subscription (recorded when they subscribe)."""
+        try:
+            ids = json.loads(self.shared_sessions_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+    def _write_shared_sessions(self, ids: list[str]) -> None:
+        tmp = self.shared_sessions_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(sorted(set(ids))) + "\n")
+        os.replace(tmp, self.shared_sessions_file)
+
+    def add_shared_session(self, client_id: str) -> None:
+        ids = self.shared_sessions()
+        if client_id not in ids:
+            self._write_shared_sessions([*ids, client_id])
+
+    def remove_shared_session(self, client_id: str) -> None:
+        ids = self.shared_sessions()
+        if client_id in ids:
+            self._write_shared_sessions([i for i in ids if i != client_id])
 
     # -- process -------------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -235,6 +266,30 @@ class LocalBroker:
             raise BrokerError(f"port {self.port} on {self.host} is taken by another program. Stop it, or set "
                               f"GEOTWIN_MQTT_URL=mqtt://127.0.0.1:<free port> and run `geotwin mqtt up` again.")
         self.pid_file.unlink(missing_ok=True)
+        # The gate: with workers on the shared subscription, the broker first admits only
+        # geotwin's service user; the workers' sessions get their shared subscription back (which
+        # mosquitto 2.0.11 does not restore); then every device user is let in (password file
+        # written back, SIGHUP). A device refused meanwhile keeps its QoS 1 messages and connects
+        # again: nothing it publishes can arrive while no worker is subscribed.
+        shared = self.shared_sessions()
+        full_passwd = None
+        if shared and self.passwd_file.exists():
+            full_passwd = self.passwd_file.read_text()
+            only_service = [ln for ln in full_passwd.splitlines() if ln.startswith(f"{SERVICE_USER}:")]
+            self.passwd_file.write_text("\n".join(only_service) + "\n")
+        try:
+            self._spawn(timeout)
+            for cid in shared:
+                ensure_worker_session(self.settings, cid, shared=True)
+        finally:
+            if full_passwd is not None:
+                self.passwd_file.write_text(full_passwd)
+                self.reload()
+        if worker_session:
+            ensure_worker_session(self.settings, worker_session)
+        return True
+
+    def _spawn(self, timeout: float) -> None:
         proc = subprocess.run([MOSQUITTO, "-c", str(self.conf_file), "-d"], capture_output=True, text=True,
                               timeout=30, cwd=self.dir, check=False)
         if proc.returncode != 0:
@@ -247,9 +302,6 @@ class LocalBroker:
                 raise BrokerError(f"mosquitto did not come up on {self.host}:{self.port} within {timeout:.0f} s; "
                                   f"its log ({self.log_file}):\n{tail}")
             time.sleep(0.05)
-        if worker_session:
-            ensure_worker_session(self.settings, worker_session)
-        return True
 
     def reload(self) -> bool:
         """SIGHUP: mosquitto re-reads the password file and the ACL. False if it does not run."""
@@ -391,6 +443,8 @@ def forget_session(settings: Settings | None, client_id: str, timeout: float = 2
     member its share of messages until then)."""
     import threading
 
+    with contextlib.suppress(OSError):
+        LocalBroker(settings).remove_shared_session(client_id)
     c = client(settings, client_id, persistent=False)
     done = threading.Event()
     c.on_connect = lambda *a: done.set()

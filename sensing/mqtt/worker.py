@@ -5,12 +5,17 @@ exactly once.
 **Exactly once.** The worker holds an MQTT 5 *persistent* session (fixed client id, clean_start
 False, a session that never expires) with a QoS 1 subscription to ``v1.1/+/Observations`` (MQTT
 wildcards fill a whole level, so the level ``Datastreams(5)`` is matched by ``+`` and parsed here).
-Not a shared subscription by default: mosquitto 2.0.11 does not restore *shared* subscriptions from
-its persistence file after a restart (tried here: the queued messages come back, the subscription
-does not until the client subscribes again, and what devices publish in between has no subscriber
-and is dropped), whereas a plain subscription of a persistent session is restored. ``--shared``
-(``$share/geotwin/v1.1/+/Observations``) spreads the stream over several workers for a deployment
-that accepts that window. Messages are acknowledged by hand (paho 2 ``manual_ack``) and only after
+Not a shared subscription by default (one worker needs none, and
+a plain subscription may set "No Local"). ``shared`` (``$share/geotwin/v1.1/+/Observations``;
+``geotwin mqtt worker --workers M`` runs M processes so) spreads the stream over several workers,
+each with its own persistent session: mosquitto hands each message to one member, and a member that
+is offline (a killed worker) keeps its share queued in its session until it is back — the
+supervisor starts it again. mosquitto 2.0.11 does not restore *shared* subscriptions from its
+persistence file after a restart (measured: the queued messages come back, the subscription does
+not, and what devices publish before a worker subscribes again matches no one and is dropped);
+a shared worker therefore subscribes on every connect and records its client id
+(``LocalBroker.add_shared_session``), and ``LocalBroker.start`` gives those sessions their
+subscription back before letting any device user log in (see ``sensing/mqtt/broker.py``). Messages are acknowledged by hand (paho 2 ``manual_ack``) and only after
 the batch that holds them is committed: until then the broker keeps them and delivers them again
 after any crash or reconnect. A batch (up to ``batch_size`` messages or ``batch_ms``) is one
 transaction: ``sta_ensure_partitions`` for its months, a binary COPY into a temporary staging
@@ -57,7 +62,10 @@ skipped too. What subscribers see: on a Datastream's Observations topic, both wh
 (the create requests: the broker delivers them to everyone subscribed, as with FROST) and
 geotwin's notifications (entities with ``@iot.id``); a subscriber that wants only stored
 observations keeps the messages having ``@iot.id``. ``--no-notify`` turns the worker's
-notifications off for pure ingestion.
+notifications off for pure ingestion. With ``announce`` the worker publishes nothing: it ends each
+batch's transaction with ``pg_notify('sta_observations_stored', …)`` naming the inserted ids, and
+the announcer process (:mod:`sensing.mqtt.announce`, ``geotwin mqtt notifier``) publishes them —
+how several shared workers (which cannot use No Local) keep STA's notifications off their path.
 
 **Hooks.** After each committed batch, ``after_batch_hooks`` are called with ``(conn, stream_ids)``
 (the streams that got new rows), each in its own transaction on the worker's connection (committed
@@ -310,6 +318,48 @@ def entity_json(base: str, row: tuple) -> dict:
         "validTime|s": v0, "validTime|e": v1, "parameters": params}, base)
 
 
+# -- hand-over to the announcer --------------------------------------------------------------------
+
+#: The channel on which a worker started with ``announce`` tells :mod:`sensing.mqtt.announce` which
+#: rows it committed (NOTIFY is transactional: sent at commit, never for a rolled-back batch).
+ANNOUNCE_CHANNEL = "sta_observations_stored"
+#: PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; stay well below.
+ANNOUNCE_PAYLOAD_MAX = 7000
+
+
+def id_runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted, merged runs of consecutive ids: [3, 4, 5, 9] → [(3, 5), (9, 9)] (a batch's ids come
+    from one sequence and are mostly consecutive; another worker's batch may interleave)."""
+    import numpy as np
+
+    if not ids:
+        return []
+    a = np.unique(np.asarray(ids, dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(a) != 1)
+    starts = np.concatenate(([a[0]], a[breaks + 1]))
+    ends = np.concatenate((a[breaks], [a[-1]]))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def announce_payloads(schema: str, ids: list[int], t0: datetime, t1: datetime) -> list[str]:
+    """The NOTIFY payloads naming the committed rows ``ids`` (phenomenonTime within [t0, t1], for
+    partition pruning): ``{"s": schema, "t": [t0, t1], "r": [[lo, hi], …]}``, split below 8 kB."""
+    runs = id_runs(ids)
+    head = {"s": schema, "t": [t0.astimezone(timezone.utc).isoformat(), t1.astimezone(timezone.utc).isoformat()]}
+    base = len(json.dumps({**head, "r": []}))
+    out, chunk, size = [], [], base
+    for lo, hi in runs:
+        piece = len(f"[{lo},{hi}],")
+        if chunk and size + piece > ANNOUNCE_PAYLOAD_MAX:
+            out.append(json.dumps({**head, "r": chunk}, separators=(",", ":")))
+            chunk, size = [], base
+        chunk.append([lo, hi])
+        size += piece
+    if chunk:
+        out.append(json.dumps({**head, "r": chunk}, separators=(",", ":")))
+    return out
+
+
 # -- the worker ------------------------------------------------------------------------------------
 
 
@@ -318,10 +368,13 @@ class Worker:
 
     def __init__(self, settings: Settings | None = None, *, client_id: str = "geotwin-worker-1",
                  batch_size: int = 2000, batch_ms: int = 50, notify: bool = True, notify_qos: int = 1,
-                 receive_maximum: int | None = None, dead_letters: Path | None = None, shared: bool = False):
+                 receive_maximum: int | None = None, dead_letters: Path | None = None, shared: bool = False,
+                 announce: bool = False):
         self.settings = settings or get_settings()
         self.client_id = client_id
         self.shared = shared
+        #: hand the stored ids to the announcer process (``NOTIFY`` at commit) instead of publishing here
+        self.announce = announce
         self.batch_size = batch_size
         self.batch_ms = batch_ms
         self.notify = notify
@@ -360,6 +413,11 @@ class Worker:
         if any(rc.is_failure for rc in reason_codes):
             log.error("mqtt worker: subscription to %s refused: %s", subscription(self.shared)[0], reason_codes)
             return
+        if self.shared:  # so that a broker restart gives the session its shared subscription back
+            from sensing.mqtt.broker import LocalBroker
+
+            with contextlib.suppress(OSError):
+                LocalBroker(self.settings).add_shared_session(self.client_id)
         self._connected.set()
         log.info("mqtt worker %s subscribed to %s", self.client_id, subscription(self.shared)[0])
 
@@ -500,6 +558,7 @@ class Worker:
                 options=f"-c search_path={db.schema_name(self.settings)},public -c timezone=UTC",
                 connect_timeout=db.CONNECT_TIMEOUT)
             self._conn.execute(STAGING)
+            self._schema = self._conn.execute("SELECT current_schema()").fetchone()[0]
             self._conn.commit()
         return self._conn
 
@@ -560,7 +619,7 @@ class Worker:
             self.stats.last_commit = time.time()
         if inserted:
             kinds = {r.stream_id: r.kind for r in rows}
-            if self.notify:
+            if self.notify and not self.announce:
                 self._publish(inserted, kinds)
             self._run_hooks(sorted({r[1] for r in inserted}))
 
@@ -616,8 +675,13 @@ class Worker:
                         copy.write_row((i, r.stream_id, r.t0, r.t1, r.result_time, r.result_number, r.result_json,
                                         r.result_quality, r.v0, r.v1, r.parameters, fois[(r.msg.mid, r.msg.gen)],
                                         r.dedup))
-                cur.execute(INSERT if self.notify else INSERT_QUIET)
+                inline = self.notify and not self.announce
+                cur.execute(INSERT if inline else INSERT_QUIET)
                 inserted = cur.fetchall()
+                if self.announce and inserted:
+                    for payload in announce_payloads(self._schema, [r[0] for r in inserted],
+                                                     min(r.t0 for r in ok), max(r.t0 for r in ok)):
+                        cur.execute("SELECT pg_notify(%s, %s)", (ANNOUNCE_CHANNEL, payload))
             conn.commit()
             return inserted, dead
         except BaseException:
@@ -780,11 +844,14 @@ def run_worker(settings: Settings | None = None, **options) -> Worker:
 
 
 __all__ = [
+    "ANNOUNCE_CHANNEL",
     "NOTIFY_PROPERTY",
     "BadMessage",
     "Worker",
     "after_batch_hooks",
+    "announce_payloads",
     "entity_json",
+    "id_runs",
     "notify_properties",
     "parse",
     "run_worker",

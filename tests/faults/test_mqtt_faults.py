@@ -172,7 +172,7 @@ def test_database_sessions_terminated_mid_stream(mqtt, conn):
 
 # -- a full PostgreSQL restart, on a cluster of this suite's own -----------------------------------
 
-from tests.faults.test_faults import cluster  # noqa: E402,F401  (the fault suite's own PostgreSQL)
+from tests.faults.test_faults import cluster  # noqa: F401  (the fault suite's own PostgreSQL)
 
 
 def test_postgresql_restart_mid_stream(cluster, tmp_path):  # noqa: F811
@@ -188,13 +188,13 @@ def test_postgresql_restart_mid_stream(cluster, tmp_path):  # noqa: F811
         w = Worker(s, client_id=f"fault-d-{uuid.uuid4().hex[:6]}", batch_ms=20, batch_size=200).start()
         try:
             assert w.wait_connected(30)
-            pub = Publisher(s, st["topic"])
+            pub = Publisher(s, st["topic"], rate=300)  # 5 s of stream: the stop lands mid-stream on a loaded machine
             pub.start()
             wait_for(lambda: stored(s, st["stream"])[0] >= K // 4, 60, "a quarter stored before the restart")
+            sent_at_stop = pub.sent  # (a stop on a loaded machine takes seconds: counted as it begins)
             assert c.stop()
             try:
                 # devices go on publishing into the broker while the database is away
-                sent_at_stop = pub.sent
                 assert sent_at_stop < K, "the stream ended before the restart: nothing was tested"
                 wait_for(lambda: pub.sent >= min(K, sent_at_stop + K // 4), 60, "publishing during the outage")
             finally:
@@ -205,3 +205,90 @@ def test_postgresql_restart_mid_stream(cluster, tmp_path):  # noqa: F811
         finally:
             w.stop()
             forget_session(s, w.client_id)
+
+
+# -- several workers on the shared subscription ------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_two_shared_workers_one_sigkilled_mid_stream(mqtt, conn, tmp_path):
+    """`geotwin mqtt worker --workers 2`: one worker process SIGKILLed mid-stream; the supervisor
+    starts it again on the same session (which kept its share, unacknowledged), the other goes on:
+    every published observation stored once."""
+    s = make_stream(conn)
+    base = f"fault-e-{uuid.uuid4().hex[:6]}"
+    ids = [f"{base}-s1", f"{base}-s2"]
+    log = tmp_path / "workers.log"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GEOTWIN_")},
+           "GEOTWIN_HOME": str(mqtt.home), "GEOTWIN_DB_SCHEMA": mqtt.db_schema,
+           "GEOTWIN_MQTT_DIR": str(mqtt.mqtt_home), "GEOTWIN_MQTT_URL": mqtt.mqtt_url}
+    with open(log, "ab") as out:
+        sup = subprocess.Popen([sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", base,
+                                "--workers", "2", "--no-notify", "--batch-ms", "20", "--batch-size", "200"],
+                               env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: all(f"{cid} subscribed" in log.read_text() for cid in ids), 90, "both workers' subscriptions")
+        pub = Publisher(mqtt, s["topic"], rate=500, timed=False)  # 3 s of stream; copies must find their first time
+        pub.start()
+        wait_for(lambda: stored(mqtt, s["stream"])[0] >= K // 4, 60, "a quarter stored before the kill")
+        victim = next(p for p in _children(sup.pid) if ids[1] in _cmdline(p))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = stored(mqtt, s["stream"])[0]
+        assert killed_at < K, "the stream ended before the kill: nothing was tested"
+        wait_for(lambda: any(ids[1] in _cmdline(p) for p in _children(sup.pid) if p != victim), 60,
+                 "the supervisor starting the killed worker again")
+        pub.finish()
+        exactly_k(mqtt, s["stream"], timeout=120)
+        assert log.read_text().count(f"{ids[1]} subscribed") >= 2
+    finally:
+        sup.terminate()
+        sup.wait(60)
+        for cid in ids:
+            forget_session(mqtt, cid)
+
+
+def test_broker_restart_with_two_shared_workers(mqtt, conn):
+    """Two workers share the stream of a device (its own user, a persistent session) while the broker
+    restarts: the gate in `start` keeps devices out until the shared subscriptions are back, the
+    device sends again what was not acknowledged — K published, K stored."""
+    from tests.integration.test_mqtt import device
+
+    s = make_stream(conn)
+    name, pw = device(mqtt, conn, [s["stream"]])
+    tag = uuid.uuid4().hex[:6]
+    ws = [Worker(mqtt, client_id=f"fault-f-{tag}-{i}", batch_ms=20, batch_size=200, shared=True).start()
+          for i in range(2)]
+    try:
+        for w in ws:
+            assert w.wait_connected(30)
+        pub = Publisher(mqtt, s["topic"], rate=500)
+        pub.client.disconnect()
+        pub.client.loop_stop()
+        pub.client = device_client(mqtt, name, pw, client_id=f"dev-{tag}", persistent=True)
+        pub.start()
+        wait_for(lambda: stored(mqtt, s["stream"])[0] >= K // 4, 60, "a quarter stored before the restart")
+        b = LocalBroker(mqtt)
+        assert b.down()
+        assert pub.sent < K, "the stream ended before the restart: nothing was tested"
+        assert b.start()
+        pub.finish()
+        exactly_k(mqtt, s["stream"], timeout=120)
+        assert all(w.stats.reconnects >= 1 for w in ws)
+        assert all(w.stats.stored > 0 for w in ws)
+    finally:
+        for w in ws:
+            w.stop()
+            forget_session(mqtt, w.client_id)
