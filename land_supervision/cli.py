@@ -86,6 +86,14 @@ def run_cmd(
     out: Path = typer.Option(None, "--out", help="Also write the findings to this file."),
     fmt: str = typer.Option(None, "--format", help="geojson | csv | xlsx [default: from --out's suffix]."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    engine_name: str = typer.Option("sql", "--engine", help="sql: one transaction in PostgreSQL; dask: the parcels "
+                                    "split into parts evaluated on a dask.distributed cluster (same findings)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="dask: the scheduler's address, e.g. tcp://10.0.0.5:8786 "
+                                  "[default: a local cluster of --workers processes]."),
+    partition: str = typer.Option("street", "--partition", help="dask: street | grid:METRES (square cells in "
+                                  "EPSG:4547, e.g. grid:2000)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="dask: worker processes of the local cluster."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate and print the counts; store nothing."),
 ) -> None:
     """Evaluate the rules as of a date, store the run, compare it with the previous one."""
     from datetime import datetime
@@ -113,8 +121,33 @@ def run_cmd(
             known = timepolicy.parse_instant(known_at, "--known-at", day="end", tz=get_settings().timezone)
         except timepolicy.TimeError as exc:
             _fail(f"{exc} (e.g. 2026-07-01T12:00+08:00)")
-    result = _guard(lambda: engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers, known_at=known,
-                                       imagery=imagery))
+    if engine_name not in ("sql", "dask"):
+        _fail(f"--engine {engine_name!r}: choose sql or dask")
+    if engine_name == "sql" and (scheduler or partition != "street"):
+        _fail("--scheduler and --partition are options of --engine dask")
+    if dry_run and (out or fmt):
+        _fail("--dry-run stores no run: leave --out / --format out")
+    if dry_run:
+        summary = _guard(lambda: _dry_run(engine_name, as_of=as_of, rules=rules, parameters=overrides, layers=layers,
+                                          known_at=known, imagery=imagery, partition=partition, scheduler=scheduler,
+                                          workers=workers))
+        if as_json:
+            return _dump(summary)
+        console.print(f"dry run ({engine_name}) as of {summary['as_of']}: {summary['total']} findings in "
+                      f"{summary['seconds']} s, nothing stored")
+        console.print(", ".join(f"{k} {v}" for k, v in summary["by_rule"].items()))
+        for n in summary["notes"]:
+            console.print(f"[yellow]note:[/] {n}")
+        return None
+    if engine_name == "dask":
+        from land_supervision import dask_engine
+
+        result = _guard(lambda: dask_engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers,
+                                                known_at=known, imagery=imagery, partition=partition,
+                                                scheduler=scheduler, workers=workers))
+    else:
+        result = _guard(lambda: engine.run(as_of=as_of, rules=rules, parameters=overrides, layers=layers,
+                                           known_at=known, imagery=imagery))
     if as_json:
         _dump(result.as_dict())
     else:
@@ -132,6 +165,32 @@ def run_cmd(
             console.print(f"[yellow]note:[/] {n}")
     if out:
         _write(out, fmt, result.run_id)
+
+
+def _dry_run(engine_name: str, *, as_of, rules, parameters, layers, known_at, imagery, partition, scheduler,
+             workers) -> dict:
+    """Either engine's findings, evaluated and not stored (the summary, without the rows)."""
+    import time
+
+    from land_supervision import engine
+    from spatial_api.config import get_settings
+
+    if engine_name == "dask":
+        from land_supervision import dask_engine
+
+        summary = dask_engine.run(as_of=as_of, rules=rules, parameters=parameters, layers=layers, known_at=known_at,
+                                  imagery=imagery, partition=partition, scheduler=scheduler, workers=workers,
+                                  dry_run=True)
+    else:
+        t0 = time.perf_counter()
+        day, rule_list, params, layer_map = engine.prepare(as_of, rules, parameters, layers)
+        res = engine.evaluate_findings(get_settings(), as_of=day, rule_list=rule_list, params=params,
+                                       layer_map=layer_map, known_at=known_at, imagery=imagery)
+        summary = {"as_of": day.isoformat(), "rules": rule_list, "total": len(res["rows"]), **res,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+    summary.pop("rows", None)
+    summary.pop("used", None)
+    return summary
 
 
 @supervise_app.command("runs")

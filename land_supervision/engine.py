@@ -19,6 +19,11 @@ Indexes: parcel_id (unique) and GiST on ``_sup_p``, parcel_id on ``_sup_b``, app
 on ``_sup_a``; ANALYZE of the join keys only. (Temporary tables are never scanned by parallel
 workers; on 2 shared cores that would not pay anyway.)
 
+A run may be restricted to a ``Scope`` (a part of the district: its parcels, its approval batches
+and the context parcels R13 reads across the part's edge): the same snapshots and statements over
+the scope's rows only. ``run`` stores a run (the SQL engine); ``evaluate_findings`` returns the
+findings of a scope instead (a task of ``dask_engine``, or a dry run); both go through ``evaluate``.
+
 Nothing here loops over parcels in Python.
 """
 
@@ -79,6 +84,39 @@ class RunResult:
                 "notes": self.notes}
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A part of a run (a partition of the dask engine): the subjects it evaluates — ``parcels``
+    (R1–R12, V1) and approval batches ``approvals`` (R13) — and the ``context`` parcels it reads
+    without evaluating them (those R13 needs: parcels meeting its batches across the part's edge).
+    The approvals snapshot holds its batches plus those its parcels name (R12's check of attached
+    approval ids); the protected layers are read from the store around its parcels, as always."""
+
+    parcels: tuple[str, ...]
+    approvals: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+
+
+#: the columns of a finding as a partition returns them (text, exactly as PostgreSQL prints them:
+#: float8 shortest-exact, jsonb, hex EWKB for the geometries) and the client stores them (COPY)
+FINDING_FIELDS = ("rule", "subject_id", "parcel_id", "severity", "message", "measures", "sources", "area_m2",
+                  "street_code", "street_name", "land_use_code", "geom", "geom_3857")
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` leaves: the engine (snapshots, notes, layers used), the run id the
+    findings were written under, the findings per rule (with V1 when the imagery evidence ran),
+    the seconds per rule and of the snapshots, the snapshots' row counts."""
+
+    engine: Engine
+    run_id: int
+    by_rule: dict[str, int]
+    seconds_by_rule: dict[str, float]
+    seconds_snapshot: float
+    inputs: dict[str, int]
+
+
 def parse_date(value, what: str = "--as-of") -> date:
     if isinstance(value, datetime):
         return value.date()
@@ -132,8 +170,10 @@ def _split_placeholders(cond: sql.Composable) -> list[sql.Composable]:
 
 class Engine:
     def __init__(self, conn: psycopg.Connection, *, as_of: date, rules: list[str], params: dict,
-                 layers: dict[str, str], known_at: datetime | None, tz: str, use_imagery: bool = True):
+                 layers: dict[str, str], known_at: datetime | None, tz: str, use_imagery: bool = True,
+                 scope: Scope | None = None):
         self.conn = conn
+        self.scope = scope  # None: the whole district
         self.as_of = as_of
         self.rules = rules
         self.params = params
@@ -288,6 +328,8 @@ class Engine:
             counts["streets"] = c.execute("SELECT count(*) FROM _sup_s").fetchone()[0]
         else:
             c.execute("CREATE TEMP TABLE _sup_s (fid text, vid bigint, props jsonb, g4490 geometry) ON COMMIT DROP")
+        if self.scope is not None:
+            self._scope_tables()
         if self.parcels:
             self._typed_snapshot(
                 "_sup_p", self.parcels,
@@ -296,7 +338,8 @@ class Engine:
                 f"{self._typed(PARCEL_NUMBERS, 'number', 'f.properties')}, "
                 f"{self._typed(PARCEL_TEXT, 'text', 'f.properties')}",
                 "{part} f CROSS JOIN LATERAL (SELECT ST_Transform(f.geom, 4547) AS g OFFSET 0) t",
-                PARCEL_DATES, PARCEL_NUMBERS + ([self.params["R9"]["green_ratio_field"]] if "R9" in self.rules else []))
+                PARCEL_DATES, PARCEL_NUMBERS + ([self.params["R9"]["green_ratio_field"]] if "R9" in self.rules else []),
+                " AND f.fid IN (SELECT parcel_id FROM _sup_scope_p)" if self.scope is not None else "")
             gone = [r[0] for r in c.execute(
                 "DELETE FROM _sup_p WHERE area_m2 > 0 IS NOT TRUE RETURNING parcel_id").fetchall()]
             if gone:
@@ -327,14 +370,44 @@ class Engine:
                 "f.fid, f.vid, f.properties AS props, f.geom AS g4490, ST_Transform(f.geom, 4547) AS g, "
                 "f.fid AS approval_id, left(f.properties ->> 'approved_on', 10)::date AS approved_on, "
                 "f.properties ->> 'name' AS name, f.properties ->> 'batch_type' AS batch_type",
-                "{part} f", ["approved_on"], [])
+                "{part} f", ["approved_on"], [],
+                # a part: its batches and those its parcels name (R12 looks attached ids up)
+                " AND (f.fid IN (SELECT approval_id FROM _sup_scope_a) OR f.fid IN (SELECT i FROM _sup_p p, "
+                f"regexp_split_to_table(btrim(coalesce(p.approval_ids, '')), {protection.SPLIT_IDS}) i))"
+                if self.scope is not None else "")
             c.execute("CREATE INDEX ON _sup_a (approval_id); CREATE INDEX ON _sup_a USING gist (g)")
             counts["approvals"] = c.execute("SELECT count(*) FROM _sup_a").fetchone()[0]
         # row counts and the join keys are what the plans need (full ANALYZE of the geometries cost 0.3 s)
         for t, col in (("_sup_p", "parcel_id"), ("_sup_b", "parcel_id"), ("_sup_a", "approval_id")):
             if t[5:] == "p" and self.parcels or t[5:] == "b" and self.buildings or t[5:] == "a" and self.approvals:
                 c.execute(sql.SQL("ANALYZE {} ({})").format(sql.Identifier(t), sql.Identifier(col)))
+        if self.scope is not None:  # the part's own subjects (context rows are read, not evaluated)
+            own = "parcel_id IN (SELECT parcel_id FROM _sup_scope_p WHERE own)"
+            mine_a = "approval_id IN (SELECT approval_id FROM _sup_scope_a)"
+            for role, q in (("parcels", f"SELECT count(*) FROM _sup_p WHERE {own}"),
+                            ("buildings", f"SELECT count(*) FROM _sup_b WHERE {own}"),
+                            ("approvals", f"SELECT count(*) FROM _sup_a WHERE {mine_a}")):
+                if role in counts:
+                    counts[role] = c.execute(q).fetchone()[0]
         return counts
+
+    def _scope_tables(self) -> None:
+        """``_sup_scope_p`` (parcel_id, own: evaluated, else context) and ``_sup_scope_a``
+        (approval_id): the part's subjects, COPied in."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE _sup_scope_p (parcel_id text PRIMARY KEY, own bool NOT NULL) ON COMMIT DROP; "
+                  "CREATE TEMP TABLE _sup_scope_a (approval_id text PRIMARY KEY) ON COMMIT DROP")
+        own = set(self.scope.parcels)
+        with c.cursor().copy("COPY _sup_scope_p FROM STDIN") as cp:
+            for pid in self.scope.parcels:
+                cp.write_row((pid, True))
+            for pid in dict.fromkeys(self.scope.context):
+                if pid not in own:
+                    cp.write_row((pid, False))
+        with c.cursor().copy("COPY _sup_scope_a FROM STDIN") as cp:
+            for aid in dict.fromkeys(self.scope.approvals):
+                cp.write_row((aid,))
+        c.execute("ANALYZE _sup_scope_p; ANALYZE _sup_scope_a")
 
     # ---------------------------------------------------------------- rules
     def rule_query(self, rid: str) -> tuple[sql.Composable, dict]:
@@ -475,6 +548,77 @@ def compare(conn: psycopg.Connection, run_id: int, prev: int | None, rules: list
     return {"new": row[0], "persisting": row[1], "resolved": resolved}
 
 
+def prepare(as_of, rules, parameters: dict | None, layers: dict[str, str] | None) -> tuple[date, list[str], dict, dict]:
+    """The run's date, rule ids, effective parameters and layer map, checked (RuleError)."""
+    as_of = parse_date(as_of)
+    rule_list = catalogue.rule_ids(rules)
+    params = catalogue.parameters(parameters, rule_list + ["V1"])
+    layer_map = {**catalogue.DEFAULT_LAYERS, "imagery": "imagery", **(layers or {})}
+    for role, name in layer_map.items():
+        try:
+            store.check_layer_name(name)
+        except Exception:
+            raise RuleError(f"layers[{role!r}] = {name!r} is not a layer name") from None
+    return as_of, rule_list, params, layer_map
+
+
+def evaluate(conn: psycopg.Connection, settings: Settings, *, as_of: date, rule_list: list[str], params: dict,
+             layer_map: dict, known_at: datetime | None, imagery: bool | None, new_run,
+             scope: Scope | None = None) -> Evaluation:
+    """The work of a run inside the caller's transaction: inputs checked, snapshots (of ``scope``
+    only, when given), then every rule's findings and the imagery evidence written to
+    ``sup_findings`` under the run id ``new_run()`` returns (called once the snapshots stand).
+    ``sup_findings`` is whatever the search path finds: the stored table for the SQL engine, a
+    temporary table of that name for a part that returns its findings (``evaluate_findings``)."""
+    eng = Engine(conn, as_of=as_of, rules=rule_list, params=params, layers=layer_map,
+                 known_at=known_at, tz=settings.timezone, use_imagery=imagery is not False, scope=scope)
+    eng.check_inputs()
+    t = time.perf_counter()
+    counts = eng.snapshot()
+    snap_s = round(time.perf_counter() - t, 3)
+    run_id = new_run()
+    by_rule, secs = {}, {}
+    for rid in rule_list:
+        t = time.perf_counter()
+        by_rule[rid] = eng.insert_findings(run_id, rid)
+        secs[rid] = round(time.perf_counter() - t, 3)
+    use_imagery = imagery if imagery is not None else (layer_map["imagery"] in eng.registry)
+    if use_imagery and set(rule_list) & {"R2", "R3", "R4", "R5"}:
+        t = time.perf_counter()
+        by_rule["V1"] = evidence.imagery_evidence(eng, run_id)
+        secs["V1"] = round(time.perf_counter() - t, 3)
+    return Evaluation(eng, run_id, by_rule, secs, snap_s, counts)
+
+
+def start_run(conn: psycopg.Connection, *, as_of: date, known_at: datetime | None, rule_list: list[str],
+              params: dict, layer_map: dict, author: str | None) -> int:
+    """The run's row (finished by ``finish_run`` in the same transaction)."""
+    return conn.execute(
+        "INSERT INTO sup_runs (as_of, known_at, rules, parameters, layers, author) "
+        "VALUES (%s, %s, %s, %s, '{}'::jsonb, %s) RETURNING id",
+        (as_of, known_at, rule_list, json.dumps({"rules": params, "layers": layer_map}, ensure_ascii=False),
+         author or author_default())).fetchone()[0]
+
+
+def finish_run(conn: psycopg.Connection, eng: Engine, *, run_id: int, as_of: date, rule_list: list[str],
+               layer_map: dict, by_rule: dict, secs: dict, snap_s: float, inputs: dict, t0: float,
+               extra: dict | None = None) -> RunResult:
+    """Compare the stored findings of ``run_id`` with the previous comparable run and close the
+    run's row (counts, layer versions, notes). The caller commits."""
+    prev = previous_run(conn, run_id, as_of, rule_list, layer_map)
+    diff = compare(conn, run_id, prev, rule_list + (["V1"] if "V1" in by_rule else []))
+    seconds = round(time.perf_counter() - t0, 3)
+    all_counts = {"total": sum(by_rule.values()), "by_rule": by_rule, **diff, "seconds_by_rule": secs,
+                  "seconds_snapshot": snap_s, "inputs": inputs, **(extra or {})}
+    conn.execute(
+        "UPDATE sup_runs SET finished_at = clock_timestamp(), seconds = %s, previous_run_id = %s, counts = %s, "
+        "layers = %s, notes = %s WHERE id = %s",
+        (seconds, prev, json.dumps(all_counts), json.dumps(eng.layer_versions(inputs)),
+         json.dumps(eng.notes, ensure_ascii=False), run_id))
+    return RunResult(run_id=run_id, as_of=as_of, rules=rule_list, counts=all_counts, seconds=seconds,
+                     previous_run_id=prev, notes=eng.notes)
+
+
 def run(
     settings: Settings | None = None,
     *,
@@ -497,52 +641,20 @@ def run(
     them from the catalogue, else the imagery layer, where a parcel has no green-ratio value).
     Raises RuleError (nothing stored) on a bad rule, parameter, layer or value."""
     settings = settings or get_settings()
-    as_of = parse_date(as_of)
-    rule_list = catalogue.rule_ids(rules)
-    params = catalogue.parameters(parameters, rule_list + ["V1"])
-    layer_map = {**catalogue.DEFAULT_LAYERS, "imagery": "imagery", **(layers or {})}
-    for role, name in layer_map.items():
-        try:
-            store.check_layer_name(name)
-        except Exception:
-            raise RuleError(f"layers[{role!r}] = {name!r} is not a layer name") from None
+    as_of, rule_list, params, layer_map = prepare(as_of, rules, parameters, layers)
     own = conn is None
     conn = conn or db.connect(settings)
     t0 = time.perf_counter()
     try:
         # small, costly-per-row statements: JIT compilation alone took ~1 s of a 1.1 s rule (measured)
         conn.execute("SET LOCAL jit = off")
-        eng = Engine(conn, as_of=as_of, rules=rule_list, params=params, layers=layer_map,
-                     known_at=known_at, tz=settings.timezone, use_imagery=imagery is not False)
-        eng.check_inputs()
-        t = time.perf_counter()
-        counts = eng.snapshot()
-        snap_s = round(time.perf_counter() - t, 3)
-        run_id = conn.execute(
-            "INSERT INTO sup_runs (as_of, known_at, rules, parameters, layers, author) "
-            "VALUES (%s, %s, %s, %s, '{}'::jsonb, %s) RETURNING id",
-            (as_of, known_at, rule_list, json.dumps({"rules": params, "layers": layer_map}, ensure_ascii=False),
-             author or author_default())).fetchone()[0]
-        by_rule, secs = {}, {}
-        for rid in rule_list:
-            t = time.perf_counter()
-            by_rule[rid] = eng.insert_findings(run_id, rid)
-            secs[rid] = round(time.perf_counter() - t, 3)
-        use_imagery = imagery if imagery is not None else (layer_map["imagery"] in eng.registry)
-        if use_imagery and set(rule_list) & {"R2", "R3", "R4", "R5"}:
-            t = time.perf_counter()
-            by_rule["V1"] = evidence.imagery_evidence(eng, run_id)
-            secs["V1"] = round(time.perf_counter() - t, 3)
-        prev = previous_run(conn, run_id, as_of, rule_list, layer_map)
-        diff = compare(conn, run_id, prev, rule_list + (["V1"] if "V1" in by_rule else []))
-        seconds = round(time.perf_counter() - t0, 3)
-        all_counts = {"total": sum(by_rule.values()), "by_rule": by_rule, **diff, "seconds_by_rule": secs,
-                      "seconds_snapshot": snap_s, "inputs": counts}
-        conn.execute(
-            "UPDATE sup_runs SET finished_at = clock_timestamp(), seconds = %s, previous_run_id = %s, counts = %s, "
-            "layers = %s, notes = %s WHERE id = %s",
-            (seconds, prev, json.dumps(all_counts), json.dumps(eng.layer_versions(counts)),
-             json.dumps(eng.notes, ensure_ascii=False), run_id))
+        ev = evaluate(conn, settings, as_of=as_of, rule_list=rule_list, params=params, layer_map=layer_map,
+                      known_at=known_at, imagery=imagery,
+                      new_run=lambda: start_run(conn, as_of=as_of, known_at=known_at, rule_list=rule_list,
+                                                params=params, layer_map=layer_map, author=author))
+        result = finish_run(conn, ev.engine, run_id=ev.run_id, as_of=as_of, rule_list=rule_list, layer_map=layer_map,
+                            by_rule=ev.by_rule, secs=ev.seconds_by_rule, snap_s=ev.seconds_snapshot,
+                            inputs=ev.inputs, t0=t0)
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -550,5 +662,45 @@ def run(
     finally:
         if own:
             conn.close()
-    return RunResult(run_id=run_id, as_of=as_of, rules=rule_list, counts=all_counts, seconds=seconds,
-                     previous_run_id=prev, notes=eng.notes)
+    return result
+
+
+def evaluate_findings(settings: Settings, *, as_of: date, rule_list: list[str], params: dict, layer_map: dict,
+                      known_at: datetime | None = None, imagery: bool | None = None, scope: Scope | None = None,
+                      snapshot: str | None = None) -> dict:
+    """Evaluate a run (of ``scope`` only, when given) on a connection of its own and RETURN its
+    findings instead of storing them: the rules and the imagery evidence write into a temporary
+    ``sup_findings`` (pg_temp comes first on the search path for tables, so the very statements of
+    the SQL engine and of ``evidence`` land there), the part's own subjects' rows are read back as
+    text (FINDING_FIELDS) and the transaction is rolled back — nothing is written. ``snapshot``:
+    a snapshot exported by the caller (``pg_export_snapshot()``), so that every part reads the
+    store as of the same instant. A dask task of ``dask_engine``; also the dry run of either engine.
+
+    Returns {"rows", "by_rule", "seconds_by_rule", "seconds_snapshot", "inputs", "notes", "used", "seconds"}."""
+    t0 = time.perf_counter()
+    conn = db.connect(settings)
+    try:
+        if snapshot:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        conn.execute("SET LOCAL jit = off")
+        conn.execute(sql.SQL("CREATE TEMP TABLE sup_findings (LIKE {}.sup_findings INCLUDING DEFAULTS) ON COMMIT DROP; "
+                             "ALTER TABLE pg_temp.sup_findings ALTER id DROP DEFAULT, ALTER id DROP NOT NULL").format(
+            sql.Identifier(db.schema_name(settings))))
+        ev = evaluate(conn, settings, as_of=as_of, rule_list=rule_list, params=params, layer_map=layer_map,
+                      known_at=known_at, imagery=imagery, new_run=lambda: 0, scope=scope)
+        mine = ("" if scope is None else
+                " WHERE CASE WHEN f.rule = 'R13' THEN f.subject_id IN (SELECT approval_id FROM _sup_scope_a) "
+                "ELSE f.subject_id IN (SELECT parcel_id FROM _sup_scope_p WHERE own) END")
+        rows = conn.execute(
+            "SELECT " + ", ".join(f"f.{c}::text" for c in FINDING_FIELDS) +
+            f" FROM pg_temp.sup_findings f{mine} ORDER BY f.rule, f.subject_id").fetchall()
+        by_rule = {rid: 0 for rid in ev.by_rule}
+        for r in rows:
+            by_rule[r[0]] += 1
+        return {"rows": rows, "by_rule": by_rule, "seconds_by_rule": ev.seconds_by_rule,
+                "seconds_snapshot": ev.seconds_snapshot, "inputs": ev.inputs, "notes": ev.engine.notes,
+                "used": ev.engine.used, "seconds": round(time.perf_counter() - t0, 3)}
+    finally:
+        conn.rollback()
+        conn.close()
