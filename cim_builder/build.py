@@ -28,6 +28,12 @@ All-or-nothing: content file names carry their hash, so new files never overwrit
 current tileset.json references; tileset.json is replaced atomically and the registry updated in
 one transaction; files no longer referenced are removed last. A failure in stages 5–8 removes
 the files it wrote (:func:`_roll_back`).
+
+Object storage (issue 18): ``--store s3`` / ``--store s3://BUCKET/prefix`` writes the tileset to a
+bucket (``spatial_api.objectstore``: an ``ObjectPath`` in place of the folder): the content
+objects first (hashed names: an upload of an existing name is skipped, so a rebuild uploads only
+what changed), tileset.json last; ``cim_tilesets.out_dir`` records the ``s3://`` prefix, which
+later builds keep and ``/twin/tilesets`` serves from.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from cim_builder.geo import (DEFAULT_GEOID_SEPARATION, GEOGRAPHIC_CRS, METRIC_CR
 from cim_builder.glb import GlbWriter, Primitive, PropertyTable
 from cim_builder.lod1 import Footprints, footprints, prism_mesh
 from cim_builder.tileset import Layout, build_tree, cap_levels, choose_layout, tile_key, tileset_json
-from spatial_api import db, store
+from spatial_api import db, objectstore, store
 from spatial_api.api import time as timepolicy
 from spatial_api.config import get_settings
 
@@ -150,6 +156,9 @@ def _hash(*parts) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    if objectstore.is_remote(path):  # an object in a bucket appears whole or not at all
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
@@ -315,7 +324,7 @@ class BuildContext:
 def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Path | None = None,
           dem: str | Path | None = None, geoid_separation: float | None = None, full: bool = False,
           max_per_tile: int = 1500, floor_height_m: float = 3.0, layer: str = "buildings",
-          title: str | None = None, progress=None, block_min: int = BLOCK_MIN) -> BuildReport:
+          title: str | None = None, progress=None, block_min: int = BLOCK_MIN, store: str | None = None) -> BuildReport:
     """Build (or incrementally rebuild) tileset ``tileset_id``: the stages of the module
     docstring, in order. ``progress`` is called with each stage's name as it ends. Block tiles
     (the far view) when at least ``block_min`` buildings lie below the root's tile."""
@@ -329,7 +338,7 @@ def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Pat
         ctx = BuildContext(conn=conn, tileset_id=tileset_id, at=at, geoid_separation=separation, full=full,
                            max_per_tile=max_per_tile, floor_height_m=floor_height_m, layer=layer, title=title,
                            started=started, progress=progress, block_min=int(block_min))
-        _lock_and_locate(ctx, settings, out)
+        _lock_and_locate(ctx, settings, out, store)
         _read_sources(ctx, dem)
         ctx.lap("read")
         _to_metric(ctx)
@@ -360,19 +369,42 @@ def build(settings=None, *, tileset_id: str = "twin", as_of=None, out: str | Pat
     return ctx.report
 
 
-def _lock_and_locate(ctx: BuildContext, settings, out: str | Path | None) -> None:
-    """Takes the tileset id and ``--out``; takes the tileset's build lock (held until the
+def _out_location(settings, tileset_id: str, out, store: str | None):
+    """``--out`` / ``--store`` as a location (None: neither given). ``--store s3`` is the configured
+    bucket's ``tilesets/`` prefix, ``--store s3://BUCKET/prefix`` that prefix; the tileset goes in
+    ``<prefix>/[<schema>/]<id>/`` (as in the default folder). ``--out s3://…`` is taken as is."""
+    if out and store:
+        raise CimError(f"--out {out} and --store {store}: give one of them (where the tileset goes)")
+    if out:
+        return objectstore.location(out)
+    if not store or store == "local":
+        return None
+    try:
+        if store == "s3":
+            base = objectstore.ObjectPath(objectstore.s3_settings().bucket, "tilesets")
+        elif objectstore.is_remote(store):
+            base = objectstore.ObjectPath.parse(store)
+        else:
+            raise CimError(f"--store {store!r}: give local, s3 (the bucket GEOTWIN_S3_BUCKET) or s3://BUCKET/prefix")
+        target = base / tileset_id if settings.db_schema == "geotwin" else base / settings.db_schema / tileset_id
+        objectstore.check(target)  # reachable, the credentials, the bucket: before any work
+    except objectstore.ObjectStoreError as exc:
+        raise CimError(f"--store {store}: {exc}") from None
+    return target
+
+
+def _lock_and_locate(ctx: BuildContext, settings, out: str | Path | None, store: str | None = None) -> None:
+    """Takes the tileset id and ``--out`` / ``--store``; takes the tileset's build lock (held until the
     connection's transaction ends) and gives ``ctx.previous`` (the last build's folder, layout and
-    parameters, or None), ``ctx.out_dir`` (``--out``, else the previous folder, else the default)
-    and a fresh ``ctx.report``."""
+    parameters, or None), ``ctx.out_dir`` (``--out`` / ``--store``, else the previous folder — or
+    bucket prefix —, else the default) and a fresh ``ctx.report``."""
     ctx.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geotwin-cim:{ctx.tileset_id}",))
     row = ctx.conn.execute("SELECT out_dir, layout, params FROM cim_tilesets WHERE id = %s",
                            (ctx.tileset_id,)).fetchone()
     ctx.previous = {"out_dir": row[0], "layout": row[1], "params": row[2]} if row else None
-    if out:
-        out_dir = Path(out)
-    else:
-        out_dir = Path(row[0]) if row else default_out_dir(settings, ctx.tileset_id)
+    out_dir = _out_location(settings, ctx.tileset_id, out, store)
+    if out_dir is None:
+        out_dir = objectstore.location(row[0]) if row else default_out_dir(settings, ctx.tileset_id)
     ctx.out_dir = out_dir.resolve()
     ctx.report = BuildReport(tileset_id=ctx.tileset_id, out_dir=str(ctx.out_dir))
     ctx.report.geoid_separation = ctx.geoid_separation
@@ -632,7 +664,7 @@ def _stand_on_ground(ctx: BuildContext) -> None:
 def _write_new(ctx: BuildContext, uri: str, data: bytes) -> None:
     """Writes a content file unless it is there already (same name, same hash: same bytes)."""
     path = ctx.out_dir / uri
-    if not path.exists():
+    if not path.is_file():
         _atomic_write(path, data)
         ctx.written_files.append(path)
 
@@ -864,7 +896,7 @@ def _write_tileset(ctx: BuildContext) -> None:
             for row in ctx.rows:
                 copy.write_row((ctx.tileset_id, *row))
         ifc.record_replacements(conn, ctx.models)
-        os.replace(ctx.tmp_json, ctx.out_dir / "tileset.json")
+        objectstore.replace(ctx.tmp_json, ctx.out_dir / "tileset.json")  # in a bucket: copied last
 
 
 def _roll_back(ctx: BuildContext) -> None:

@@ -3,11 +3,18 @@ its content (glb ``model/gltf-binary``, ``.subtree``, json), with CORS (CesiumJS
 origin), ETag / If-None-Match, and gzip where it pays (tileset.json always shrinks a lot; a glb
 is sent compressed only when gzip saves at least 10%). Content file names carry their content
 hash, so they are served as immutable; tileset.json must be revalidated.
+
+A tileset built to object storage (``geotwin cim build --store s3``: its ``out_dir`` is an
+``s3://`` prefix) is served from the bucket (:func:`_object_content`): the object's bytes streamed
+through with the object's ETag (an MD5 of the content), the same CORS, media types, caching and gzip;
+with GEOTWIN_TILESET_REDIRECT=presigned, content (not tileset.json) answers 307 to a presigned
+URL of the object instead (the client fetches it from the store; the store's CORS applies).
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -16,7 +23,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from spatial_api import db, security
+from spatial_api import db, objectstore, security
 
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".json": "application/json", ".subtree": "application/octet-stream",
                ".b3dm": "application/octet-stream", ".gltf": "model/gltf+json"}
@@ -24,6 +31,8 @@ CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ET
         "Access-Control-Allow-Headers": "*", "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS"}
 _GZIP_MIN = 1024
 _CACHE_BYTES = 64 * 1024 * 1024
+#: How long a presigned content URL stays valid (GEOTWIN_TILESET_REDIRECT=presigned).
+_PRESIGN_SECONDS = 900
 
 
 class _GzipCache:
@@ -56,6 +65,49 @@ def _problem(status: int, description: str) -> JSONResponse:
                          "description": description}, status_code=status, headers=CORS)
 
 
+def _object_content(gz: _GzipCache, base, tileset_id: str, path: str, suffix: str, request: Request) -> Response:
+    """tileset.json or content of a tileset in a bucket: as from a folder (CORS, media type,
+    caching, ETag / 304, gzip), the ETag being the object's; or a 307 to a presigned URL."""
+    try:
+        target = base / path
+    except objectstore.ObjectStoreError:
+        return _problem(404, f"{path}: not in the tileset")
+    immutable = path != "tileset.json"
+    headers = {**CORS, "Vary": "Accept-Encoding",
+               "Cache-Control": "public, max-age=31536000, immutable" if immutable else "public, no-cache"}
+    try:
+        if immutable and os.environ.get("GEOTWIN_TILESET_REDIRECT", "").lower() == "presigned":
+            return Response(status_code=307, headers={**CORS, "Location": objectstore.presign(target, _PRESIGN_SECONDS),
+                                                      "Cache-Control": "private, max-age=60"})
+        wanted = [t.strip() for t in request.headers.get("if-none-match", "").split(",") if t.strip()]
+        if wanted:
+            meta = objectstore.head(target)
+            if meta is None:
+                return _problem(404, f"{path}: no such content in tileset {tileset_id!r}")
+            if meta.get("e_tag") in wanted:
+                return Response(status_code=304, headers={**headers, "ETag": meta["e_tag"]})
+        raw, meta = objectstore.get_with_meta(target)
+    except FileNotFoundError:
+        return _problem(404, f"{path}: no such content in tileset {tileset_id!r}")
+    except objectstore.ObjectStoreError as exc:
+        return JSONResponse({"code": "BadGateway", "description": f"tileset {tileset_id!r}: {exc}"},
+                            status_code=502, headers=CORS)
+    etag = meta.get("e_tag") or f'"{len(raw):x}"'
+    headers["ETag"] = etag
+    media = MEDIA_TYPES[suffix]
+    accepts_gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
+    if accepts_gzip and len(raw) >= _GZIP_MIN and suffix in (".json", ".glb", ".subtree", ".gltf"):
+        key = (str(target), len(raw), etag)
+        packed = gz.get(key)
+        if packed is None and key not in gz.items:
+            c = gzip.compress(raw, compresslevel=6)
+            packed = c if len(c) <= 0.9 * len(raw) else None
+            gz.put(key, packed)
+        if packed is not None:
+            return Response(packed, media_type=media, headers={**headers, "Content-Encoding": "gzip"})
+    return Response(raw, media_type=media, headers=headers)
+
+
 def router(settings) -> APIRouter:
     api = APIRouter(tags=["twin"])
     gz = _GzipCache()
@@ -74,7 +126,7 @@ def router(settings) -> APIRouter:
             with db.pool(settings).connection() as conn:
                 row = conn.execute(f"SELECT t.out_dir, {LEVEL} FROM cim_tilesets t WHERE t.id = %s",
                                    (tileset_id,)).fetchone()
-            hit = (now, (Path(row[0]), row[1]) if row else None)
+            hit = (now, (objectstore.location(row[0]), row[1]) if row else None)
             folders[tileset_id] = hit
         if hit[1] is None or not security.current().sees(hit[1][1]):
             return None
@@ -118,6 +170,8 @@ def router(settings) -> APIRouter:
         suffix = Path(path).suffix.lower()
         if suffix not in MEDIA_TYPES:
             return _problem(404, f"{path}: not tileset content")
+        if objectstore.is_remote(base):
+            return _object_content(gz, base, tileset_id, path, suffix, request)
         target = (base / path).resolve()
         try:
             target.relative_to(base.resolve())

@@ -18,6 +18,7 @@ from spatial_api.config_cli import config_app
 from spatial_api.ingest.cli import ingest_app, layers_app
 from spatial_api.rooms import command_groups, ingest_commands
 from spatial_api.security.cli import keys_app
+from spatial_api.objectstore.cli import s3_app
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are copied into tickets: no hard wraps
@@ -35,6 +36,7 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(layers_app, name="layers")
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(s3_app, name="s3")
 
 
 def _add_rooms() -> None:

@@ -42,6 +42,12 @@ zooms, ``reproject`` other than nearest and ``nodata`` overrides read the master
 before; a mosaic chooses per item. Photographic collections default to JPEG
 (``store.imagery.default_format_for``).
 
+COGs in object storage (issue 18): a catalogue path ``s3://bucket/key`` (masters and copies
+ingested with ``--store s3``) is opened by the same ``Reader`` through GDAL's ``/vsis3/`` — HTTP
+range requests for the header and the blocks a tile needs — with the store's settings given to
+every TiTiler endpoint as its GDAL environment (``environment_dependency``:
+``spatial_api.objectstore.gdal_environment``; nothing when no store is configured).
+
 Tile responses carry an ``ETag`` (a digest of the body) and answer ``If-None-Match`` with 304;
 ``Cache-Control`` comes from the security middleware (public collections:
 ``public, max-age=0, must-revalidate``; others private to the caller). Rendered PNG / JPEG / WebP
@@ -87,7 +93,7 @@ from titiler.core.factory import TilerFactory
 from titiler.core.utils import render_image
 from titiler.mosaic.factory import MosaicTilerFactory
 
-from spatial_api import db, security
+from spatial_api import db, objectstore, security
 from spatial_api.api import time as timepolicy
 from spatial_api.config import Settings, get_settings
 from spatial_api.api.errors import ApiError, invalid_parameter
@@ -768,12 +774,13 @@ def router(settings: Settings) -> APIRouter:
         router_prefix="/imagery/collections/{cid}",
         path_dependency=lookups.collection_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
         supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, add_statistics=False,
-        name="imagery_collection")
+        environment_dependency=objectstore.gdal_environment, name="imagery_collection")
     item_tiles = ItemTilerFactory(
         reader=Reader, router=APIRouter(dependencies=guard, route_class=tiles.route_class()),
         router_prefix="/imagery/collections/{cid}/items/{item_id}",
         path_dependency=lookups.item_dependency(), tile_dependency=_tile_params, process_dependency=_process_params,
-        supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False, name="imagery_item")
+        supported_tms=SUPPORTED_TMS, render_func=render, add_viewer=False, add_part=False,
+        environment_dependency=objectstore.gdal_environment, name="imagery_item")
     api.include_router(mosaic.router, prefix="/imagery/collections/{cid}", tags=["Imagery"])
     api.include_router(item_tiles.router, prefix="/imagery/collections/{cid}/items/{item_id}", tags=["Imagery"])
     api.add_api_route("/imagery/tiles/cache", tiles.stats, methods=["GET"], include_in_schema=False,

@@ -153,12 +153,13 @@ def ingest_imagery_cmd(
     access: Optional[str] = typer.Option(None, "--access", help="public | internal | restricted (new collections: public)."),
     author: Optional[str] = typer.Option(None, "--author", help="Who loads this (default: the login name)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
+    store: Optional[str] = typer.Option(None, "--store", help="local | s3 | s3://BUCKET/prefix: where the COG and its copies go (default: GEOTWIN_IMAGERY_STORE, else local)."),
 ) -> None:
     """Register a GeoTIFF as a dated item of an imagery collection (all or nothing)."""
     from spatial_api.ingest.imagery import cli_command
 
     code = cli_command(path, collection, datetime_, kind, title, title_zh, title_en, item_id, cog_dir, access,
-                       author, as_json)
+                       author, as_json, store=store)
     if code:
         raise typer.Exit(code)
 

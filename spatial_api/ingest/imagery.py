@@ -24,6 +24,16 @@ files and leaves the catalogue as it was. Re-ingesting the same file for the sam
 nothing (an item registered before the copies existed gets them then); a different file for a
 datetime already in the collection replaces that item (its old COG and copies are removed after
 the commit).
+
+Object storage (issue 18): with ``store="s3"`` (``--store s3``: the bucket GEOTWIN_S3_BUCKET,
+prefix ``imagery``), ``store="s3://BUCKET/prefix"`` or GEOTWIN_IMAGERY_STORE set to either, the
+COG and its copies go to an S3-compatible bucket (``spatial_api.objectstore``) instead of the
+managed folder: they are written and checked (COG validation, sha256, description, the copies)
+in a local staging folder exactly as on disk, then uploaded under their final keys
+(``<prefix>/[<schema>/]<collection>/<item>.<sha>.tif``, ``…/grids/<tms>/…``); the catalogue records
+the ``s3://`` URIs, which the tile server opens through GDAL's ``/vsis3/`` (range requests). The
+store is checked (reachable, credentials, bucket) before any work; a failure after an upload
+deletes the uploaded objects, as a failure on disk removes the new files.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from typing import Any
 from spatial_api.config import Settings, author_default, get_settings
 from spatial_api.ingest.types import IngestError, in_cli_words
 from spatial_api.api.grids import TMS
-from spatial_api import db
+from spatial_api import db, objectstore
 from spatial_api.ingest import parse_valid_time
 from spatial_api.store import imagery as cat
 
@@ -93,6 +103,31 @@ def managed_dir(settings: Settings, collection: str) -> Path:
     if settings.db_schema == "geotwin":
         return settings.home / "imagery" / collection
     return settings.home / "imagery" / settings.db_schema / collection
+
+
+#: ``--store`` / GEOTWIN_IMAGERY_STORE: where new COGs go — the managed folder, or a bucket.
+STORE_ENV = "GEOTWIN_IMAGERY_STORE"
+
+
+def store_root(settings: Settings, collection: str, store: str | None) -> objectstore.ObjectPath | None:
+    """The bucket prefix a collection's new COGs go to, or None for the local folder. ``store``:
+    None (GEOTWIN_IMAGERY_STORE, else local), ``"local"``, ``"s3"`` (the configured bucket, prefix
+    ``imagery``) or ``"s3://BUCKET/prefix"``. Under the prefix the layout is the managed folder's
+    (a schema other than the default one gets its own sub-prefix)."""
+    choice = store if store is not None else (os.environ.get(STORE_ENV) or "local")
+    param = "--store" if store is not None else STORE_ENV
+    if choice in ("", "local"):
+        return None
+    try:
+        if choice == "s3":
+            base = objectstore.ObjectPath(objectstore.s3_settings().bucket, "imagery")
+        elif choice.startswith(objectstore.SCHEME):
+            base = objectstore.ObjectPath.parse(choice)
+        else:
+            raise IngestError(f"{param} {choice!r}: give local, s3 (the bucket GEOTWIN_S3_BUCKET) or s3://BUCKET/prefix")
+    except objectstore.ObjectStoreError as exc:
+        raise IngestError(f"{param} {choice}: {exc}") from None
+    return base / collection if settings.db_schema == "geotwin" else base / settings.db_schema / collection
 
 
 def sha256_file(path: Path) -> str:
@@ -286,7 +321,7 @@ def write_grid_copy(master: Path, dst: Path, tms_id: str) -> cat.GridCopy:
 
     tms = TMS.get(tms_id)
     tile = tms.matrix(tms.minzoom).tileWidth
-    with rasterio.open(master) as src:
+    with objectstore.rasterio_env(), rasterio.open(str(master)) as src:  # a master in a bucket: /vsis3/
         dtype = src.dtypes[0]
         grid, maxzoom, levels, aligned = _aligned_grid(src, tms, tile)
         add_alpha = src.nodata is None and not has_alpha_band(src)
@@ -311,25 +346,30 @@ def write_grid_copy(master: Path, dst: Path, tms_id: str) -> cat.GridCopy:
     return cat.GridCopy(tms_id, dst, maxzoom - levels, maxzoom, dst.stat().st_size)
 
 
-def _write_grid_copies(master: Path, final_master: Path, grids, made: list[Path], path: str | Path) -> dict:
+def _write_grid_copies(master: Path, final_master: Path, grids, made: list[Path], path: str | Path,
+                       staging: Path | None = None) -> dict:
     """The copies of ``master`` (possibly still under its temporary name) on ``grids``, written
-    under temporary names beside where ``final_master`` goes; each file path, folder or temporary
-    file that now exists because of this call is appended to ``made`` (the caller removes them
-    on failure). Returns {tms: (temporary path, final path, GridCopy with the final path)}."""
+    under temporary names beside where ``final_master`` goes (in ``staging`` when that is in a
+    bucket); each file path, folder or temporary file that now exists because of this call is
+    appended to ``made`` (the caller removes them on failure). Returns {tms: (temporary path,
+    final path, GridCopy with the final path)}."""
     out = {}
     for tms_id in grids:
         final = grid_copy_path(final_master, tms_id)
-        for folder in (final.parent.parent, final.parent):
-            if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
-        tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.tif"
+        if objectstore.is_remote(final):
+            tmp = staging / f".{tms_id}.{final.stem}.{uuid.uuid4().hex[:8]}.tmp.tif"
+        else:
+            for folder in (final.parent.parent, final.parent):
+                if not folder.exists():
+                    folder.mkdir()
+                    made.append(folder)
+            tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.tif"
         made.append(tmp)
         try:
             copy = write_grid_copy(master, tmp, tms_id)
         except Exception as exc:
             raise IngestError(f"{path}: writing the web-optimised copy on {tms_id} failed ({_gdal_message(exc)}). "
-                              f"Check free space in {final.parent}.") from None
+                              f"Check free space in {tmp.parent}.") from None
         out[tms_id] = (tmp, final, cat.GridCopy(tms_id, final, copy.minzoom, copy.maxzoom, copy.file_size))
     return out
 
@@ -342,7 +382,7 @@ def _remove(paths) -> None:
                 p.rmdir()
             else:
                 p.unlink(missing_ok=True)
-        except OSError:
+        except (OSError, objectstore.ObjectStoreError):
             pass
 
 
@@ -362,13 +402,14 @@ def _add_missing_copies(settings: Settings, current: cat.Item, path: str | Path)
         return {}
     made: list[Path] = []
     committed = False
+    staging = objectstore.local_staging(settings) if objectstore.is_remote(current.cog_path) else None
     try:
-        written = _write_grid_copies(current.cog_path, current.cog_path, missing, made, path)
+        written = _write_grid_copies(current.cog_path, current.cog_path, missing, made, path, staging)
         placed = []
         for tmp, final, _ in written.values():
             if not final.exists():
                 placed.append(final)
-            os.replace(tmp, final)
+            _place(tmp, final, path)
         made += placed
         with db.transaction(settings) as conn:
             cat.lock_collection(conn, current.collection)
@@ -382,7 +423,17 @@ def _add_missing_copies(settings: Settings, current: cat.Item, path: str | Path)
     finally:
         if not committed:
             _remove(made)
+        if staging is not None:
+            objectstore.remove_staging(staging)
     return {t: c for t, (_, _, c) in written.items()}
+
+
+def _place(tmp: Path, final, path: str | Path) -> None:
+    """Move a finished file into place (on disk: a rename; in a bucket: an upload)."""
+    try:
+        objectstore.place(tmp, final)
+    except objectstore.ObjectStoreError as exc:
+        raise IngestError(f"{path}: {exc}") from None
 
 
 # -- the ingestion ---------------------------------------------------------------------------
@@ -403,6 +454,7 @@ def ingest_imagery(
     item_id: str | None = None,
     cog_dir: str | Path | None = None,
     author: str | None = None,
+    store: str | None = None,
     settings: Settings | None = None,
 ) -> ImagerySummary:
     """Register one GeoTIFF as the item of ``collection`` acquired at ``datetime_`` (a date means
@@ -419,6 +471,9 @@ def ingest_imagery(
     if item_id is not None:
         cat.check_item_id(item_id)
     title_zh, title_en = _title_fields(title, title_zh, title_en)
+    remote = store_root(settings, collection, store)
+    if remote is not None and cog_dir:
+        raise IngestError(f"--cog-dir {cog_dir} and --store {remote}: give one of them (where the COG goes)")
     src = Path(path).expanduser()
     source = src.resolve() if src.exists() else src
     if not source.is_file():
@@ -456,14 +511,23 @@ def ingest_imagery(
         return summary
 
     info = inspect_raster(source)
-    out_dir = Path(cog_dir).expanduser() if cog_dir else managed_dir(settings, collection)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IngestError(f"--cog-dir {out_dir}: cannot create the folder ({exc.strerror}). "
-                          "Give a writable folder.") from None
-    out_dir = out_dir.resolve()
-    tmp = out_dir / f".{item_id}.{uuid.uuid4().hex[:8]}.tmp.tif"
+    staging: Path | None = None
+    if remote is not None:
+        try:  # reachable, the credentials, the bucket: before any work
+            objectstore.check(remote)
+        except objectstore.ObjectStoreError as exc:
+            raise IngestError(f"--store {remote}: {exc}") from None
+        out_dir = remote
+        staging = objectstore.local_staging(settings)
+    else:
+        out_dir = Path(cog_dir).expanduser() if cog_dir else managed_dir(settings, collection)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IngestError(f"--cog-dir {out_dir}: cannot create the folder ({exc.strerror}). "
+                              "Give a writable folder.") from None
+        out_dir = out_dir.resolve()
+    tmp = (staging or out_dir) / f".{item_id}.{uuid.uuid4().hex[:8]}.tmp.tif"
     final: Path | None = None
     preexisting = committed = False
     made: list[Path] = []  # grid copies' files and folders this ingest created (removed on failure)
@@ -486,14 +550,14 @@ def ingest_imagery(
         described = describe_cog(tmp)
         size = tmp.stat().st_size
         t_grids = time.perf_counter()
-        copies = _write_grid_copies(tmp, final, GRID_COPIES, made, path)
+        copies = _write_grid_copies(tmp, final, GRID_COPIES, made, path, staging)
         summary.grid_seconds = time.perf_counter() - t_grids
         preexisting = final.exists()  # same item id and content (name has the sha): another item's file
-        os.replace(tmp, final)
+        _place(tmp, final, path)
         for copy_tmp, copy_final, _ in copies.values():
             if not copy_final.exists():  # else: the same content, another item's (see preexisting)
                 made.append(copy_final)
-            os.replace(copy_tmp, copy_final)
+            _place(copy_tmp, copy_final, path)
         item = cat.Item(
             collection=collection, item_id=item_id, datetime=when, footprint_wkt=described["footprint_wkt"],
             resolution_m=float(info["resolution_m"]), width=info["width"], height=info["height"],
@@ -523,12 +587,14 @@ def ingest_imagery(
             if leftover is not None and not committed:
                 try:
                     leftover.unlink(missing_ok=True)
-                except OSError:
+                except (OSError, objectstore.ObjectStoreError):
                     pass
         raise
     finally:
         if tmp.exists():
             tmp.unlink(missing_ok=True)
+        if staging is not None:
+            objectstore.remove_staging(staging)
 
     if replaced is not None and replaced.cog_path != final and not still_used:
         with db.connect(settings) as conn:
@@ -568,6 +634,7 @@ def cli_command(
     access: str | None,
     author: str | None,
     as_json: bool,
+    store: str | None = None,
 ) -> int:
     """Run one ingestion for the command line; prints the outcome, returns the exit status."""
     import json
@@ -578,7 +645,7 @@ def cli_command(
     try:
         s = ingest_imagery(path, collection=collection, datetime_=datetime_, kind=kind, title=title,
                            title_zh=title_zh, title_en=title_en, item_id=item_id, cog_dir=cog_dir,
-                           access_level=access, author=author)
+                           access_level=access, author=author, store=store)
     except IngestError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))

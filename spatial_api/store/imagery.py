@@ -1,6 +1,7 @@
 """The imagery catalogue: collections (ortho, satellite, DEM …) and their dated items.
 
-An item is one Cloud-Optimized GeoTIFF in the managed folder, with its footprint (EPSG:4490),
+An item is one Cloud-Optimized GeoTIFF in the managed folder — or in an S3 bucket (``s3://…``,
+read back as a ``spatial_api.objectstore.ObjectPath``) — with its footprint (EPSG:4490),
 acquisition datetime, resolution, bands and checksums. ``spatial_api.ingest.imagery`` is the
 only writer (through :func:`register_item`); the tile server (``tiling.imagery``) reads items
 through :func:`items_covering` and opens nothing but their ``cog_path``.
@@ -36,6 +37,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from spatial_api.api import time as timepolicy
+from spatial_api.objectstore import location
 from spatial_api.store.types import StoreError
 from spatial_api.config import get_settings
 
@@ -106,7 +108,7 @@ class Item:
     @classmethod
     def from_row(cls, row: dict) -> "Item":
         values = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
-        values["cog_path"] = Path(row["cog_path"])
+        values["cog_path"] = location(row["cog_path"])
         values["datetime"] = _local(row["datetime"])
         return cls(**values)
 
@@ -288,7 +290,7 @@ def item_path(conn: psycopg.Connection, cid: str, item_id: str, *,
         "SELECT i.cog_path FROM imagery_items i JOIN imagery_collections c ON c.id = i.collection "
         "WHERE i.collection = %s AND i.item_id = %s AND (%s::text[] IS NULL OR c.access_level = ANY(%s))",
         (cid, item_id, list(access) if access else None, list(access) if access else None), prepare=True).fetchone()
-    return Path(row[0]) if row else None
+    return location(row[0]) if row else None
 
 
 def item_at(conn: psycopg.Connection, cid: str, when: datetime) -> Item | None:
@@ -325,7 +327,7 @@ def items_covering(conn: psycopg.Connection, cid: str, bbox: tuple[float, float,
     EPSG:4490) acquired at or before ``at`` (None: any), newest first. Prepared per connection."""
     x0, y0, x1, y1 = (float(v) for v in bbox)
     rows = conn.execute(_COVERING_SQL, (cid, x0, y0, x1, y1, x0, y0, x1, y1, at, at), prepare=True).fetchall()
-    return [(r[0], Path(r[1])) for r in rows]
+    return [(r[0], location(r[1])) for r in rows]
 
 
 _TILE_SOURCES_SQL = """
@@ -349,8 +351,8 @@ _ENTRY_KEYS = ("id", "kind", "title_zh", "title_en", "description", "access_leve
 
 def _source(row, at: int, tms: str | None) -> TileSource:
     item_id, path, copy_path, lo, hi = row[at:at + 5]
-    copy = GridCopy(tms=tms, cog_path=Path(copy_path), minzoom=lo, maxzoom=hi) if copy_path else None
-    return TileSource(item_id, Path(path), copy)
+    copy = GridCopy(tms=tms, cog_path=location(copy_path), minzoom=lo, maxzoom=hi) if copy_path else None
+    return TileSource(item_id, location(path), copy)
 
 
 def tile_sources(conn: psycopg.Connection, cid: str, tms: str, bbox: tuple[float, float, float, float],
@@ -412,7 +414,7 @@ def grid_copies(conn: psycopg.Connection, cid: str, item_id: str) -> dict[str, G
     """The grid copies of an item, by tile matrix set id."""
     rows = conn.execute("SELECT tms, cog_path, minzoom, maxzoom, file_size FROM imagery_item_grids "
                         "WHERE collection = %s AND item_id = %s ORDER BY tms", (cid, item_id)).fetchall()
-    return {r[0]: GridCopy(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+    return {r[0]: GridCopy(r[0], location(r[1]), r[2], r[3], r[4]) for r in rows}
 
 
 def register_grid_copies(conn: psycopg.Connection, cid: str, item_id: str, copies: dict[str, GridCopy]) -> None:
@@ -440,7 +442,7 @@ def latest_path(conn: psycopg.Connection, collection: str, at: datetime | None =
         "SELECT cog_path FROM imagery_items WHERE collection = %s "
         "AND (%s::timestamptz IS NULL OR datetime <= %s) ORDER BY datetime DESC LIMIT 1",
         (collection, at, at)).fetchone()
-    return Path(row[0]) if row else None
+    return location(row[0]) if row else None
 
 
 def register_item(conn: psycopg.Connection, item: Item) -> Item | None:
