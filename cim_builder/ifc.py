@@ -855,6 +855,12 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
             tmp = stored.with_name(stored.name + ".tmp")
             shutil.copyfile(path, tmp)
             os.replace(tmp, stored)
+        # the clash check's placed mesh beside the copy: `cim clash <id>` never tessellates it again
+        from cim_builder import clash
+
+        cache = clash.mesh_cache_path(stored, sha, georef, sep)
+        if not cache.exists():
+            clash.write_mesh_cache(cache, clash.placed_mesh(pm, sep))
         gj = georef.to_json()
         gj["z_range"] = list(pm.z_range)
         conn.execute(
