@@ -39,10 +39,8 @@ its stored copy (MESH_CACHE_VERSION), written at registration: the check never t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +50,12 @@ import shapely
 from psycopg import sql
 
 from cim_builder import clash_geometry as cg
+from cim_builder.mesh_cache import mesh_cache_path, placed_mesh, read_mesh_cache, write_mesh_cache
+from cim_builder.mesh_cache import to_metric as _to_metric
 from cim_builder.geo import (
     DEFAULT_GEOID_SEPARATION,
     METRIC_CRS,
     CimError,
-    ecef_to_lonlat,
     resolve_dem,
     transformer,
 )
@@ -186,11 +185,6 @@ class Solid:
         return out
 
 
-def _to_metric(lon, lat):
-    x, y = transformer("EPSG:4490", METRIC_CRS).transform(np.asarray(lon, float), np.asarray(lat, float))
-    return np.asarray(x), np.asarray(y)
-
-
 def _geom_to_metric(g):
     return shapely.transform(g, lambda c: np.column_stack(_to_metric(c[:, 0], c[:, 1])))
 
@@ -280,64 +274,6 @@ def planned_basement(conn, footprint, depth_m, ground_z=None, dem=None, at=None)
                   "depth_m": depth, "bottom_z": round(gz - depth, 3)}, poly=poly, zb=gz - depth, zt=gz)
 
 
-#: the placed mesh of a registered model, cached beside its stored IFC copy (``<sha16>.clash-<key>.npz``,
-#: key = the file's sha256, its georef, the geoid separation and this version): written at
-#: registration (ifc.register) or by the first check, so a registered model is never tessellated again
-MESH_CACHE_VERSION = 1
-_MESH_META = ("global_id", "ifc_class", "name", "storey")
-
-
-def mesh_cache_path(stored_path: str | Path, sha256: str, georef, sep: float = DEFAULT_GEOID_SEPARATION) -> Path:
-    g = {k: v for k, v in georef.to_json().items() if k != "warnings"}
-    doc = json.dumps({"v": MESH_CACHE_VERSION, "sha256": sha256, "georef": g, "sep": float(sep), "crs": METRIC_CRS},
-                     sort_keys=True, default=str)
-    stored = Path(stored_path)
-    return stored.with_name(f"{stored.stem}.clash-{hashlib.sha256(doc.encode()).hexdigest()[:16]}.npz")
-
-
-def placed_mesh(pm, sep: float = DEFAULT_GEOID_SEPARATION) -> dict[str, np.ndarray]:
-    """A placed model (ifc.PlacedModel) → its solid elements' triangles in EPSG:4547 + orthometric
-    height, ordered by element (``start``: each element's first triangle), the elements' attributes
-    and the footprint (EPSG:4490 WKB): what the check needs, as plain arrays (the cache's content)."""
-    els = pm.elements
-    llh = ecef_to_lonlat(pm.ecef)
-    x, y = _to_metric(llh[:, 0], llh[:, 1])
-    xyz = np.column_stack([x, y, llh[:, 2] - sep]).reshape(-1, 3, 3)
-    tri_el = els.element[::3]
-    meta = els.meta
-    keep = ~np.asarray(meta["is_space"], bool)[tri_el]
-    order = np.flatnonzero(keep)[np.argsort(tri_el[keep], kind="stable")]
-    count = np.bincount(tri_el[order], minlength=els.count)
-    ids = np.flatnonzero(count)
-    return {"tris": xyz[order], "start": np.concatenate([[0], np.cumsum(count[ids])]),
-            "below_ground": np.asarray(meta["below_ground"], bool)[ids],
-            **{k: np.asarray([str(meta[k][i] or "") for i in ids], dtype=str) for k in _MESH_META},
-            "footprint": np.frombuffer(shapely.to_wkb(pm.footprint), np.uint8),
-            "warnings": np.asarray(list(els.warnings), dtype=str)}
-
-
-def write_mesh_cache(path: Path, mesh: dict) -> bool:
-    """Write the cache atomically; a cache that cannot be written (read-only store) is only a slower next check."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    try:
-        np.savez(tmp, **mesh)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
-
-
-def _read_mesh_cache(path: Path) -> dict | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            mesh = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # missing or damaged: placed again (and rewritten)
-    need = {"tris", "start", "below_ground", "footprint", "warnings", *_MESH_META}
-    return mesh if need <= set(mesh) else None
-
-
 def model_mesh(path: Path, model_id: str, georef, sep: float = DEFAULT_GEOID_SEPARATION,
                sha256: str | None = None) -> dict:
     """The model's placed mesh (see placed_mesh). A registered model (``sha256`` given) reads it from
@@ -346,7 +282,7 @@ def model_mesh(path: Path, model_id: str, georef, sep: float = DEFAULT_GEOID_SEP
     from cim_builder.ifc import place
 
     cache = mesh_cache_path(path, sha256, georef, sep) if sha256 else None
-    if cache is not None and (mesh := _read_mesh_cache(cache)) is not None:
+    if cache is not None and (mesh := read_mesh_cache(cache)) is not None:
         return mesh
     mesh = placed_mesh(place(Path(path), model_id, georef, sep), sep)
     if cache is not None:

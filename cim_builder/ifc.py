@@ -856,11 +856,11 @@ def register(settings, path: str | Path, *, model_id: str | None = None, at: tup
             shutil.copyfile(path, tmp)
             os.replace(tmp, stored)
         # the clash check's placed mesh beside the copy: `cim clash <id>` never tessellates it again
-        from cim_builder import clash
+        from cim_builder import mesh_cache
 
-        cache = clash.mesh_cache_path(stored, sha, georef, sep)
+        cache = mesh_cache.mesh_cache_path(stored, sha, georef, sep)
         if not cache.exists():
-            clash.write_mesh_cache(cache, clash.placed_mesh(pm, sep))
+            mesh_cache.write_mesh_cache(cache, mesh_cache.placed_mesh(pm, sep))
         gj = georef.to_json()
         gj["z_range"] = list(pm.z_range)
         conn.execute(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from spatial_api import db, rooms
+from spatial_api import db, health, rooms
 from spatial_api.api.errors import install_error_handlers
 from spatial_api.config import Settings, get_settings
 
@@ -24,11 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.extra_conformance = []
     install_error_handlers(app)
 
-    @app.get("/healthz", tags=["service"])
-    def healthz() -> dict:
-        with db.connect(settings) as conn:
-            conn.execute("SELECT 1")
-        return {"status": "ok"}
+    health.install(app, settings)  # /healthz; rooms add their checks (health.add_check)
+    if db.read_database_url(settings):  # reads on a replica, read-your-writes (spatial_api.db)
+        app.add_middleware(db.ReadYourWrites, settings=settings)
 
     app.state.rooms = []
     for room in rooms.rooms():

@@ -137,7 +137,7 @@ class FeaturesAPI:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.cols = Collections(self.settings)
-        self.pool = db.pool(self.settings)
+        self.pool = db.pool(self.settings, read=True)  # only reads: the replica when one is configured
 
     def connect(self):
         return self.pool.connection()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import shapely
 
-from cim_builder import clash, ifc
+from cim_builder import clash, ifc, mesh_cache
 from tests.integration.test_clash import (
     CST,
     PIPES,
@@ -101,8 +101,8 @@ def test_the_cache_key_follows_the_georef(env):
     f = ifc.open_ifc(env["ifc"])
     g1 = ifc.read_georef(f, env["ifc"])
     g2 = ifc.read_georef(f, env["ifc"], at=(114.25, 22.72, 30.0))
-    a = clash.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g1)
-    assert a != clash.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g2)
-    assert a != clash.mesh_cache_path(env["tmp"] / "x.ifc", "cd" * 32, g1)
-    assert a != clash.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g1, sep=-3.0)
-    assert a == clash.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, ifc.Georef.from_json(g1.to_json()))
+    a = mesh_cache.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g1)
+    assert a != mesh_cache.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g2)
+    assert a != mesh_cache.mesh_cache_path(env["tmp"] / "x.ifc", "cd" * 32, g1)
+    assert a != mesh_cache.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, g1, sep=-3.0)
+    assert a == mesh_cache.mesh_cache_path(env["tmp"] / "x.ifc", "ab" * 32, ifc.Georef.from_json(g1.to_json()))

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUND = "spatial_api"
-ROOMS = ("tiling", "styles", "land_supervision", "cim_builder", "web", "data", "sensing", "underground")
+ROOMS = ("tiling", "styles", "land_supervision", "cim_builder", "web", "data", "sensing", "underground", "topology")
 PACKAGES = (GROUND, *ROOMS)
 
 

@@ -1,0 +1,75 @@
+"""``geotwin cluster up | down | status``: every process of a ``cluster.toml`` on this machine.
+
+Imports of the project's modules sit inside the command bodies (``geotwin --help`` starts fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+cluster_app = typer.Typer(help="The whole topology from cluster.toml: PostgreSQL primary and streaming replicas, "
+                               "API replicas behind nginx, the MQTT broker and sensing workers.",
+                          no_args_is_help=True)
+
+CONFIG = typer.Option(Path("cluster.toml"), "--config", "-c",
+                      help="The topology (see cluster.example.toml); paths in it are relative to its folder.")
+
+
+def _controller(config: Path):
+    from topology.config import TopologyError
+    from topology.control import load_controller
+
+    try:
+        return load_controller(config, echo=typer.echo)
+    except TopologyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cluster_app.command("up")
+def up(config: Path = CONFIG) -> None:
+    """Start every role of this machine (idempotent: what runs is left running)."""
+    from sensing.mqtt.broker import BrokerError
+    from spatial_api.db.cluster import ClusterError
+
+    ctl = _controller(config)
+    try:
+        seconds = ctl.up()
+    except (ClusterError, BrokerError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        typer.echo("(what started keeps running: fix the cause and run `geotwin cluster up` again, "
+                   "or `geotwin cluster down`)", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"cluster up in {seconds:.1f} s — {ctl.topo.public_url()}")
+
+
+@cluster_app.command("down")
+def down(config: Path = CONFIG,
+         purge: bool = typer.Option(False, "--purge", help="Also delete the cluster's data (databases, logs).")) -> None:
+    """Stop every role of this machine (the databases keep their data unless --purge)."""
+    stopped = _controller(config).down(purge=purge)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@cluster_app.command("status")
+def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each role: host:port, pid, healthy, and the replicas' lag (exit 1 when a local role is unhealthy)."""
+    from dataclasses import asdict
+
+    rows = _controller(config).status()
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("role", "name", "host:port", "pid", "healthy", "detail")
+        for r in rows:
+            table.add_row(r.role, r.name, r.address, str(r.pid or "—"),
+                          "[green]yes[/]" if r.healthy else ("[red]no[/]" if r.local else "[dim]elsewhere[/]"),
+                          r.detail)
+        Console().print(table)
+    if any(r.local and not r.healthy for r in rows):
+        raise typer.Exit(1)

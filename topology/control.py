@@ -1,0 +1,589 @@
+"""``geotwin cluster up | down | status``: the processes of a ``cluster.toml`` on this machine.
+
+- **PostgreSQL primary**: a cluster of its own under ``<state_dir>/pg-primary`` (never the
+  project-local one of ``geotwin db up``: that one runs ``wal_level = minimal``, which no standby
+  can follow), ``wal_level = replica``, WAL senders and slots; the schema migrated.
+- **Streaming replicas**: ``pg_basebackup -R -C -S <slot>`` from the primary, ``hot_standby``,
+  ``hot_standby_feedback``, each on its own port; ``primary_conninfo`` names the replica
+  (``application_name``), so ``synchronous = true`` can list them in ``synchronous_standby_names``.
+- **API replicas**: ``geotwin serve --port P`` with ``DATABASE_URL`` = the primary and
+  ``GEOTWIN_READ_DATABASE_URL`` = a replica (API replica i reads from DB replica i mod R).
+- **nginx** (Debian's, as a user process): an upstream of the API replicas with passive health checks
+  (``max_fails`` / ``fail_timeout``), idempotent requests retried on the next replica
+  (``proxy_next_upstream error timeout http_502 http_503``, never a POST), keepalive connections.
+- **MQTT broker** (sensing.mqtt's mosquitto) and **sensing workers** (``geotwin mqtt worker
+  --shared``: MQTT 5 shared subscription).
+
+Pid files and logs under ``<state_dir>/run`` and ``<state_dir>/logs``. ``up`` is idempotent (what
+runs is left running, a stopped process is started again); ``down`` stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from spatial_api.config import Settings
+from spatial_api.db.cluster import DB_USER, ClusterError, LocalCluster, find_pg_bin
+from topology.config import Endpoint, Topology, TopologyError, is_local
+
+NGINX = os.environ.get("GEOTWIN_NGINX", "/usr/sbin/nginx")
+#: Seconds to wait for a role to come up / to stop before it is killed.
+START_TIMEOUT = 120
+STOP_TIMEOUT = 20
+
+_COMMON_CONF = """
+# --- geotwin cluster ({role}), written by spatial_api/topology/control.py ---
+listen_addresses = '{listen}'
+port = {port}
+unix_socket_directories = ''
+shared_buffers = '256MB'
+work_mem = '32MB'
+maintenance_work_mem = '256MB'
+max_wal_size = '2GB'
+checkpoint_timeout = '15min'
+wal_level = 'replica'
+max_wal_senders = 10
+max_replication_slots = 10
+wal_keep_size = '256MB'
+hot_standby = on
+hot_standby_feedback = on
+max_connections = 200
+timezone = 'UTC'
+log_min_messages = 'warning'
+"""
+
+
+def _listen(host: str) -> str:
+    try:
+        socket.inet_aton(host)
+        return host
+    except OSError:
+        return "*"
+
+
+class PrimaryServer(LocalCluster):
+    """The cluster's primary: LocalCluster's set-up (initdb, SCRAM password, root → postgres user)
+    with a configuration a standby can stream from."""
+
+    def __init__(self, topo: Topology):
+        super().__init__(Settings(home=topo.state_dir / "pg-primary", database_url=None, db_schema=topo.schema))
+        self.topo, self.endpoint = topo, topo.primary
+        self.port, self._explicit_port = topo.primary.port, True
+        #: synchronous_standby_names is written only once the replicas stream (`enable_sync`): with it
+        #: set before, every commit — the migrations' first — would wait for a standby not yet made.
+        self.sync = False
+
+    def url(self) -> str:
+        return super().url().replace("@127.0.0.1:", f"@{self.endpoint.host}:")
+
+    def _write_conf(self) -> None:
+        text = _COMMON_CONF.format(role="primary", listen=_listen(self.endpoint.host), port=self.port)
+        if self.sync and self.topo.synchronous and self.topo.replicas:
+            names = ", ".join(f'"{r.name}"' for r in self.topo.replicas)
+            text += f"synchronous_standby_names = 'ANY 1 ({names})'\nsynchronous_commit = on\n"
+        conf = self.data_dir / "postgresql.auto.conf"
+        conf.write_text(text)
+        self._chown(conf)
+        # Remote standbys and API replicas (several machines) must be let in.
+        hba = self.data_dir / "pg_hba.conf"
+        hosts = {e.host for e in [*self.topo.replicas, *self.topo.apis, *self.topo.workers] if not is_local(e.host)}
+        lines = [ln for ln in hba.read_text().splitlines() if "# geotwin cluster" not in ln]
+        for h in sorted(hosts):
+            addr = h if "/" in h else (f"{h}/32" if _listen(h) != "*" else h)
+            lines += [f"host all {DB_USER} {addr} scram-sha-256 # geotwin cluster",
+                      f"host replication {DB_USER} {addr} scram-sha-256 # geotwin cluster"]
+        hba.write_text("\n".join(lines) + "\n")
+
+    def enable_sync(self) -> None:
+        """Commits wait for one replica from now on (``synchronous = true``): config rewritten, reloaded."""
+        import psycopg
+
+        self.sync = True
+        self._write_conf()
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
+
+class ReplicaServer(LocalCluster):
+    """A hot standby made by ``pg_basebackup -R`` from the primary, streaming through a slot."""
+
+    def __init__(self, topo: Topology, endpoint: Endpoint, primary: PrimaryServer):
+        super().__init__(Settings(home=topo.state_dir / f"pg-{endpoint.name}", database_url=None,
+                                  db_schema=topo.schema))
+        self.topo, self.endpoint, self.primary = topo, endpoint, primary
+        self.slot = topo.replica_slots[endpoint.name]
+        self.port, self._explicit_port = endpoint.port, True
+
+    def url(self) -> str:
+        return super().url().replace("@127.0.0.1:", f"@{self.endpoint.host}:")
+
+    def _conninfo(self) -> str:
+        pw = self.password().replace("\\", "\\\\").replace("'", "\\'")
+        return (f"host={self.primary.endpoint.host} port={self.primary.port} user={DB_USER} "
+                f"password={pw} application_name={self.endpoint.name}")
+
+    def _write_conf(self) -> None:
+        text = _COMMON_CONF.format(role=f"replica {self.endpoint.name}", listen=_listen(self.endpoint.host),
+                                   port=self.port)
+        info = self._conninfo().replace("'", "''")
+        text += f"primary_conninfo = '{info}'\nprimary_slot_name = '{self.slot}'\n"
+        conf = self.data_dir / "postgresql.auto.conf"
+        conf.write_text(text)
+        self._chown(conf)
+
+    def init(self) -> None:
+        import psycopg
+
+        bindir, _ = find_pg_bin()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.server_root.mkdir(parents=True, exist_ok=True)
+        self._chown(self.server_root)
+        shutil.copyfile(self.primary.password_file, self.password_file)
+        os.chmod(self.password_file, 0o600)
+        self.port_file.write_text(f"{self.port}\n")
+        if self.data_dir.exists():  # a half-made copy from an interrupted `up`
+            shutil.rmtree(self.data_dir)
+        with psycopg.connect(self.primary.url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND NOT active", (self.slot,))
+        env = {**os.environ, "PGPASSWORD": self.password(), "PGAPPNAME": self.endpoint.name}
+        proc = subprocess.run(
+            [str(bindir / "pg_basebackup"), "-h", self.primary.endpoint.host, "-p", str(self.primary.port),
+             "-U", DB_USER, "-D", str(self.data_dir), "-R", "-C", "-S", self.slot, "-X", "stream",
+             "--checkpoint=fast", "--no-password"],
+            user=self._run_user(), env=env, capture_output=True, text=True, timeout=600, cwd="/", check=False)
+        if proc.returncode != 0:
+            raise ClusterError(f"pg_basebackup of replica {self.endpoint.name} from {self.primary.endpoint.address} "
+                               f"failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        self._write_conf()
+
+    def up(self) -> None:
+        if not self.initialised:
+            self.init()
+        self.start()
+
+
+@dataclass
+class Row:
+    role: str
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+    detail: str
+    local: bool = True
+
+
+class Controller:
+    def __init__(self, topo: Topology, echo=print):
+        self.topo = topo
+        self.echo = echo
+        self.run_dir = topo.state_dir / "run"
+        self.log_dir = topo.state_dir / "logs"
+        self.nginx_dir = topo.state_dir / "nginx"
+        self.primary = PrimaryServer(topo)
+        self.replicas = [ReplicaServer(topo, r, self.primary) for r in topo.replicas]
+        self._spawned: dict[str, subprocess.Popen] = {}
+
+    # -- settings handed to the processes -----------------------------------------------------
+    def settings(self) -> Settings:
+        """Settings of the primary's schema (the broker's users, migrations)."""
+        return Settings(database_url=self.primary.url(), db_schema=self.topo.schema, home=self.topo.state_dir / "home",
+                        mqtt_url=self._mqtt_url(), mqtt_dir=self.topo.state_dir / "mqtt",
+                        public_url=self.topo.public_url())
+
+    def _mqtt_url(self) -> str:
+        b = self.topo.broker
+        return f"mqtt://{b.host}:{b.port}" if b else "mqtt://127.0.0.1:51883"
+
+    def env(self, index: int = 0) -> dict:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "GEOTWIN_DATABASE_URL", "GEOTWIN_READ_DATABASE_URL")}
+        env.update(DATABASE_URL=self.primary.url(), GEOTWIN_DB_SCHEMA=self.topo.schema,
+                   GEOTWIN_HOME=str(self.topo.state_dir / "home"), GEOTWIN_MQTT_URL=self._mqtt_url(),
+                   GEOTWIN_MQTT_DIR=str(self.topo.state_dir / "mqtt"), GEOTWIN_PUBLIC_URL=self.topo.public_url())
+        if self.replicas:
+            env["GEOTWIN_READ_DATABASE_URL"] = self.replicas[index % len(self.replicas)].url()
+        for key, value in self.topo.s3.items():  # carried through as is: GEOTWIN_S3_ENDPOINT …
+            env[f"GEOTWIN_S3_{key.upper()}"] = str(value)
+        return env
+
+    # -- pid files ----------------------------------------------------------------------------
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    @staticmethod
+    def _alive(pid: int | None, marker: bytes) -> bool:
+        if not pid:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            return False
+        return state != "Z" and marker in cmdline
+
+    def _pid(self, name: str, marker: bytes) -> int | None:
+        try:
+            pid = int(self._pid_file(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._alive(pid, marker) else None
+
+    def _spawn(self, name: str, args: list[str], env: dict) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 — handed to the child
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=self.topo.state_dir)
+        log.close()
+        self._pid_file(name).write_text(f"{proc.pid}\n")
+        self._spawned[name] = proc  # until it has exec'd, /proc/<pid>/cmdline is still ours
+        return proc.pid
+
+    def _stop_pid(self, pid: int, marker: bytes, sig=signal.SIGTERM) -> None:
+        try:
+            os.killpg(pid, sig)  # the session leader and its children (uvicorn's workers)
+        except OSError:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self._alive(pid, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._alive(pid, marker):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    # -- up -----------------------------------------------------------------------------------
+    def up(self) -> float:
+        started = time.monotonic()
+        self.topo.state_dir.mkdir(parents=True, exist_ok=True)
+        self._databases()
+        self._broker_and_workers()
+        self._apis()
+        self._nginx()
+        return time.monotonic() - started
+
+    def _databases(self) -> None:
+        from spatial_api import db
+
+        p = self.primary
+        if is_local(p.endpoint.host):
+            fresh = not p.initialised
+            p.up()
+            self.echo(f"● postgres primary {'created, ' if fresh else ''}running on {p.endpoint.address}")
+            db.migrate(self.settings())
+        for r in self.replicas:
+            if not is_local(r.endpoint.host):
+                self.echo(f"○ replica {r.endpoint.name} runs on {r.endpoint.host}: `geotwin cluster up` there")
+                continue
+            fresh = not r.initialised
+            r.up()
+            self._wait_streaming(r)
+            self.echo(f"● postgres replica {r.endpoint.name} {'created, ' if fresh else ''}streaming on "
+                      f"{r.endpoint.address} (slot {r.slot})")
+        if self.topo.synchronous and self.replicas and is_local(p.endpoint.host):
+            p.enable_sync()
+            self.echo("● synchronous replication on: a commit waits for one replica")
+
+    def _wait_streaming(self, r: ReplicaServer) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT
+        with psycopg.connect(self.primary.url(), autocommit=True, connect_timeout=10) as conn:
+            target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        while True:
+            try:
+                with psycopg.connect(r.url(), autocommit=True, connect_timeout=5) as conn:
+                    ok = conn.execute("SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= %s",
+                                      (target,)).fetchone()[0]
+                if ok:
+                    return
+            except psycopg.OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"replica {r.endpoint.name} did not catch up with the primary in "
+                                   f"{START_TIMEOUT} s; see {r.log_file}")
+            time.sleep(0.2)
+
+    def _broker_and_workers(self) -> None:
+        b = self.topo.broker
+        if b is None:
+            return
+        if is_local(b.host):
+            from sensing.mqtt import control as mqtt_control
+
+            _, started = mqtt_control.up(self.settings())
+            self.echo(f"● mqtt broker {'started' if started else 'running'} on {b.address}")
+        for i, w in enumerate(self.topo.workers):
+            if not is_local(w.host):
+                continue
+            if self._pid(w.name, b"mqtt") is None:
+                self._spawn(w.name, [sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", w.name,
+                                     "--shared"], self.env(i))
+                self.echo(f"● sensing worker {w.name} started")
+
+    def _apis(self) -> None:
+        waiting = []
+        for i, a in enumerate(self.topo.apis):
+            if not is_local(a.host):
+                continue
+            if self._pid(a.name, b"serve") is None:
+                self._spawn(a.name, [sys.executable, "-m", "spatial_api", "serve", "--host", a.host, "--port",
+                                     str(a.port), "--workers", str(self.topo.api_workers)], self.env(i))
+                waiting.append(a)
+        deadline = time.monotonic() + START_TIMEOUT
+        for a in waiting:
+            while (code := _http_status(f"http://{a.address}/healthz")) != 200:
+                if self._spawned[a.name].poll() is not None:
+                    raise ClusterError(f"API replica {a.name} exited; see {self.log_dir / (a.name + '.log')}:\n"
+                                       + _tail(self.log_dir / f"{a.name}.log"))
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"API replica {a.name} answers /healthz with {code} after {START_TIMEOUT} s; "
+                                       f"see {self.log_dir / (a.name + '.log')}")
+                time.sleep(0.2)
+            self.echo(f"● API replica {a.name} serving on {a.address}")
+
+    def nginx_conf(self) -> str:
+        o = self.topo.nginx_options
+        max_fails, fail_timeout = int(o.get("max_fails", 1)), str(o.get("fail_timeout", "10s"))
+        servers = "\n".join(f"        server {a.address} max_fails={max_fails} fail_timeout={fail_timeout};"
+                            for a in self.topo.apis)
+        d = self.nginx_dir
+        user = "user root root;\n" if os.geteuid() == 0 else ""  # its workers read nothing but its own temp files
+        return f"""# written by geotwin (spatial_api/topology/control.py) from {self.topo.file}
+{user}worker_processes {int(o.get("worker_processes", 1))};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    client_max_body_size {o.get("client_max_body_size", "20m")};
+    upstream geotwin_api {{
+{servers}
+        keepalive {int(o.get("keepalive", 64))};
+    }}
+    server {{
+        listen {self.topo.nginx.address};
+        location / {{
+            proxy_pass http://geotwin_api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            # idempotent requests (GET, HEAD, PUT, DELETE …) go to the next replica when one fails;
+            # POST / PATCH / LOCK never (no non_idempotent): a write is not repeated behind the caller
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream_tries {len(self.topo.apis)};
+            proxy_next_upstream_timeout 15s;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout {o.get("read_timeout", "120s")};
+            proxy_buffering on;
+            add_header Geotwin-Upstream $upstream_addr always;
+        }}
+    }}
+}}
+"""
+
+    def _nginx_args(self, *extra: str) -> list[str]:
+        return [NGINX, "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf"), *extra]
+
+    def _nginx_pid(self) -> int | None:
+        try:
+            pid = int((self.nginx_dir / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._alive(pid, b"nginx") else None
+
+    def _nginx(self) -> None:
+        n = self.topo.nginx
+        if not is_local(n.host):
+            return
+        if not Path(NGINX).exists():
+            raise ClusterError(f"{NGINX} not found: install Debian's nginx (`apt-get install nginx-light`) "
+                               "or set GEOTWIN_NGINX to its path")
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.nginx_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        (self.nginx_dir / "nginx.conf").write_text(self.nginx_conf())
+        test = subprocess.run(self._nginx_args("-t"), capture_output=True, text=True, check=False)
+        if test.returncode != 0:
+            raise ClusterError(f"nginx refuses {self.nginx_dir / 'nginx.conf'}: {test.stderr.strip()}")
+        running = self._nginx_pid() is not None
+        proc = subprocess.run(self._nginx_args(*(("-s", "reload") if running else ())), capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise ClusterError(f"nginx did not start: {proc.stderr.strip()} (see {self.nginx_dir / 'error.log'})")
+        deadline = time.monotonic() + 30
+        while _http_status(f"http://{n.address}/healthz") != 200:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nginx on {n.address} does not answer /healthz; see {self.nginx_dir / 'error.log'}")
+            time.sleep(0.1)
+        self.echo(f"● nginx {'reloaded' if running else 'started'} on {n.address} → "
+                  f"{', '.join(a.address for a in self.topo.apis)}")
+
+    # -- down ---------------------------------------------------------------------------------
+    def down(self, purge: bool = False) -> list[str]:
+        stopped = []
+        pid = self._nginx_pid()
+        if pid:
+            subprocess.run(self._nginx_args("-s", "quit"), capture_output=True, check=False)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while self._alive(pid, b"nginx") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._alive(pid, b"nginx"):
+                self._stop_pid(pid, b"nginx", signal.SIGTERM)
+            stopped.append("nginx")
+        for e, marker in [*((a, b"serve") for a in self.topo.apis), *((w, b"mqtt") for w in self.topo.workers)]:
+            pid = self._pid(e.name, marker)
+            if pid:
+                self._stop_pid(pid, marker)
+                stopped.append(e.name)
+            self._pid_file(e.name).unlink(missing_ok=True)
+        if self.topo.broker and is_local(self.topo.broker.host):
+            from sensing.mqtt.broker import LocalBroker
+
+            if LocalBroker(self.settings()).down():
+                stopped.append("mosquitto")
+        for server in [*self.replicas, self.primary]:
+            if server.initialised and server.stop():
+                stopped.append(server.endpoint.name)
+        if purge:
+            for server in [*self.replicas, self.primary]:
+                if server.server_root != server.root:
+                    shutil.rmtree(server.server_root, ignore_errors=True)
+            shutil.rmtree(self.topo.state_dir, ignore_errors=True)
+        return stopped
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> list[Row]:
+        import psycopg
+
+        rows = []
+        p = self.primary
+        replication = {}
+        detail = ""
+        try:
+            with psycopg.connect(p.url(), autocommit=True, connect_timeout=3) as conn:
+                lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                for name, state, sync, lag_bytes, lag in conn.execute(
+                        "SELECT application_name, state, sync_state, "
+                        "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+                        "extract(epoch FROM replay_lag) FROM pg_stat_replication"):
+                    replication[name] = (state, sync, lag_bytes, lag)
+            healthy, detail = True, f"wal {lsn}"
+        except (psycopg.Error, OSError) as exc:
+            healthy, detail = False, _first_line(exc)
+        rows.append(Row("postgres primary", "primary", p.endpoint.address, _postmaster_pid(p), healthy, detail,
+                        is_local(p.endpoint.host)))
+        for r in self.replicas:
+            try:
+                with psycopg.connect(r.url(), autocommit=True, connect_timeout=3) as conn:
+                    rec, replay = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+                state = replication.get(r.endpoint.name)
+                healthy = bool(rec) and state is not None and state[0] == "streaming"
+                detail = (f"{state[0]} ({state[1]}), replayed {replay}, lag {state[2] or 0} B"
+                          + (f" / {state[3]:.3f} s" if state[3] is not None else "")) if state else \
+                    f"{'standby' if rec else 'NOT in recovery (promoted?)'}, replayed {replay}, not streaming"
+            except (psycopg.Error, OSError) as exc:
+                healthy, detail = False, _first_line(exc)
+            rows.append(Row("postgres replica", r.endpoint.name, r.endpoint.address, _postmaster_pid(r), healthy,
+                            detail, is_local(r.endpoint.host)))
+        if self.topo.broker:
+            from sensing.mqtt.broker import LocalBroker
+
+            st = LocalBroker(self.settings()).status()
+            rows.append(Row("mqtt broker", "mosquitto", self.topo.broker.address, st.pid, st.running,
+                            "mosquitto" if st.running else "not running", is_local(self.topo.broker.host)))
+        for w in self.topo.workers:
+            pid = self._pid(w.name, b"mqtt")
+            rows.append(Row("sensing worker", w.name, w.host, pid, pid is not None,
+                            "shared subscription $share/geotwin" if pid else "not running", is_local(w.host)))
+        for a in self.topo.apis:
+            pid = self._pid(a.name, b"serve")
+            code, body = _http_get(f"http://{a.address}/healthz")
+            rows.append(Row("api", a.name, a.address, pid, code == 200, _health_summary(code, body),
+                            is_local(a.host)))
+        code, body = _http_get(f"http://{self.topo.nginx.address}/healthz")
+        rows.append(Row("nginx", "nginx", self.topo.nginx.address, self._nginx_pid(), code == 200,
+                        _health_summary(code, body), is_local(self.topo.nginx.host)))
+        return rows
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _postmaster_pid(server: LocalCluster) -> int | None:
+    try:
+        pid = int((server.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def _http_get(url: str, timeout: float = 3) -> tuple[int | None, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return None, b""
+
+
+def _http_status(url: str) -> int | None:
+    return _http_get(url, timeout=2)[0]
+
+
+def _health_summary(code: int | None, body: bytes) -> str:
+    if code is None:
+        return "not answering"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return f"HTTP {code}"
+    parts = [doc.get("status", "?")]
+    rep = doc.get("checks", {}).get("read_replica")
+    if rep:
+        parts.append(f"reads on {rep.get('reads')}" + (f", lag {rep['lag_bytes']} B" if "lag_bytes" in rep else ""))
+    lis = doc.get("checks", {}).get("tile_cache_listener")
+    if lis and lis.get("listening"):
+        parts.append("tile listener on")
+    return "; ".join(parts)
+
+
+def load_controller(path: Path, echo=print) -> Controller:
+    from topology.config import load
+
+    return Controller(load(path), echo)
+
+
+__all__ = ["Controller", "Row", "TopologyError", "load_controller"]
