@@ -5,13 +5,18 @@ depths, 5 % of them W×H culverts, one manhole per five pipe points) and N/100 b
 written through the store (``store.write_changeset``, the contract's layers ``pipe_points``,
 ``pipe_segments``, ``basements``) into a throwaway schema ``geotwin_bench_underground``, then
 ``build_underground`` is timed (in this process, after one warm-up build on a small network so
-that imports and PROJ set-up are not counted): read from PostGIS → prepare → layout → meshes
+that imports and PROJ set-up are not counted; the build itself reads on two connections and
+meshes in two forked worker processes, all of that inside the timing): read from PostGIS → prepare → layout → meshes
 and glb → tileset.json + registry. Every glb of the last build goes through the Khronos
 validator and the tileset through ``check_tileset``.
 
-    .venv/bin/python bench/underground.py [--segments 50000 10000] [--runs 3] [--keep] [--md /tmp/h_C_bench.md]
+    .venv/bin/python bench/underground.py [--segments 50000 10000] [--runs 3] [--keep] [--reuse]
+        [--md FILE] [--hashes FILE] [--profile FILE]
 
-The schema is dropped at the end unless --keep.
+The schema is dropped at the end unless --keep; --reuse keeps a network of the same size that a
+previous --keep run left (no reload). --hashes writes the SHA-256 of every glb of each size's last
+build (to compare the output of two versions byte for byte); --profile runs one more build of
+the first size under cProfile and writes its statistics (cumulative, top 60) to FILE.
 """
 
 from __future__ import annotations
@@ -132,11 +137,31 @@ def load(settings, n: int) -> None:
         conn.commit()
 
 
+def loaded(settings, n: int) -> bool:
+    """The bench schema already holds the network of n segments (a previous --keep run)."""
+    from spatial_api import db
+
+    with db.connect(settings) as conn:
+        if not conn.execute("SELECT to_regclass('layers') IS NOT NULL").fetchone()[0]:
+            return False
+        row = conn.execute("SELECT count(*) FILTER (WHERE layer = 'pipe_segments'), "
+                           "count(*) FILTER (WHERE layer = 'basements') FROM features "
+                           "WHERE valid_to IS NULL").fetchone()
+    return tuple(row) == (n, max(n // 100, 1))
+
+
+def glb_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.glb"))}
+
+
 def validate(folder: Path) -> tuple[int, float]:
     files = sorted(str(p) for p in folder.rglob("*.glb"))
     t = time.perf_counter()
     r = subprocess.run(["node", str(ROOT / "cim_builder" / "validate_gltf.mjs"), "-"], input="\n".join(files),
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=1800, check=False)
     return json.loads(r.stdout)["errors"], time.perf_counter() - t
 
 
@@ -145,25 +170,36 @@ def main() -> None:
     ap.add_argument("--segments", type=int, nargs="+", default=[50_000, 10_000])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the bench schema and tilesets")
+    ap.add_argument("--reuse", action="store_true", help="keep a loaded network of the same size (no reload)")
     ap.add_argument("--md", type=Path, default=None, help="write the markdown section here")
+    ap.add_argument("--hashes", type=Path, default=None, help="write the SHA-256 of every glb here (JSON)")
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile one more build, statistics to this file")
     args = ap.parse_args()
 
     from cim_builder.tileset import check_tileset
-    from cim_builder.underground import build_underground
+    from cim_builder.underground import (
+        MESH_PARALLEL_TILES,
+        MESH_PROCESSES,
+        PART_ROWS,
+        READ_CONNECTIONS,
+        build_underground,
+    )
     from spatial_api.config import get_settings, reset_settings
 
     reset_settings()
     settings = get_settings()
     assert settings.db_schema == SCHEMA
     tmp = Path(tempfile.mkdtemp(prefix="bench-underground-"))
-    results = []
+    results, hashes = [], {}
     load1 = os.getloadavg()[0]
     try:
-        load(settings, 2000)
+        if not (args.reuse and loaded(settings, args.segments[0])):
+            load(settings, 2000)
         build_underground(settings, out=tmp / "warm", full=True)  # imports, PROJ, pools: not counted
         for n in args.segments:
             t = time.perf_counter()
-            load(settings, n)
+            if not (args.reuse and loaded(settings, n)):
+                load(settings, n)
             load_s = time.perf_counter() - t
             runs = []
             for i in range(args.runs):
@@ -177,6 +213,17 @@ def main() -> None:
             mesh_write = statistics.median(r.timings["tiles"] + r.timings["write"] for r in runs)
             mesh_write_cpu = statistics.median(r.cpu["tiles"] + r.cpu["write"] for r in runs)
             cpu_total = statistics.median(sum(r.cpu.values()) for r in runs)
+            hashes[n] = glb_hashes(tmp / f"n{n}")
+            if args.profile and n == args.segments[0]:
+                import cProfile
+                import pstats
+
+                prof = cProfile.Profile()
+                prof.enable()
+                build_underground(settings, out=tmp / "profile", full=True)
+                prof.disable()
+                with args.profile.open("w") as fh:
+                    pstats.Stats(prof, stream=fh).sort_stats("cumulative").print_stats(60)
             errors, vs = validate(tmp / f"n{n}")
             problems = check_tileset(tmp / f"n{n}")
             results.append({"n": n, "manholes": best.manholes, "structures": best.structures, "tiles": best.tiles,
@@ -197,15 +244,19 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     load2 = os.getloadavg()[0]
     lines = ["### Underground tileset (pipes, manholes, basements → 3D Tiles 1.1)", "",
-             f"`bench/underground.py` on {os.cpu_count()} cores, {datetime.now():%Y-%m-%d}; machine shared with "
+             (f"`bench/underground.py` on {os.cpu_count()} cores, {datetime.now():%Y-%m-%d}; machine shared with "
              f"other jobs (load average {load1:.1f} at the start, {load2:.1f} at the end). Synthetic street-grid network "
              "written through the store; `build_underground --full` timed in-process after a warm-up build, "
-             f"median of {args.runs} runs. Read = PostGIS → numpy; mesh + write = cylinders / boxes / shafts / "
-             "prisms → glb files → tileset.json + registry. CPU = this process' CPU seconds (time.process_time; "
-             "the database server's share of the read is not in it): on a loaded machine the steadier measure.", "",
-             "| segments | manholes | basements | tiles | MB | vertices | build s (median) | segments/s (whole build) "
+             f"median of {args.runs} runs. Read = PostGIS → numpy (each column one binary array; a layer in parts of "
+             f"≈{PART_ROWS:,} rows by page range, {READ_CONNECTIONS} connections on one exported snapshot); "
+             f"mesh + write = cylinders / boxes / shafts / prisms → glb files (in {MESH_PROCESSES} processes, "
+             f"the build's and forked workers, from {MESH_PARALLEL_TILES} tiles when the 1-minute load average "
+             "is below cores − ¼) → tileset.json + registry. CPU = CPU seconds of the build process "
+             "and its mesh workers (the database server's share of the read is not in it): on a loaded machine "
+             "the steadier measure."), "",
+             ("| segments | manholes | basements | tiles | MB | vertices | build s (median) | segments/s (whole build) "
              "| read s | mesh + write s (wall / CPU) | segments/s mesh + write (wall / CPU) | build CPU s "
-             "| validator errors | check_tileset |",
+             "| validator errors | check_tileset |"),
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['n']:,} | {r['manholes']:,} | {r['structures']:,} | {r['tiles']} | {r['mb']:.0f} | "
@@ -218,6 +269,8 @@ def main() -> None:
     print(md)
     if args.md:
         args.md.write_text(md + "\n")
+    if args.hashes:
+        args.hashes.write_text(json.dumps({str(n): h for n, h in hashes.items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ tileset (id ``underground``, registered with ``params.kind = "underground"``).
 
 Stages, in order (timing laps in brackets):
 
-1. :func:`_read` — the three layers as of the date, one query each (any of them may be missing;
-   none at all is an error); values pulled out of the properties by the database [read];
+1. :func:`_read` — the three layers as of the date (any of them may be missing; none at all is
+   an error); values pulled out of the properties by the database, each column aggregated into
+   one array; a large layer read in parts of consecutive pages, two at a time on two
+   connections that share one exported snapshot [read];
 2. :func:`_prepare` — pipes: every vertex of a segment's line (EPSG:4490) with its axis
    elevation interpolated along the line between ``start_axis_z`` and ``end_axis_z`` (a straight
    two-point line, as the survey gives it, is one piece); manholes: the pipe points with
@@ -34,12 +36,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import shapely
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -113,7 +117,7 @@ class UndergroundReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
-    cpu: dict = field(default_factory=dict)  # CPU seconds of this process per lap
+    cpu: dict = field(default_factory=dict)  # CPU seconds per lap: this process and its mesh workers
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -143,8 +147,11 @@ def _text(prop: str) -> sql.Composable:
 
 def _entity_code(conn, layer: str, at) -> sql.Composable:
     """The code of the geographic entity each feature represents as of ``at`` (entity_links,
-    spatial_api.entities), or NULL where there is none or no entity table."""
-    if not conn.execute("SELECT to_regclass('entity_links') IS NOT NULL").fetchone()[0]:
+    spatial_api.entities), or NULL where there is none or no entity table (or no link from the
+    layer at all: then the per-row look-up is skipped)."""
+    linked = conn.execute("SELECT to_regclass('entity_links') IS NOT NULL AND EXISTS (SELECT 1 FROM entity_links "
+                          "WHERE kind = 'feature' AND source = %s)", (layer,)).fetchone()[0]
+    if not linked:
         return sql.SQL("NULL::text")
     when = (sql.SQL("l.valid_to IS NULL") if at is None else
             sql.SQL("l.valid_from <= {t} AND (l.valid_to IS NULL OR l.valid_to > {t})").format(t=sql.Literal(at)))
@@ -152,49 +159,149 @@ def _entity_code(conn, layer: str, at) -> sql.Composable:
                    "AND {} ORDER BY l.valid_from DESC LIMIT 1)").format(sql.Literal(layer), when)
 
 
-def _read_layer(conn, layer: str, at, texts: dict[str, sql.Composable], numbers: dict[str, sql.Composable],
-                geom: sql.Composable, where: sql.Composable | None = None) -> dict | None:
+#: Rows a read part aims at: a layer is read in parts of consecutive pages (ctid ranges, each
+#: part one query whose columns come back as arrays), two at a time on two connections.
+PART_ROWS = 30_000
+READ_CONNECTIONS = 2
+
+
+@dataclass
+class ReadJob:
+    """One query of the read: a layer's columns, restricted to the pages [first, last) of its
+    partition (None: all of it)."""
+
+    layer: str
+    texts: dict
+    numbers: dict
+    geom: sql.Composable
+    where: sql.Composable | None = None
+    pages: tuple[int, int | None] | None = None
+
+
+def _read_part(conn, job: ReadJob, at) -> dict:
     """One query: fid, vid, the ``texts`` and ``numbers`` (name → SQL expression) and ``geom`` of
-    the layer's features as of ``at``; None when the layer does not exist. Numbers come back as
-    float arrays (NaN for none), text and geometries (WKB) as object arrays."""
-    if store.get_layer(conn, layer) is None:
-        return None
-    texts = {**texts, "entity": _entity_code(conn, layer, at)}
+    the layer's features as of ``at`` in the job's pages, each column aggregated into one array
+    (binary: no per-row objects; all aggregates of one query see the rows in the same, physical,
+    order). Numbers come back as float arrays (NaN for none), text and geometries (WKB) as object
+    arrays."""
+    texts = {**job.texts, "entity": _entity_code(conn, job.layer, at)}
     cond, params = store.temporal_filter(at, None)
-    conds = [sql.SQL("f.layer = %s"), cond] + ([where] if where is not None else [])
-    query = sql.SQL("SELECT f.fid, f.vid, {}, {} FROM {} f WHERE {}").format(
-        sql.SQL(", ").join([*texts.values(), *numbers.values()]), geom,
-        sql.Identifier(store.partition_name(layer)), sql.SQL(" AND ").join(conds))
+    conds = [sql.SQL("f.layer = %s"), cond] + ([job.where] if job.where is not None else [])
+    if job.pages is not None:
+        first, last = job.pages
+        conds.append(sql.SQL("f.ctid >= {}::tid").format(sql.Literal(f"({first},0)")))
+        if last is not None:
+            conds.append(sql.SQL("f.ctid < {}::tid").format(sql.Literal(f"({last},0)")))
+    columns = [sql.SQL("f.fid"), sql.SQL("f.vid"), *texts.values(), *job.numbers.values(), job.geom]
+    # with each row's physical position (tidsend: page, line): the rows in page order whatever the plan
+    query = sql.SQL("SELECT string_agg(tidsend(f.ctid), ''::bytea), {} FROM {} f WHERE {}").format(
+        sql.SQL(", ").join(sql.SQL("array_agg({})").format(c) for c in columns),
+        sql.Identifier(store.partition_name(job.layer)), sql.SQL(" AND ").join(conds))
     with conn.cursor(binary=True) as cur:
-        rows = cur.execute(query, [layer, *params]).fetchall()
-    names = ["fid", "vid", *texts, *numbers, "geom"]
-    cols = dict(zip(names, zip(*rows))) if rows else {name: () for name in names}
-    out = {name: np.array(cols[name], dtype=object) for name in ("fid", *texts, "geom")}
+        row = cur.execute(query, [job.layer, *params]).fetchone()
+    names = ["ctid", "fid", "vid", *texts, *job.numbers, "geom"]
+    cols = dict(zip(names, (v if v is not None else [] for v in row)))
+    tid = np.frombuffer(cols.pop("ctid") or b"", dtype=[("page", ">u4"), ("line", ">u2")])
+    position = (tid["page"].astype(np.int64) << 16) | tid["line"]
+    out = {name: _objects(cols[name]) for name in ("fid", *texts, "geom")}
     out["vid"] = np.array(cols["vid"], dtype=np.int64)
-    out.update({name: np.array(cols[name], dtype=float) for name in numbers})
+    out.update({name: np.array(cols[name], dtype=float).reshape(-1) for name in job.numbers})
+    if len(position) > 1 and not (np.diff(position) > 0).all():
+        order = np.argsort(position, kind="stable")
+        out = {k: v[order] for k, v in out.items()}
     return out
 
 
-def read_segments(conn, at) -> dict | None:
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _concat(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _jobs(conn, layer: str, texts: dict, numbers: dict, geom: sql.Composable,
+          where: sql.Composable | None = None) -> list[ReadJob] | None:
+    """The read parts of a layer (by page ranges of its partition, about PART_ROWS rows each);
+    None when the layer does not exist."""
+    if store.get_layer(conn, layer) is None:
+        return None
+    pages, rows = conn.execute("SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, c.reltuples "
+                               "FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                               (store.partition_name(layer),)).fetchone() or (0, -1)
+    if rows < 0:  # never analysed: about 20 features a page
+        rows = 20 * pages
+    parts = max(1, min(int(pages), -(-int(rows) // PART_ROWS)))
+    if parts == 1:
+        return [ReadJob(layer, texts, numbers, geom, where)]
+    cuts = [int(pages) * k // parts for k in range(parts)] + [None]
+    return [ReadJob(layer, texts, numbers, geom, where, (cuts[k], cuts[k + 1])) for k in range(parts)]
+
+
+def segment_jobs(conn) -> list[ReadJob] | None:
     texts = {k: _text(k) for k in ("type", "type_code", "material")}
     numbers = {k: _number(k) for k in ("diameter_mm", "width_mm", "height_mm", "start_axis_z", "end_axis_z")}
-    return _read_layer(conn, SEGMENTS, at, texts, numbers, sql.SQL("ST_AsBinary(f.geom)"))
+    return _jobs(conn, SEGMENTS, texts, numbers, sql.SQL("ST_AsBinary(f.geom)"))
 
 
-def read_manholes(conn, at) -> dict | None:
+def manhole_jobs(conn) -> list[ReadJob] | None:
     """The pipe points with ``is_manhole``, their position as lon / lat (EPSG:4490)."""
     texts = {k: _text(k) for k in ("type", "type_code")}
     numbers = {**{k: _number(k) for k in ("ground_z", "bottom_z", "well_depth")},
                "lon": sql.SQL("ST_X(ST_PointOnSurface(f.geom))::float8"),
                "lat": sql.SQL("ST_Y(ST_PointOnSurface(f.geom))::float8")}
     manhole = sql.SQL("lower(coalesce(f.properties->>'is_manhole', '')) IN ('true', 't', '1', 'yes', '是')")
-    return _read_layer(conn, POINTS, at, texts, numbers, sql.SQL("NULL::bytea"), manhole)
+    return _jobs(conn, POINTS, texts, numbers, sql.SQL("NULL::bytea"), manhole)
 
 
-def read_basements(conn, at) -> dict | None:
+def basement_jobs(conn) -> list[ReadJob] | None:
     texts = {k: _text(k) for k in ("building_id", "use")}
     numbers = {k: _number(k) for k in ("levels", "depth_m", "ground_z")}
-    return _read_layer(conn, BASEMENTS, at, texts, numbers, sql.SQL("ST_AsBinary(f.geom)"))
+    return _jobs(conn, BASEMENTS, texts, numbers, sql.SQL("ST_AsBinary(f.geom)"))
+
+
+def _read_all(conn, layers: dict[str, list[ReadJob]], at) -> dict[str, dict]:
+    """Every job of every layer, READ_CONNECTIONS at a time, each on a connection of its own in
+    one snapshot exported by ``conn`` (so the parts of a layer, and the layers, agree even while
+    a changeset is being written); the parts of a layer concatenated in page order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(layer, k, job) for layer, js in layers.items() for k, job in enumerate(js)]
+    if len(jobs) == 1:
+        layer, _, job = jobs[0]
+        return {layer: _read_part(conn, job, at)}
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    local = threading.local()
+    opened: list = []
+    lock = threading.Lock()
+
+    def run(job: ReadJob) -> dict:
+        c = getattr(local, "conn", None)
+        if c is None:
+            c = db.connect_like(conn)
+            with lock:
+                opened.append(c)
+            c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            c.read_only = True
+            c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            c.execute("SET LOCAL jit = off")
+            local.conn = c
+        return _read_part(c, job, at)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(READ_CONNECTIONS, len(jobs))) as pool:
+            futures = [(layer, k, pool.submit(run, job)) for layer, k, job in jobs]
+            results: dict[str, list] = {layer: [None] * len(js) for layer, js in layers.items()}
+            for layer, k, fut in futures:
+                results[layer][k] = fut.result()
+    finally:
+        for c in opened:
+            c.close()
+    return {layer: _concat(parts) for layer, parts in results.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,7 +319,7 @@ class Pipes:
     """Drawable pipe segments (one entry per feature) and the pieces of their axes (one per pair
     of consecutive line vertices; ``poff`` the pieces of each segment)."""
 
-    raw: dict  # read_segments' arrays, filtered
+    raw: dict  # the read's arrays (segment_jobs), filtered
     box: np.ndarray  # rectangular section
     radius: np.ndarray  # m: cylinder radius, or the half diagonal of a box (bounds)
     width: np.ndarray  # m (boxes; cylinders: the diameter)
@@ -263,8 +370,12 @@ def prepare_pipes(raw: dict, separation: float, warnings: list[str]) -> Pipes:
     geoms = shapely.from_wkb(raw["geom"])
     # a one-part MultiLineString (as shapefiles store lines) is its line; repeated vertices go
     single = (shapely.get_type_id(geoms) == 5) & (shapely.get_num_geometries(geoms) == 1)
-    geoms = np.where(single, shapely.get_geometry(geoms, 0), geoms)
-    geoms = shapely.remove_repeated_points(geoms, 1e-9)
+    if single.any():
+        geoms[single] = shapely.get_geometry(geoms[single], 0)
+    # (a two-point line has no vertex to drop: only longer lines are rebuilt)
+    longer = shapely.get_num_coordinates(geoms) > 2
+    if longer.any():
+        geoms[longer] = shapely.remove_repeated_points(geoms[longer], 1e-9)
     diameter, width, height = raw["diameter_mm"], raw["width_mm"], raw["height_mm"]
     box = ~(diameter > 0) & (width > 0) & (height > 0)
     sized = (diameter > 0) | box
@@ -419,6 +530,12 @@ class TileItems:
     reuse: bool = False
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the mesh workers)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 @dataclass
 class Context:
     conn: object
@@ -449,12 +566,13 @@ class Context:
     timings: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
     lap_started: float = field(default_factory=time.perf_counter)
-    cpu_started: float = field(default_factory=time.process_time)
+    cpu_started: float = field(default_factory=_cpu_seconds)
 
     def lap(self, name: str) -> None:
-        """Ends the lap ``name``: wall-clock seconds in ``timings``, this process' CPU seconds in
-        ``cpu`` (on a loaded machine the CPU time is the steadier measure of the work)."""
-        now, cpu = time.perf_counter(), time.process_time()
+        """Ends the lap ``name``: wall-clock seconds in ``timings``, the CPU seconds of this
+        process and of its finished mesh workers in ``cpu`` (on a loaded machine the CPU time is
+        the steadier measure of the work; the database server's share of the read is not in it)."""
+        now, cpu = time.perf_counter(), _cpu_seconds()
         self.timings[name] = round(now - self.lap_started, 3)
         self.cpu[name] = round(cpu - self.cpu_started, 3)
         self.lap_started, self.cpu_started = now, cpu
@@ -520,11 +638,13 @@ def _lock_and_locate(ctx: Context, settings, out) -> None:
 
 def _read(ctx: Context) -> None:
     conn = ctx.conn
-    for layer, reader in ((SEGMENTS, read_segments), (POINTS, read_manholes), (BASEMENTS, read_basements)):
-        data = reader(conn, ctx.at)
-        if data is not None:
-            ctx.raw[layer] = data
+    layers = {}
+    for layer, jobs in ((SEGMENTS, segment_jobs), (POINTS, manhole_jobs), (BASEMENTS, basement_jobs)):
+        js = jobs(conn)
+        if js is not None:
+            layers[layer] = js
             ctx.report.layers.append(layer)
+    ctx.raw = _read_all(conn, layers, ctx.at) if layers else {}
     if not ctx.raw:
         raise CimError("nothing underground to build: no pipe_segments, pipe_points or basements layer — load a "
                        "survey (geotwin ingest pipes POINTS SEGMENTS --type 给水) or basements (geotwin ingest vector "
@@ -607,7 +727,9 @@ def _plan(ctx: Context) -> None:
         layout = choose_layout(x, y, sigma, max_per_tile=ctx.max_per_tile)
     ctx.layout = layout
     report.max_level = layout.max_level
-    tiebreak = np.argsort(np.argsort(np.char.add(kind.astype(str), fid.astype(str)), kind="stable"), kind="stable")
+    # rank by (kind, fid): as the string kind digit + fid sorts, without building those strings
+    tiebreak = np.empty(len(kind), np.int64)
+    tiebreak[np.lexsort((fid, kind))] = np.arange(len(kind))
     level, ix, iy = cap_levels(layout, x, y, sigma, tiebreak, ctx.max_per_tile)
     order = np.lexsort((tiebreak, iy, ix, level))
     level, ix, iy, kind, index, fid, vid, bound, entity = (
@@ -621,8 +743,8 @@ def _plan(ctx: Context) -> None:
     common = (BUILDER_VERSION, layout_id, ctx.separation, ctx.params["dem"])
     layer_of = np.array([SEGMENTS, POINTS, BASEMENTS], dtype=object)
     # one "layer:fid:vid" line per object (tile order): a tile's hash covers its slice of them
-    members = (layer_of[kind] + ":" + fid.astype(object) + ":" + vid.astype(str).astype(object) + ":"
-               + entity.astype(object)).tolist()
+    members = [f"{la}:{f}:{v}:{e}" for la, f, v, e in zip(layer_of[kind].tolist(), fid.tolist(), vid.tolist(),
+                                                          entity.tolist())]
     for t, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
         lv, cx, cy = (int(v) for v in cells[a])
         k = kind[a:b]
@@ -746,9 +868,96 @@ def structure_mesh(s: Structures, picked: np.ndarray, separation: float, frame: 
                       np.concatenate([walls.indices, tri]), np.concatenate([walls.feature_ids, owner]))
 
 
+#: Processes that mesh the tiles when a build writes at least MESH_PARALLEL_TILES of them and
+#: the machine has a core to spare: this one and MESH_PROCESSES - 1 forked workers (they inherit
+#: the prepared objects; each writes its own files).
+MESH_PROCESSES = 2
+MESH_PARALLEL_TILES = 8
+_FORKED: Context | None = None  # the build a forked mesh worker serves
+_FORK_LOCK = threading.Lock()  # one build at a time forks (builds in threads of one server)
+
+
+def _mesh_write(ctx: Context, tile: TileItems) -> tuple[list[float], int, int, bool]:
+    """Mesh one tile and write its glb (unless a file of that name — the same content — is
+    there): its transform, vertex count, bytes and whether the file was written."""
+    path = ctx.out_dir / tile.uri
+    glb, transform, vertices = mesh_tile(ctx, tile)
+    written = not path.exists()
+    if written:
+        _atomic_write(path, glb)
+    return transform, vertices, len(glb), written
+
+
+def _forked_mesh_write(i: int) -> tuple[list[float], int, int, bool]:
+    return _mesh_write(_FORKED, _FORKED.tiles[i])
+
+
+def _processes() -> int:
+    """MESH_PROCESSES where processes can fork and the machine is not busy (the 1-minute load
+    average, this build included, below cores − ¼); else 1. On a busy machine a worker only adds
+    its start and its copy-on-write pages: measured on 2 cores, the tiles of 50,000 pipes took
+    0.33 s in 2 processes against 0.49 s in one at load 1.3, but 0.54–0.62 s against 0.48 s at
+    load 2–2.5 (and 15–30 % more CPU)."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(MESH_PROCESSES, cores) if os.getloadavg()[0] < cores - 0.25 else 1
+
+
+def _tile_cost(tile: TileItems) -> int:
+    return len(tile.segments) + len(tile.manholes) + 4 * len(tile.structures)
+
+
+def _mesh_tiles(ctx: Context, todo: list[int]) -> dict[int, tuple]:
+    """Mesh and write the tiles ``todo`` (positions in ctx.tiles): shared with forked worker
+    processes when there are enough of them (the biggest tiles first, each to the process with
+    the least work so far), else all here. Every file written is in ctx.written_files, also when
+    a tile fails (the build then removes them)."""
+    global _FORKED
+    processes = _processes()
+    results: dict[int, tuple] = {}
+    if processes < 2 or len(todo) < MESH_PARALLEL_TILES:
+        for i in todo:
+            results[i] = _mesh_write(ctx, ctx.tiles[i])
+            if results[i][3]:
+                ctx.written_files.append(ctx.out_dir / ctx.tiles[i].uri)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares: list[list[int]] = [[] for _ in range(processes)]
+    load = [0] * processes
+    for i in sorted(todo, key=lambda i: -_tile_cost(ctx.tiles[i])):
+        k = load.index(min(load))
+        shares[k].append(i)
+        load[k] += _tile_cost(ctx.tiles[i])
+    paths = {i: ctx.out_dir / ctx.tiles[i].uri for i in todo}
+    there = {i for i, path in paths.items() if path.exists()}
+    # PROJ objects the meshes use, made here once so that the workers inherit them
+    transformer(METRIC_CRS, GEOGRAPHIC_CRS)
+    if ctx.structures is not None and len(ctx.structures.sigma):
+        to_ecef(METRIC_CRS)
+    with _FORK_LOCK:
+        _FORKED = ctx
+        try:
+            with ProcessPoolExecutor(processes - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = {i: pool.submit(_forked_mesh_write, i) for share in shares[1:] for i in share}
+                for i in shares[0]:
+                    results[i] = _mesh_write(ctx, ctx.tiles[i])
+                results.update({i: f.result() for i, f in futures.items()})
+        finally:
+            _FORKED = None
+            # whatever happened: the files of this build, for the build to remove when it fails
+            ctx.written_files.extend(paths[i] for i in todo if i not in there and paths[i].exists())
+    return results
+
+
 def _write_tiles(ctx: Context) -> None:
     report = ctx.report
-    for tile in ctx.tiles:
+    meshed = _mesh_tiles(ctx, [i for i, tile in enumerate(ctx.tiles) if not tile.reuse])
+    for i, tile in enumerate(ctx.tiles):
         count = len(tile.segments) + len(tile.manholes) + len(tile.structures)
         path = ctx.out_dir / tile.uri
         if tile.reuse:
@@ -757,11 +966,7 @@ def _write_tiles(ctx: Context) -> None:
                 *ctx.layout.cell_centre(tile.level, tile.ix, tile.iy)), 0.0).transform()
             report.tiles_unchanged += 1
         else:
-            glb, transform, vertices = mesh_tile(ctx, tile)
-            size = len(glb)
-            if not path.exists():
-                _atomic_write(path, glb)
-                ctx.written_files.append(path)
+            transform, vertices, size, _ = meshed[i]
             report.tiles_written += 1
             report.written.append(tile.key)
             report.bytes_written += size
