@@ -33,52 +33,77 @@ STRUCTURE_RGBA = (0.62, 0.62, 0.64, 0.45)
 _RING = 2 * np.pi * np.arange(SIDES) / SIDES
 _COS, _SIN = np.cos(_RING), np.sin(_RING)
 
-#: The metadata schema of the underground tiles (contract §6 of issue 17).
+#: The metadata schema of the underground tiles (contract §6 of issue 17). One class, one property
+#: table per glb: CesiumJS reads a single property table per model (the first primitive's feature ID
+#: set names it), so pipes, manholes and structures share a table, told apart by ``kind``; a
+#: property that does not apply to a kind holds its noData value ("" for strings).
+KINDS = ("pipe_segment", "manhole", "underground_structure")
+NO_Z = -9999.0
 SCHEMA: dict = {
     "id": "geotwin_underground",
     "name": "geotwin underground",
-    "version": "1.0.0",
+    "version": "2.0.0",
     "classes": {
-        "pipe_segment": {
-            "name": "Pipe segment (CJJ 61 survey, layer pipe_segments)",
+        "underground_element": {
+            "name": "Underground element: pipe segment (layer pipe_segments), manhole shaft (pipe_points with a "
+                    "well) or underground structure (layer basements)",
             "properties": {
-                "id": {"type": "STRING", "required": True, "description": "feature id <TYPECODE>-<segment id>"},
-                "type": {"type": "STRING", "required": True, "description": "给水, 排水, 雨水, 污水, 燃气 …"},
-                "type_code": {"type": "STRING", "required": True},
+                "kind": {"type": "STRING", "required": True,
+                         "description": "pipe_segment | manhole | underground_structure"},
+                "id": {"type": "STRING", "required": True,
+                       "description": "the feature id in its layer (<TYPECODE>-<survey id>, basement_id)"},
+                "type": {"type": "STRING", "description": "给水, 排水, 雨水, 污水, 燃气 … (pipes, manholes)"},
+                "type_code": {"type": "STRING"},
                 "diameter_mm": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0},
                 "width_mm": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0},
                 "height_mm": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0},
                 "material": {"type": "STRING"},
-                "start_axis_z": {"type": "SCALAR", "componentType": "FLOAT32", "required": True,
+                "start_axis_z": {"type": "SCALAR", "componentType": "FLOAT32", "noData": NO_Z,
                                  "description": "orthometric elevation of the pipe's axis at its start (m)"},
-                "end_axis_z": {"type": "SCALAR", "componentType": "FLOAT32", "required": True},
-                "entity": {"type": "STRING", "description": "geographic entity code"},
-            },
-        },
-        "manhole": {
-            "name": "Manhole shaft (pipe point with a well, layer pipe_points)",
-            "properties": {
-                "id": {"type": "STRING", "required": True},
-                "type": {"type": "STRING", "required": True},
-                "ground_z": {"type": "SCALAR", "componentType": "FLOAT32", "required": True,
-                             "description": "orthometric ground elevation at the cover (m)"},
-                "bottom_z": {"type": "SCALAR", "componentType": "FLOAT32", "required": True},
-                "entity": {"type": "STRING"},
-            },
-        },
-        "underground_structure": {
-            "name": "Underground structure (layer basements: footprint + depth)",
-            "properties": {
-                "basement_id": {"type": "STRING", "required": True},
+                "end_axis_z": {"type": "SCALAR", "componentType": "FLOAT32", "noData": NO_Z},
+                "ground_z": {"type": "SCALAR", "componentType": "FLOAT32", "noData": NO_Z,
+                             "description": "orthometric ground elevation at a manhole's cover (m)"},
+                "bottom_z": {"type": "SCALAR", "componentType": "FLOAT32", "noData": NO_Z,
+                             "description": "orthometric elevation of a manhole shaft's bottom (m)"},
+                "basement_id": {"type": "STRING"},
                 "building_id": {"type": "STRING"},
                 "use": {"type": "STRING"},
                 "levels": {"type": "SCALAR", "componentType": "INT16", "noData": -1},
-                "depth_m": {"type": "SCALAR", "componentType": "FLOAT32", "required": True},
-                "entity": {"type": "STRING"},
+                "depth_m": {"type": "SCALAR", "componentType": "FLOAT32", "noData": -1.0,
+                            "description": "an underground structure's depth below the ground (m)"},
+                "entity": {"type": "STRING", "description": "geographic entity code"},
             },
         },
     },
 }
+CLASS = "underground_element"
+
+
+def one_table(parts: list[tuple[str, int, dict]]) -> tuple[dict, list[int]]:
+    """The columns of several kinds' features as ONE property table (schema SCHEMA): each part
+    (kind, count, columns) after the previous ones, a column a part lacks filled with its noData.
+    Returns (columns, each part's first feature id)."""
+    props = SCHEMA["classes"][CLASS]["properties"]
+    offsets, total = [], 0
+    for _, count, _ in parts:
+        offsets.append(total)
+        total += count
+    columns: dict = {}
+    for name, spec in props.items():
+        pieces = []
+        for kind, count, cols in parts:
+            if name == "kind":
+                pieces.append(np.full(count, kind, dtype=object))
+            elif name in cols:
+                pieces.append(np.asarray(cols[name], dtype=object if spec["type"] == "STRING" else None))
+            elif spec["type"] == "STRING":
+                pieces.append(np.full(count, "", dtype=object))
+            else:
+                pieces.append(np.full(count, spec.get("noData", 0)))
+        if pieces:
+            joined = np.concatenate(pieces)
+            columns[name] = joined.tolist() if spec["type"] == "STRING" else joined
+    return columns, offsets
 
 
 def rgba(hex_colour: str, alpha: int = 255) -> np.ndarray:

@@ -316,7 +316,8 @@ def check_tileset(folder: Path, doc: dict | None = None, *, tol_rad: float = 1e-
             fid = prim["extensions"]["EXT_mesh_features"]["featureIds"][0]
             table = meta["propertyTables"][fid["propertyTable"]]
             ids = accessor_array(gltf, binary, prim["attributes"]["_FEATURE_ID_%d" % fid["attribute"]])
-            if fid["featureCount"] != table["count"] or (len(ids) and ids.max() >= table["count"]):
+            # a primitive may hold some of its table's features (several primitives, one table)
+            if fid["featureCount"] > table["count"] or (len(ids) and ids.max() >= table["count"]):
                 problems.append(f"{name}: feature ids exceed the property table")
             if check_positions:
                 pos = accessor_array(gltf, binary, prim["attributes"]["POSITION"]).astype(float)

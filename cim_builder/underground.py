@@ -82,7 +82,7 @@ from cim_builder.tileset import (
 from spatial_api import db, store
 from spatial_api.config import get_settings
 
-BUILDER_VERSION = "geotwin-underground/1"
+BUILDER_VERSION = "geotwin-underground/2"  # 2: one property table per glb (CesiumJS reads one per model)
 KIND = "underground"
 SEGMENTS, POINTS, BASEMENTS = "pipe_segments", "pipe_points", "basements"
 #: Most objects in a tile (sets the quadtree's depth at a full build): 2,500 pipes of 24 vertices
@@ -789,7 +789,7 @@ def mesh_tile(ctx: Context, tile: TileItems) -> tuple[bytes, list[float], int]:
     def add(mesh: pipes.Mesh, count: int, table: PropertyTable, material: int, colours: np.ndarray | None):
         nonlocal vertices
         prims.append(Primitive(pipes.to_gltf(mesh.positions), pipes.to_gltf(mesh.normals), mesh.indices,
-                               mesh.owner, count, len(tables), material, colours))
+                               mesh.owner, count, 0, material, colours))
         tables.append(table)
         vertices += len(mesh.positions)
 
@@ -837,11 +837,16 @@ def mesh_tile(ctx: Context, tile: TileItems) -> tuple[bytes, list[float], int]:
                                    double_sided=True)
         levels = s.raw["levels"][st]
         add(mesh, len(st), PropertyTable("underground_structure", len(st), {
-            "basement_id": s.raw["fid"][st].tolist(), "building_id": _strings(s.raw["building_id"][st]),
+            "id": s.raw["fid"][st].tolist(), "basement_id": s.raw["fid"][st].tolist(), "building_id": _strings(s.raw["building_id"][st]),
             "use": _strings(s.raw["use"][st]),
             "levels": np.where(np.isfinite(levels), levels, -1).astype(np.int16),
             "depth_m": s.depth[st], "entity": _strings(s.raw["entity"][st])}), material, None)
-    return writer.write(prims, tables), frame.transform(), vertices
+    # one property table for the tile (CesiumJS reads one per model): the kinds one after another
+    columns, offsets = pipes.one_table([(t.class_name, t.count, t.columns) for t in tables])
+    for prim, offset in zip(prims, offsets):
+        prim.feature_ids = prim.feature_ids + offset
+    table = PropertyTable(pipes.CLASS, sum(t.count for t in tables), columns)
+    return writer.write(prims, [table] if tables else []), frame.transform(), vertices
 
 
 def structure_mesh(s: Structures, picked: np.ndarray, separation: float, frame: Frame) -> pipes.Mesh:

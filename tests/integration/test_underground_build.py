@@ -182,10 +182,11 @@ def decode(folder) -> dict[str, dict]:
             xyz = np.column_stack([x, y, np.asarray(h) - SEP])
             feature = accessor_array(gl, binary, prim["attributes"]["_FEATURE_ID_0"]).astype(int)
             colours = accessor_array(gl, binary, prim["attributes"]["COLOR_0"]) if "COLOR_0" in prim["attributes"] else None
-            key = "basement_id" if table_meta["class"] == "underground_structure" else "id"
-            for i, oid in enumerate(table[key]):
+            assert table_meta["class"] == "underground_element"  # one table per glb: CesiumJS reads one
+            for i in np.unique(feature):  # this primitive's features; `kind` says which
+                oid = table["id"][i]
                 sel = feature == i
-                out[oid] = {"class": table_meta["class"], "row": {k: v[i] for k, v in table.items()},
+                out[oid] = {"class": table["kind"][i], "row": {k: v[i] for k, v in table.items()},
                             "xyz": xyz[sel], "colour": None if colours is None else colours[sel][0].tolist(),
                             "material": gl["materials"][prim["material"]], "tile": tile["content"]["uri"]}
     return out

@@ -123,11 +123,13 @@ def test_glb_with_the_underground_schema_round_trips():
     mesh = pipes.cylinders(a, b, np.full(4, 0.2), np.tile(UP, (4, 1)))
     writer = GlbWriter(pipes.SCHEMA)
     mat = writer.material((1, 1, 1, 1), name="pipes")
-    table = PropertyTable("pipe_segment", 4, {
+    columns, offsets = pipes.one_table([("pipe_segment", 4, {
         "id": ["JS-1", "JS-2", "YS-3", "DL-4"], "type": ["给水", "给水", "雨水", "电力"],
         "type_code": ["JS", "JS", "YS", "DL"], "diameter_mm": np.full(4, 400.0), "width_mm": np.full(4, 400.0),
         "height_mm": np.full(4, 400.0), "material": ["PE", "", "砼", "PVC"],
-        "start_axis_z": a[:, 2], "end_axis_z": b[:, 2], "entity": [""] * 4})
+        "start_axis_z": a[:, 2], "end_axis_z": b[:, 2], "entity": [""] * 4})])
+    assert offsets == [0]
+    table = PropertyTable(pipes.CLASS, 4, columns)
     colours = pipes.type_colours(np.array(table.columns["type_code"], dtype=object))[mesh.owner]
     glb = writer.write([Primitive(pipes.to_gltf(mesh.positions), pipes.to_gltf(mesh.normals), mesh.indices,
                                   mesh.owner, 4, 0, mat, colours)], [table])
@@ -137,6 +139,8 @@ def test_glb_with_the_underground_schema_round_trips():
     values = property_values(doc, binary, 0)
     assert values["id"] == ["JS-1", "JS-2", "YS-3", "DL-4"] and values["type"][2] == "雨水"
     assert values["start_axis_z"] == pytest.approx(a[:, 2].tolist())
+    assert values["kind"] == ["pipe_segment"] * 4 and "ground_z" in values  # not a manhole's: noData
+    assert values["ground_z"] == pytest.approx([pipes.NO_Z] * 4)
     pos = accessor_array(doc, binary, doc["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
     assert np.allclose(pos[:, 1], pipes.to_gltf(mesh.positions)[:, 1])  # glTF y is up
 
@@ -174,3 +178,18 @@ def test_undrawable_segments_are_named():
     leg1 = 0.0002 * 111320 * np.cos(np.radians(22.72))
     leg2 = 0.0002 * 110570
     assert h == pytest.approx(10 - 2 * leg1 / (leg1 + leg2), abs=0.01)
+
+
+def test_one_table_puts_the_kinds_one_after_another():
+    """CesiumJS reads one property table per glb: pipes, manholes and structures share it."""
+    columns, offsets = pipes.one_table([
+        ("pipe_segment", 2, {"id": ["JS-1", "JS-2"], "type": ["给水", "给水"], "diameter_mm": np.array([300.0, 200.0]),
+                             "start_axis_z": np.array([10.0, 9.5]), "end_axis_z": np.array([9.5, 9.0])}),
+        ("manhole", 1, {"id": ["JS-J1"], "type": ["给水"], "ground_z": np.array([12.0]), "bottom_z": np.array([9.0])}),
+        ("underground_structure", 1, {"id": ["B1"], "basement_id": ["B1"], "levels": np.array([2], np.int16),
+                                      "depth_m": np.array([8.0])})])
+    assert offsets == [0, 2, 3]
+    assert columns["kind"] == ["pipe_segment", "pipe_segment", "manhole", "underground_structure"]
+    assert columns["id"] == ["JS-1", "JS-2", "JS-J1", "B1"] and columns["basement_id"] == ["", "", "", "B1"]
+    assert columns["bottom_z"].tolist() == [pipes.NO_Z, pipes.NO_Z, 9.0, pipes.NO_Z]
+    assert columns["diameter_mm"].tolist() == [300.0, 200.0, -1.0, -1.0] and columns["levels"].tolist() == [-1, -1, -1, 2]

@@ -4,6 +4,7 @@ import * as maplibregl from "/vendor/maplibre-gl/maplibre-gl.mjs";
 import { STRINGS, DISPOSITIONS, FIELDS } from "./i18n.js";
 import { cleanPolygon as cleanPoints } from "./draw.js";
 import { createSensing } from "./sensing.js";
+import { createUnderground } from "./underground.js";
 
 const KEY_STORE = "geotwin.apiKey", LANG_STORE = "geotwin.lang";
 const CJK_FONTS = "'Noto Sans CJK SC', 'Source Han Sans SC', 'Microsoft YaHei', 'PingFang SC', sans-serif";
@@ -16,6 +17,7 @@ const THEMES = [
   ["theme_buildings", ["buildings", "buildings_3d"]],
   ["theme_places", ["place_names", "roads", "streets", "communities"]],
   ["theme_supervision", ["findings"]],
+  ["theme_underground", ["pipes", "basements"]],
 ];
 const $ = (sel) => document.querySelector(sel);
 const state = {
@@ -66,6 +68,9 @@ window.geotwin = { map, state, maplibregl, cleanPolygon };  // cleanPolygon: for
 // the sensing room: devices layer, device panel, live alerts (web/map/sensing.js)
 const sensing = createSensing({ map, app: state, api, esc, setStatus });
 window.geotwin.sensing = sensing;
+// the underground: the pipes layer group, pipe / manhole / basement panels, "地下情况" (web/map/underground.js)
+const underground = createUnderground({ map, app: state, api, esc, setStatus });
+window.geotwin.underground = underground;
 
 function groupOf(layer) { return layer.metadata?.["geotwin:group"] || (layer.id.startsWith("findings") ? "findings" : null); }
 
@@ -85,6 +90,7 @@ function decorate(style) {
     style.layers.splice(at < 0 ? style.layers.length : at, 0, ...layers);
   }
   sensing.decorate(style);
+  underground.decorate(style);
   style.sources.sketch = { type: "geojson", data: sketchData() };
   style.layers.push(
     { id: "sketch-fill", type: "fill", source: "sketch", filter: ["==", ["geometry-type"], "Polygon"], paint: { "fill-color": "#ff9800", "fill-opacity": 0.2 } },
@@ -613,6 +619,7 @@ async function showParcel(pid) {
   box.innerHTML = html;
   box.dataset.parcel = pid;
   wireCaseActions(pid, findings);
+  underground.parcelShown(pid);  // the clicked building's entity record, "地下情况"
 }
 
 function wireCaseActions(pid, findings) {
@@ -661,6 +668,7 @@ map.on("click", (e) => {
     return;
   }
   if (sensing.click(e)) return;  // a device: its panel
+  if (underground.click(e)) return;  // a pipe, manhole or basement: its panel (a building is remembered)
   const layers = ["parcels-fill", "findings-fill"].filter((id) => map.getLayer(id));
   const hit = layers.length ? map.queryRenderedFeatures(e.point, { layers }) : [];
   const f = hit.find((x) => x.properties.parcel_id);
@@ -693,10 +701,12 @@ function applyLang() {
   if (state.style) { renderLayerList(); renderLegend(state.style); }
   if (state.parcel) showParcel(state.parcel);
   sensing.applyLang();
+  underground.applyLang();
 }
 async function relogin() {
   await whoami();
   sensing.start();
+  await underground.start();
   await loadFindings();
   state.style = null;
   await loadStyle();
@@ -731,6 +741,7 @@ initHeader(); initTime(); initSwipe(); initSearch(); initTools(); applyLang();
 map.on("load", async () => {
   await whoami();
   sensing.start();
+  await underground.start();
   await loadFindings();
   await loadStyle();
   if (params.get("parcel")) showParcel(params.get("parcel"));

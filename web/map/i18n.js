@@ -36,6 +36,15 @@ export const STRINGS = {
     s_on_site: "到场用时 {n} 分钟", s_met: "达标", s_missed: "超时",
     state_open: "新告警", state_notified: "已通知", state_acknowledged: "已确认", state_visited: "已到场", state_closed: "已关闭",
     s_min_unit: "分钟", s_h_unit: "小时", s_d_unit: "天", s_s_unit: "秒",
+    // underground (web/map/underground.js)
+    theme_underground: "地下空间", ug_pipe: "管线段", ug_pipes: "管线", ug_manhole: "检查井",
+    ug_basement: "地下室", ug_structures: "地下构筑物", ug_type: "类型", ug_size: "管径 / 断面", ug_material: "材质",
+    ug_depth: "埋深 (m)", ug_top: "至管顶", ug_invert: "至管内底", ug_length: "长度 (m)", ug_length_inside: "宗地内长度 (m)",
+    ug_ends: "起点 → 终点", ug_owner: "权属单位", ug_appurtenance: "附属物", ug_ground: "地面高程 (m)", ug_bottom: "井底高程 (m)",
+    ug_use: "用途", ug_levels: "层数", ug_levels_n: "地下 {n} 层", ug_struct_depth: "埋置深度 (m)", ug_building: "所属建筑", ug_id: "编号", ug_count: "条数",
+    ug_under: "地下情况", ug_under_summary: "管线 {pipes} 条 · 检查井 {manholes} 座 · 地下构筑物 {structures} 处",
+    ug_under_page: "打开地下情况报告页", ug_hidden: "无权查看的图层：{layers}", ug_building_clicked: "建筑", ug_legend: "地下管线图例",
+    entity_page: "实体档案", entity_none: "该要素尚未赋实体编码",
   },
   en: {
     title: "Longgang district map", search_ph: "Search places, addresses…", as_of: "As of", swipe: "Swipe",
@@ -73,6 +82,14 @@ export const STRINGS = {
     s_on_site: "on site after {n} min", s_met: "target met", s_missed: "target missed",
     state_open: "open", state_notified: "notified", state_acknowledged: "acknowledged", state_visited: "on site", state_closed: "closed",
     s_min_unit: "min", s_h_unit: "h", s_d_unit: "d", s_s_unit: "s",
+    theme_underground: "Underground", ug_pipe: "Pipe segment", ug_pipes: "Pipes", ug_manhole: "Manhole",
+    ug_basement: "Basement", ug_structures: "Underground structures", ug_type: "Type", ug_size: "Diameter / section", ug_material: "Material",
+    ug_depth: "Depth (m)", ug_top: "to the top", ug_invert: "to the invert", ug_length: "Length (m)", ug_length_inside: "Length inside (m)",
+    ug_ends: "Start → end", ug_owner: "Owner", ug_appurtenance: "Appurtenance", ug_ground: "Ground elevation (m)", ug_bottom: "Bottom elevation (m)",
+    ug_use: "Use", ug_levels: "Levels", ug_levels_n: "{n} levels below ground", ug_struct_depth: "Depth (m)", ug_building: "Building", ug_id: "Id", ug_count: "Segments",
+    ug_under: "What is under it", ug_under_summary: "{pipes} pipes · {manholes} manholes · {structures} underground structures",
+    ug_under_page: "Open the underground report page", ug_hidden: "layers you may not see: {layers}", ug_building_clicked: "Building", ug_legend: "Pipe legend",
+    entity_page: "Entity record", entity_none: "no entity code for this feature yet",
   },
 };
 
@@ -106,4 +123,18 @@ export const SENSING_TYPES = {
   "manhole-cover": { zh: "智能井盖", en: "Smart manhole cover", colour: "#6d4c41" },
   "hydrant-pressure": { zh: "消火栓压力", en: "Hydrant pressure", colour: "#e53935" },
   "traffic-counter": { zh: "交通流量", en: "Traffic counter", colour: "#8e24aa" },
+};
+
+// Pipe types (CJJ 61; contract of issue 17): code → names, customary colour, and what the surveyed
+// depth is measured to ("invert" 管内底 for gravity drains, "top" 管顶 for the others).
+export const PIPE_TYPES = {
+  JS: { zh: "给水", en: "Water supply", colour: "#1f5fd6", ref: "top" },
+  PS: { zh: "排水", en: "Drainage", colour: "#8b5a2b", ref: "invert" },
+  YS: { zh: "雨水", en: "Storm water", colour: "#a0522d", ref: "invert" },
+  WS: { zh: "污水", en: "Sewage", colour: "#6b3e1f", ref: "invert" },
+  RQ: { zh: "燃气", en: "Gas", colour: "#d63ad6", ref: "top" },
+  RL: { zh: "热力", en: "Heat", colour: "#f28c28", ref: "top" },
+  DL: { zh: "电力", en: "Power", colour: "#e02020", ref: "top" },
+  TX: { zh: "通信", en: "Telecom", colour: "#2ca02c", ref: "top" },
+  GY: { zh: "工业", en: "Industrial", colour: "#202020", ref: "top" },
 };

@@ -5,6 +5,7 @@
 // CGCS2000Quad grid (the same geographic quadtree as Cesium's GeographicTilingScheme).
 import { WORDS } from "./i18n.js";
 import { createTwinSensing } from "./sensing.js";
+import { createTwinUnderground, isUndergroundTileset } from "./underground.js";
 
 const C = window.Cesium;
 const $ = (id) => document.getElementById(id);
@@ -22,6 +23,7 @@ const SEVERITY_COLOURS = { critical: "#7f0000", high: "#d7301f", medium: "#fc8d5
 const SEVERITY_RANK = { low: 1, medium: 2, high: 3, critical: 4 };
 
 let sensing = null; // the sensing room (web/twin/sensing.js): sensors, buildings with open alerts
+let underground = null; // below ground, section, indoor, clash (web/twin/underground.js)
 const state = {
   lang: localStorage.getItem(LANG_STORE) === "en" ? "en" : "zh",
   key: localStorage.getItem(KEY_STORE) || "",
@@ -268,6 +270,7 @@ async function applyDate() {
   if (a) a.splitDirection = state.split && !sameTwin ? S.LEFT : S.NONE;
   if (b) { b.splitDirection = S.RIGHT; b.show = !sameTwin; }
   window.twin.viewer.scene.requestRender();
+  if (underground) { underground.tilesetsChanged(); underground.dateChanged(); }
   if (tsA) {
     lines.unshift(t("tileset_line", { title: tsA.title, as_of: tilesetDate(tsA), buildings: tsA.buildings ?? "?",
       models: tsA.bim_models ?? 0, tiles: tsA.tiles ?? "?" }));
@@ -357,6 +360,7 @@ function applyStyle() {
       return s === undefined || s === null || s === storey; // buildings (no storey) stay
     },
   };
+  if (underground) underground.adjustStyle(style); // indoor mode: one storey's rooms, the rest dimmed
   for (const ts of [state.tilesetA, state.tilesetB]) if (ts) ts.style = style;
   state.picked = null;
   if (window.twin && window.twin.viewer) window.twin.viewer.scene.requestRender();
@@ -435,6 +439,7 @@ function setUnderground(on) {
   viewer.scene.screenSpaceCameraController.enableCollisionDetection = !on; // the camera may go below ground
   viewer.scene.requestRender();
   applyStyle();
+  if (underground) underground.setOn(on); // the underground tileset: pipes, manholes, structures
 }
 
 // ------------------------------------------------------------------ picking: metadata
@@ -461,6 +466,7 @@ function showFeature(feature) {
   renderInfo(kind, props);
 }
 function renderInfo(kind, props) { // from the values read at the click: the tile may be gone since
+  if (underground && underground.renderInfo(kind, props)) { underground.decorateInfo(kind, props); return; }
   const labels = words().props;
   const title = kind === "bim_element" ? `${t("bim_element")} ${props.ifc_class || ""}` : `${t("building")} ${props.building_id || ""}`;
   let html = `<h3>${esc(title)}</h3><table>` +
@@ -483,6 +489,7 @@ function renderInfo(kind, props) { // from the values read at the click: the til
   $("info").hidden = false;
   if (opening) relayout();
   window.twin.lastPicked = { kind, props };
+  if (underground) underground.decorateInfo(kind, props); // the entity record link
 }
 function highlight(feature) {
   if (state.picked) {
@@ -703,6 +710,7 @@ async function main() {
     localStorage.setItem(LANG_STORE, state.lang);
     applyWords(); renderWho(); renderLegend(); renderStoreys();
     if (sensing) sensing.applyLang();
+    if (underground) underground.applyLang();
     applyDate().catch(fail);
     if (window.twin.lastPicked && !$("info").hidden) renderInfo(window.twin.lastPicked.kind, window.twin.lastPicked.props);
   });
@@ -725,7 +733,7 @@ async function main() {
   const [imagery, tilesets] = await Promise.all([getJSON("/imagery/collections"), getJSON("/twin/tilesets")]);
   state.ortho = imagery.collections.find((c) => c.kind === "ortho" || c.id === "ortho") || null;
   state.dem = imagery.collections.find((c) => c.kind === "dem") || null;
-  state.tilesets = tilesets.tilesets;
+  state.tilesets = tilesets.tilesets.filter((ts) => !isUndergroundTileset(ts)); // the buildings twin only
   const sep = state.tilesets.find((ts) => typeof ts.geoid_separation_m === "number");
   if (sep) state.geoidSeparation = sep.geoid_separation_m;
 
@@ -743,7 +751,8 @@ async function main() {
   }
   // anything not driven by Cesium itself (styles, layers, translucency) asks for a frame
   const rerender = () => viewer.scene.requestRender();
-  for (const id of ["colour-by", "storey", "underground", "split-on", "split-date", "time-date", "time-slider"]) {
+  for (const id of ["colour-by", "storey", "underground", "split-on", "split-date", "time-date", "time-slider",
+    "section-on", "section-offset", "section-heading", "indoor-on", "indoor-storey"]) {
     $(id).addEventListener("change", () => setTimeout(rerender, 0));
   }
   viewer.scene.globe.baseColor = C.Color.fromCssColorString("#3b4a3f");
@@ -787,8 +796,14 @@ async function main() {
   const handler = new C.ScreenSpaceEventHandler(viewer.scene.canvas);
   handler.setInputAction((click) => {
     if (state.measure.mode) { measureClick(click.position); return; }
+    if (underground && underground.click(click.position)) return; // drawing a clash outline
     const picked = viewer.scene.pick(click.position);
     if (sensing && sensing.pick(picked)) { highlight(null); return; } // a sensor: its panel
+    if (underground && underground.pick(picked, click.position)) { // a pipe, manhole, structure or room
+      highlight(picked);
+      window.twin.lastPickedFeature = picked;
+      return;
+    }
     if (picked instanceof C.Cesium3DTileFeature) {
       highlight(picked);
       window.twin.lastPickedFeature = picked; // (tests; may belong to a tileset removed since)
@@ -802,6 +817,9 @@ async function main() {
   sensing = createTwinSensing({ C, state, getJSON, esc, restyle: applyStyle, relayout });
   window.twin.sensing = sensing;
   sensing.start().catch(fail);
+  underground = createTwinUnderground({ C, state, getJSON, authHeaders, esc, relayout, restyle: applyStyle, fail });
+  underground.setTilesets(tilesets.tilesets);
+  window.twin.underground = underground;
   await applyDate();
   if (state.whoami.may.includes("supervision:read")) loadFindings().catch(fail);
   if ($("status").textContent === t("loading")) status("");
