@@ -14,7 +14,7 @@ from urllib.parse import quote
 import numpy as np
 import shapely
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from cim_builder import indoor
 from cim_builder.geo import METRIC_CRS, CimError, transformer
@@ -22,7 +22,7 @@ from cim_builder.routes import CORS
 from spatial_api import db, security
 from spatial_api.api.errors import ApiError, not_found
 from spatial_api.api.params import instant_param
-from spatial_api.api.responses import GEOJSON, base_url, link, wants_html
+from spatial_api.api.responses import GEOJSON, base_url, keyed_html, link, wants_html
 
 
 def _items_href(base: str, model_id: str, storey: dict, storeys: list[dict]) -> str:
@@ -117,7 +117,7 @@ def router(settings) -> APIRouter:
                 f"<td>{'地下 below ground' if s['below_ground'] else ''}</td><td>{s['elements']}</td>"
                 f"<td>{s['rooms']}</td><td>{'' if s.get('bottom_z') is None else s['bottom_z']}</td></tr>"
                 for s in out)
-            return HTMLResponse(
+            return keyed_html(
                 f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{e(model_id)} 楼层 storeys"
                 "</title><style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
                 "td,th{border:1px solid #ccc;padding:.2em .5em}</style></head><body>"
@@ -153,7 +153,7 @@ def router(settings) -> APIRouter:
                 f"<td>{e(str(x['properties'].get('use') or ''))}</td><td>{x['properties'].get('area_m2')}</td>"
                 f"<td>{x['properties'].get('height_m')}</td><td>{e(x['id'])}</td></tr>" for x in feats)
             plan = _plan_svg(feats) if feats else "<p>本层没有房间 (no rooms on this storey)</p>"
-            return HTMLResponse(
+            return keyed_html(
                 f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{e(model_id)} "
                 f"{e(chosen['name'])} 室内 indoor</title><style>body{{font-family:sans-serif;margin:1.5em}}"
                 "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}</style></head><body>"

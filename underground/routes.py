@@ -19,12 +19,12 @@ import json
 
 import shapely
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from spatial_api import db
 from spatial_api.api.errors import invalid_parameter, not_found
 from spatial_api.api.params import as_of_param
-from spatial_api.api.responses import base_url, link, wants_html
+from spatial_api.api.responses import base_url, keyed_html, link, wants_html
 from underground import under as under_mod
 from underground.catalogue import TYPES
 
@@ -81,7 +81,7 @@ class UndergroundAPI:
                "links": [link(f"{base}/underground/under?{query}", "self", "application/json"),
                          link(f"{base}/underground/under?{query}&f=html", "alternate", "text/html", "地下情况")]}
         if wants_html(request, f):
-            return HTMLResponse(render_html(doc))
+            return keyed_html(render_html(doc))
         return _json(doc)
 
 

@@ -9,9 +9,28 @@ import json
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
+from spatial_api import security
 from spatial_api.api.errors import invalid_parameter
 
 GEOJSON = "application/geo+json"
+
+#: A page /map or /twin opens in a new tab (an entity page, what is under a parcel, a storey's
+#: rooms) is requested without the caller's API key: a link cannot carry a header. The clients keep
+#: the key in localStorage (same origin), so a page served to an anonymous caller asks once more with
+#: it and shows that answer — the key never goes into a URL. A page served to a caller with a key has
+#: no script; a refused key leaves the anonymous page as it is.
+_ASK_WITH_KEY = ("<script>(function(){var k=null;try{k=localStorage.getItem('geotwin.apiKey')}catch(e){}"
+                 "if(!k)return;fetch(location.href,{headers:{Authorization:'Bearer '+k,Accept:'text/html'}})"
+                 ".then(function(r){return r.ok?r.text():null}).then(function(t){if(t){document.open();"
+                 "document.write(t);document.close();}}).catch(function(){});})();</script>")
+
+
+def keyed_html(page: str, status_code: int = 200, headers: dict | None = None) -> HTMLResponse:
+    """An HTML page that a browser holding an API key shows as that key's caller (see _ASK_WITH_KEY)."""
+    if not security.current().authenticated:
+        at = page.rfind("</body>")
+        page = page[:at] + _ASK_WITH_KEY + page[at:] if at >= 0 else page + _ASK_WITH_KEY
+    return HTMLResponse(page, status_code=status_code, headers=headers)
 
 
 def base_url(request: Request) -> str:

@@ -16,12 +16,12 @@ import json
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from spatial_api import db, security
 from spatial_api.api.errors import ApiError, invalid_parameter, not_found
 from spatial_api.api.params import as_of_param
-from spatial_api.api.responses import GEOJSON, base_url, link, wants_html
+from spatial_api.api.responses import GEOJSON, base_url, keyed_html, link, wants_html
 from spatial_api.config import Settings
 from spatial_api.entities import html as pages
 from spatial_api.entities.core import TYPES, EntityError, check_code, check_type, entity_for_feature
@@ -126,7 +126,7 @@ def router(settings: Settings) -> APIRouter:
         } for r in rows]
         doc = {"type": "FeatureCollection", "numberReturned": len(features), "features": features, "links": links}
         if html:
-            return HTMLResponse(pages.listing_page(doc, at))
+            return keyed_html(pages.listing_page(doc, at))
         return Response(json.dumps(doc, ensure_ascii=False), media_type=GEOJSON)
 
     @api.get("/by-feature/{layer}/{fid}", status_code=307, summary="The entity a feature represents (307 redirect)",
@@ -178,7 +178,7 @@ def router(settings: Settings) -> APIRouter:
         doc["links"] = [link(href, "self", "application/json", "this entity"),
                              link(href + ("&" if self_q else "?") + "f=html", "alternate", "text/html", "实体页面")]
         if html:
-            return HTMLResponse(pages.entity_page(doc))
+            return keyed_html(pages.entity_page(doc))
         return Response(json.dumps(doc, ensure_ascii=False, default=str), media_type="application/json")
 
     return api

@@ -112,5 +112,8 @@ def test_underground_map(browser_page, e2e_server, e2e_keys, pipe_site, known_bu
     opened.wait_for_url("**/entities/**")
     opened.wait_for_load_state()
     assert code in opened.title(), opened.title()
+    # opened in a new tab, the page is first served to an anonymous caller (a link carries no key);
+    # it asks again with the key the browser holds, so gis-staff see the internal `addresses` too
+    opened.wait_for_function("document.body.innerText.includes('addresses /')", timeout=120_000)
     assert page.locator('#info-body .entity-box[data-layer="buildings"] .entity-code').inner_text() == code
     opened.close()

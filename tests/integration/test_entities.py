@@ -178,6 +178,18 @@ def test_restricted_representations_are_hidden_from_anonymous_callers(app, distr
     assert r.status_code == 404
 
 
+
+def test_the_entity_page_asks_again_with_the_browsers_key(app, district, auth):
+    """A page /map or /twin opens in a new tab comes without the key (a link carries no header): the
+    anonymous page carries the script that asks again with the key kept in localStorage; the page
+    served with a key does not (and shows the internal layer's representation)."""
+    code = district["codes"]["B1"]
+    anon = TestClient(app).get(f"/entities/{code}?f=html")
+    staff = TestClient(app, headers=auth("gis-staff")).get(f"/entities/{code}?f=html")
+    assert anon.status_code == staff.status_code == 200
+    assert "localStorage.getItem('geotwin.apiKey')" in anon.text and district["alayer"] not in anon.text
+    assert "localStorage" not in staff.text and f"{district['alayer']} /" in staff.text
+
 def test_reassign_is_idempotent(database, district):
     again = entities.assign(district["blayer"], entity_type="building")
     assert again.counts() == {"matched": 0, "new": 0, "ambiguous": 0, "unresolved": 0, "relinked": 0, "already": 6}
