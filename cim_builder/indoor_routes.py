@@ -1,4 +1,4 @@
-"""The indoor map of the twin: ``/twin/models/{id}/storeys`` (a BIM model's storeys, lowest first,
+"""The indoor map of the twin: ``/twin/models`` (the registered BIM models), ``/twin/models/{id}/storeys`` (a BIM model's storeys, lowest first,
 with element and room counts, basements with their outline and bottom) and
 ``/twin/models/{id}/storeys/{storey}/spaces`` (that storey's rooms as GeoJSON, EPSG:4490;
 ``f=html`` a plan of them). ``{storey}`` is a storey's name or its index (0 = lowest). Visible to
@@ -89,6 +89,30 @@ def router(settings) -> APIRouter:
         if storeys is None:
             raise not_found(f"no model {model_id!r} (see /twin/tilesets: bim_models)")
         return storeys
+
+    @api.get("/twin/models", summary="The registered BIM models (active), with links to their storeys")
+    def get_models(request: Request) -> Response:
+        """What `geotwin cim models` lists: id, name, IFC schema, elements, registration, footprint
+        (GeoJSON, EPSG:4490), the number of storeys and rooms; visible like the storeys."""
+        with db.pool(settings).connection() as conn:
+            level = indoor.access_level(conn)
+            if not security.current().sees(level):
+                rows = []
+            else:
+                if level == "restricted":
+                    security.note_restricted("twin/models")
+                rows = conn.execute(
+                    "SELECT id, name, ifc_schema, element_count, registered_at, ST_AsGeoJSON(footprint, 8), "
+                    "coalesce(jsonb_array_length(georef->'storeys'), 0), "
+                    "coalesce((SELECT sum((s->>'rooms')::int) FROM jsonb_array_elements(georef->'storeys') s), 0) "
+                    "FROM cim_models WHERE active ORDER BY id").fetchall()
+        base = base_url(request)
+        models = [{"id": mid, "name": name, "schema": schema, "elements": n, "registered": at.isoformat(),
+                   "footprint": json.loads(fp), "storeys": storeys, "rooms": int(rooms),
+                   "links": [link(f"{base}/twin/models/{quote(mid, safe='')}/storeys", "storeys", "application/json")]}
+                  for mid, name, schema, n, at, fp, storeys, rooms in rows]
+        doc = {"models": models, "links": [link(f"{base}/twin/models", "self", "application/json")]}
+        return Response(json.dumps(doc, ensure_ascii=False), media_type="application/json", headers=CORS)
 
     @api.get("/twin/models/{model_id}/storeys", summary="A BIM model's storeys (lowest first) and their rooms")
     def get_storeys(request: Request, model_id: str,

@@ -383,6 +383,11 @@ def test_rooms_are_as_visible_as_their_layer(env, auth):
         app = create_app(s)
         public, officer = TestClient(app), TestClient(app, headers=auth("land-officer"))
         assert public.get(f"/twin/models/{DUPLEX}/storeys").status_code == 404
+        assert public.get("/twin/models").json()["models"] == []  # the list is as visible as the storeys
+        listed = {m["id"]: m for m in officer.get("/twin/models").json()["models"]}
+        assert listed[DUPLEX]["storeys"] == 4 and listed[DUPLEX]["rooms"] == 21
+        assert listed[DUPLEX]["footprint"]["type"] == "Polygon"
+        assert listed[DUPLEX]["links"][0]["href"].endswith(f"/twin/models/{DUPLEX}/storeys")
         assert public.get(f"/twin/models/{DUPLEX}/storeys/1/spaces").status_code == 404
         r = officer.get(f"/twin/models/{DUPLEX}/storeys/1/spaces")
         assert r.status_code == 200 and r.json()["numberReturned"] == 10
