@@ -31,12 +31,14 @@ Settings that lose nothing:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,19 +197,33 @@ class LocalBroker:
         return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
 
     def _write_shared_sessions(self, ids: list[str]) -> None:
-        tmp = self.shared_sessions_file.with_suffix(f".tmp{os.getpid()}")
+        tmp = self.shared_sessions_file.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(json.dumps(sorted(set(ids))) + "\n")
         os.replace(tmp, self.shared_sessions_file)
 
+    @contextlib.contextmanager
+    def _shared_sessions_locked(self):
+        """Workers record themselves at once (threads of one supervisor, processes): the read-modify-
+        write of the record holds an exclusive lock on its lock file, or one worker's entry is lost."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.shared_sessions_file.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def add_shared_session(self, client_id: str) -> None:
-        ids = self.shared_sessions()
-        if client_id not in ids:
-            self._write_shared_sessions([*ids, client_id])
+        with self._shared_sessions_locked():
+            ids = self.shared_sessions()
+            if client_id not in ids:
+                self._write_shared_sessions([*ids, client_id])
 
     def remove_shared_session(self, client_id: str) -> None:
-        ids = self.shared_sessions()
-        if client_id in ids:
-            self._write_shared_sessions([i for i in ids if i != client_id])
+        with self._shared_sessions_locked():
+            ids = self.shared_sessions()
+            if client_id in ids:
+                self._write_shared_sessions([i for i in ids if i != client_id])
 
     # -- process -------------------------------------------------------------------------
     def pid(self) -> int | None:

@@ -98,6 +98,9 @@ def test_underground_map(browser_page, e2e_server, e2e_keys, pipe_site, known_bu
 
     # --- a building: its entity record opens the entity page -----------------------------------------
     b = known_building
+    # the building's addresses (an internal layer) become representations of its entity
+    entities.assign("addresses", entity_type="building", key="building_id", ref_layer="buildings", match="key",
+                    author="e2e", settings=database)
     with db.connect(database) as conn:
         code = entities.entity_for_feature(conn, "buildings", b["building_id"])
     assert code

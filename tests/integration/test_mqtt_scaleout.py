@@ -165,3 +165,26 @@ def test_restarted_broker_gives_shared_sessions_their_subscription_back(mqtt, co
         assert count(conn, s["stream"]) == 30
     finally:
         _retire(mqtt, ws)
+
+
+def test_the_shared_session_record_keeps_every_worker(mqtt):
+    """Workers record themselves at once (a supervisor's threads, processes): none may be lost —
+    an unlocked read-modify-write kept one of two workers here on a loaded machine."""
+    import threading
+
+    broker, tag = LocalBroker(mqtt), uuid.uuid4().hex[:6]
+    ids = [f"race-{tag}-{i}" for i in range(24)]
+    go = threading.Barrier(len(ids))
+
+    def run(action, cid):
+        go.wait()
+        action(cid)
+
+    for action in (broker.add_shared_session, broker.remove_shared_session):
+        threads = [threading.Thread(target=run, args=(action, cid)) for cid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        recorded = set(broker.shared_sessions()) & set(ids)
+        assert recorded == (set(ids) if action == broker.add_shared_session else set())

@@ -205,7 +205,7 @@ def test_cli_refusal_report_and_types(database, layers, tmp_path):
     assert check.exit_code == 1 and "missing_point" in check.output
 
 
-def test_under_a_parcel(database, auth, tmp_path):
+def test_under_a_parcel(database, auth, tmp_path, request):
     """GET /underground/under on a parcel: an industrial line of two segments crossing it (20 m of
     each inside), the manhole between them and a basement — placed 3 km from the other tests'
     surveys, in the real pipe layers; the pipe layers are internal: anonymous callers see none."""
@@ -238,6 +238,20 @@ def test_under_a_parcel(database, auth, tmp_path):
         tmp_path / "basements.geojson", driver="GeoJSON")
     ingest_vector(tmp_path / "basements.geojson", layer="basements", key="basement_id", mode="upsert",
                   evolve_schema=True, valid_from="2024-01-01", settings=database)
+    # the shared test schema may hold the demo's basements layer (internal): public for this test
+    from spatial_api import db
+
+    with db.connect(database) as conn:
+        level = store.get_layer(conn, "basements").access_level
+        store.update_layer(conn, "basements", access_level="public")
+        conn.commit()
+
+    def restore():
+        with db.connect(database) as c:
+            store.update_layer(c, "basements", access_level=level)
+            c.commit()
+
+    request.addfinalizer(restore)
 
     app = create_app(database)
     planner = TestClient(app, headers=auth("planner"))

@@ -143,12 +143,20 @@ def write_layer(conn, name: str, family: str, key: str, rows: store.FeatureRows,
 
 @pytest.fixture(scope="module")
 def env(database, tmp_path_factory):
+    """A store of its own: the build reads THE pipe and basement layers, which the demo district's
+    tests fill in the shared test schema."""
+    settings = dataclasses.replace(database, db_schema=f"{database.db_schema}_ug")
+    with db.connect(settings, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+    db.migrate(settings)
     tmp = tmp_path_factory.mktemp("underground")
-    with db.connect(database) as conn:
+    with db.connect(settings) as conn:
         write_layer(conn, "pipe_points", "Point", "id", point_rows(), T2024)
         write_layer(conn, "pipe_segments", "LineString", "id", segment_rows(), T2024)
         write_layer(conn, "basements", "Polygon", "basement_id", basement_rows(), T2024)
-    return {"settings": database, "tmp": tmp, "dem": write_dem(tmp / "dem.tif"), "out": tmp / "ug"}
+    yield {"settings": settings, "tmp": tmp, "dem": write_dem(tmp / "dem.tif"), "out": tmp / "ug"}
+    with db.connect(settings, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
 
 
 @pytest.fixture(scope="module")
@@ -358,12 +366,15 @@ def test_clear_errors(env, first, tmp_path):
             conn.execute(f'DROP SCHEMA IF EXISTS "{bare.db_schema}" CASCADE')
 
 
-def test_served(env, first, auth):
+def test_served(env, first):
     """Served by the twin's routes, as visible as its layers (internal here: staff only)."""
     from spatial_api.app import create_app
+    from spatial_api.security import keys
     from tests.fixtures.server import live_server
 
-    staff = auth("gis-staff")
+    with db.connect(env["settings"]) as conn:  # a key in this test's own schema
+        staff = {"Authorization": f"Bearer {keys.create(conn, 'test-ug-staff', 'gis-staff', created_by='pytest')}"}
+        conn.commit()
     with live_server(create_app(env["settings"])) as url:
         assert httpx.get(f"{url}/twin/tilesets/underground/tileset.json", timeout=30).status_code == 404
         r = httpx.get(f"{url}/twin/tilesets/underground/tileset.json", headers=staff, timeout=30)
