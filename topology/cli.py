@@ -1,4 +1,4 @@
-"""``geotwin cluster up | down | status``: every process of a ``cluster.toml`` on this machine.
+"""``geotwin cluster up | down | status | promote``: every process of a ``cluster.toml`` on this machine.
 
 Imports of the project's modules sit inside the command bodies (``geotwin --help`` starts fast)."""
 
@@ -73,3 +73,28 @@ def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", 
         Console().print(table)
     if any(r.local and not r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+@cluster_app.command("promote")
+def promote(config: Path = CONFIG,
+            replica: str = typer.Option(None, "--replica", "-r",
+                                        help="The replica to promote (default: the one that has received the most WAL)."),
+            force: bool = typer.Option(False, "--force",
+                                       help="Promote --replica even if another replica has received more WAL "
+                                            "(its extra commits are lost).")) -> None:
+    """After the primary is lost: a replica becomes the primary, the others follow it, and this machine's
+    API replicas and workers restart on it (nginx keeps its upstreams). Refused while the primary answers."""
+    from spatial_api.db.cluster import ClusterError
+    from topology.config import TopologyError
+
+    ctl = _controller(config)
+    try:
+        done = ctl.promote(replica, force=force)
+    except TopologyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"promoted {done['promoted']} in {done['seconds']:.1f} s (timeline {done['timeline']}, "
+               f"{done['lsn']}); {ctl.topo.public_url()} writes to {ctl.topo.primary.address}")

@@ -101,6 +101,8 @@ def load(path: Path) -> Topology:
     for i, r in enumerate(pg.get("replicas", []), 1):
         where = f"postgres.replicas[{i}]"
         name = r.get("name", f"replica{i}")
+        if name == "primary":  # its data would share the primary's folder (<state_dir>/pg-primary)
+            raise TopologyError(f"{path}: {where}.name = \"primary\" is the primary's own name: call it otherwise")
         replicas.append(Endpoint("postgres-replica", name, _host(r.get("host"), where, path),
                                  _port(r.get("port"), where, path)))
         slots[name] = r.get("slot", f"geotwin_{name}".lower().replace("-", "_"))

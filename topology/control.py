@@ -14,6 +14,13 @@
 - **MQTT broker** (sensing.mqtt's mosquitto) and **sensing workers** (``geotwin mqtt worker
   --shared``: MQTT 5 shared subscription).
 
+``geotwin cluster promote`` (after the primary is lost): the most advanced replica (or the one named)
+is promoted with ``pg_promote()``, ``<state_dir>/failover.json`` records it — from then on it is the
+primary of every command (its data stays in ``pg-<name>``), the lost primary is *retired* (never
+started again: it would be a second primary) — the other replicas follow the new timeline through a
+slot on it, and the local API replicas and workers are restarted one by one with the new
+``DATABASE_URL`` (nginx keeps its upstreams).
+
 Pid files and logs under ``<state_dir>/run`` and ``<state_dir>/logs``. ``up`` is idempotent (what
 runs is left running, a stopped process is started again); ``down`` stops everything it started.
 """
@@ -76,10 +83,10 @@ class PrimaryServer(LocalCluster):
     """The cluster's primary: LocalCluster's set-up (initdb, SCRAM password, root → postgres user)
     with a configuration a standby can stream from."""
 
-    def __init__(self, topo: Topology):
-        super().__init__(Settings(home=topo.state_dir / "pg-primary", database_url=None, db_schema=topo.schema))
-        self.topo, self.endpoint = topo, topo.primary
-        self.port, self._explicit_port = topo.primary.port, True
+    def __init__(self, topo: Topology, home: str = "pg-primary", endpoint: Endpoint | None = None):
+        super().__init__(Settings(home=topo.state_dir / home, database_url=None, db_schema=topo.schema))
+        self.topo, self.endpoint = topo, endpoint or topo.primary
+        self.port, self._explicit_port = self.endpoint.port, True
         #: synchronous_standby_names is written only once the replicas stream (`enable_sync`): with it
         #: set before, every commit — the migrations' first — would wait for a standby not yet made.
         self.sync = False
@@ -185,16 +192,65 @@ class Row:
     local: bool = True
 
 
+FAILOVER_FILE = "failover.json"
+
+
+def _home(name: str) -> str:
+    """A database server's folder under the state dir: the primary's ``pg-primary``, a replica's
+    ``pg-<name>`` (kept when it is promoted)."""
+    return f"pg-{name}"
+
+
 class Controller:
     def __init__(self, topo: Topology, echo=print):
-        self.topo = topo
+        #: cluster.toml as written; ``topo`` is what it means now (after any promotion)
+        self.base = topo
         self.echo = echo
         self.run_dir = topo.state_dir / "run"
         self.log_dir = topo.state_dir / "logs"
         self.nginx_dir = topo.state_dir / "nginx"
-        self.primary = PrimaryServer(topo)
-        self.replicas = [ReplicaServer(topo, r, self.primary) for r in topo.replicas]
         self._spawned: dict[str, subprocess.Popen] = {}
+        self._load_roles()
+
+    def _load_roles(self) -> None:
+        """The primary, the replicas and the retired primaries, from cluster.toml and failover.json."""
+        import dataclasses
+
+        topo, state = self.base, self.failover_state()
+        by_name = {r.name: r for r in topo.replicas}
+        retired_names = {r["name"] for r in state.get("retired", [])}
+        current = state.get("primary")
+        if current and current != topo.primary.name:
+            if current not in by_name:
+                raise TopologyError(f"{self.failover_file}: the promoted primary {current!r} is no replica of "
+                                    f"{topo.file} (replicas: {', '.join(by_name) or 'none'}); put it back, "
+                                    f"or delete {self.failover_file} if that promotion is undone")
+            ep = by_name[current]
+            topo = dataclasses.replace(
+                topo, primary=Endpoint("postgres-primary", ep.name, ep.host, ep.port),
+                replicas=[r for r in topo.replicas if r.name != current and r.name not in retired_names])
+            self.primary = PrimaryServer(topo, home=_home(current))
+        else:
+            self.primary = PrimaryServer(topo)
+        self.topo = topo
+        self.replicas = [ReplicaServer(topo, r, self.primary) for r in topo.replicas]
+        self.retired = [PrimaryServer(topo, home=r["home"],
+                                      endpoint=Endpoint("postgres-retired", r["name"], r["host"], r["port"]))
+                        for r in state.get("retired", [])]
+
+    # -- failover state -----------------------------------------------------------------------
+    @property
+    def failover_file(self) -> Path:
+        return self.base.state_dir / FAILOVER_FILE
+
+    def failover_state(self) -> dict:
+        try:
+            return json.loads(self.failover_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise TopologyError(f"{self.failover_file} is not valid JSON ({exc}): it records which replica was "
+                                "promoted; restore it from the `geotwin cluster promote` output") from None
 
     # -- settings handed to the processes -----------------------------------------------------
     def settings(self) -> Settings:
@@ -334,9 +390,16 @@ class Controller:
             if not is_local(w.host):
                 continue
             if self._pid(w.name, b"mqtt") is None:
-                self._spawn(w.name, [sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", w.name,
-                                     "--shared"], self.env(i))
+                self._spawn(w.name, self._worker_args(w), self.env(i))
                 self.echo(f"● sensing worker {w.name} started")
+
+    @staticmethod
+    def _worker_args(w: Endpoint) -> list[str]:
+        return [sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", w.name, "--shared"]
+
+    def _api_args(self, a: Endpoint) -> list[str]:
+        return [sys.executable, "-m", "spatial_api", "serve", "--host", a.host, "--port", str(a.port),
+                "--workers", str(self.topo.api_workers)]
 
     def _apis(self) -> None:
         waiting = []
@@ -344,20 +407,22 @@ class Controller:
             if not is_local(a.host):
                 continue
             if self._pid(a.name, b"serve") is None:
-                self._spawn(a.name, [sys.executable, "-m", "spatial_api", "serve", "--host", a.host, "--port",
-                                     str(a.port), "--workers", str(self.topo.api_workers)], self.env(i))
+                self._spawn(a.name, self._api_args(a), self.env(i))
                 waiting.append(a)
         deadline = time.monotonic() + START_TIMEOUT
         for a in waiting:
-            while (code := _http_status(f"http://{a.address}/healthz")) != 200:
-                if self._spawned[a.name].poll() is not None:
-                    raise ClusterError(f"API replica {a.name} exited; see {self.log_dir / (a.name + '.log')}:\n"
-                                       + _tail(self.log_dir / f"{a.name}.log"))
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"API replica {a.name} answers /healthz with {code} after {START_TIMEOUT} s; "
-                                       f"see {self.log_dir / (a.name + '.log')}")
-                time.sleep(0.2)
+            self._wait_api(a, deadline)
             self.echo(f"● API replica {a.name} serving on {a.address}")
+
+    def _wait_api(self, a: Endpoint, deadline: float) -> None:
+        while (code := _http_status(f"http://{a.address}/healthz")) != 200:
+            if self._spawned[a.name].poll() is not None:
+                raise ClusterError(f"API replica {a.name} exited; see {self.log_dir / (a.name + '.log')}:\n"
+                                   + _tail(self.log_dir / f"{a.name}.log"))
+            if time.monotonic() > deadline:
+                raise ClusterError(f"API replica {a.name} answers /healthz with {code} after {START_TIMEOUT} s; "
+                                   f"see {self.log_dir / (a.name + '.log')}")
+            time.sleep(0.2)
 
     def nginx_conf(self) -> str:
         o = self.topo.nginx_options
@@ -442,6 +507,147 @@ http {{
         self.echo(f"● nginx {'reloaded' if running else 'started'} on {n.address} → "
                   f"{', '.join(a.address for a in self.topo.apis)}")
 
+    # -- promote ------------------------------------------------------------------------------
+    def promote(self, name: str | None = None, force: bool = False) -> dict:
+        """Make a replica the primary after the primary is lost (see the module's docstring).
+
+        Refuses while the primary still answers as a primary (two primaries would each take writes).
+        Without ``name``: the replica that has received the most WAL — with ``synchronous = true``
+        (``ANY 1``) every acknowledged commit is on at least one replica, so on that one. A replica
+        already promoted (by this command on another machine) is adopted, not promoted twice."""
+        import psycopg
+
+        started = time.monotonic()
+        old = self.primary
+        try:
+            with psycopg.connect(old.url(), autocommit=True, connect_timeout=3) as conn:
+                alive = not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except (psycopg.Error, OSError):
+            alive = False
+        if alive:
+            raise ClusterError(f"the primary {old.endpoint.name} on {old.endpoint.address} still answers and takes "
+                               "writes: promoting a replica now would make two primaries. Stop it first "
+                               "(`pg_ctl stop`, or the machine), then run `geotwin cluster promote` again")
+        if name is not None and name not in {r.endpoint.name for r in self.replicas}:
+            raise TopologyError(f"{self.base.file}: no replica named {name!r} to promote; replicas: "
+                                f"{', '.join(r.endpoint.name for r in self.replicas) or 'none'}")
+        seen: dict[str, tuple[bool, int]] = {}
+        for r in self.replicas:
+            try:
+                with psycopg.connect(r.url(), autocommit=True, connect_timeout=5) as conn:
+                    seen[r.endpoint.name] = conn.execute(
+                        "SELECT pg_is_in_recovery(), pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), "
+                        "pg_last_wal_replay_lsn(), pg_current_wal_lsn()), '0/0')::bigint").fetchone()
+            except (psycopg.Error, OSError) as exc:
+                self.echo(f"○ replica {r.endpoint.name} on {r.endpoint.address} does not answer: {_first_line(exc)}")
+        if not seen:
+            raise ClusterError("no replica answers: there is nothing to promote (start one, or restore the "
+                               "primary from its data or a backup)")
+        adopted = [n for n, (rec, _) in seen.items() if not rec]
+        if adopted:
+            target = adopted[0]
+        elif name is not None:
+            if name not in seen:
+                raise ClusterError(f"replica {name} does not answer: start it, or promote another one")
+            target = name
+            ahead = [n for n, (_, pos) in seen.items() if pos > seen[name][1]]
+            if ahead and not force:
+                raise ClusterError(f"replica {', '.join(ahead)} has received more WAL than {name}: it may hold "
+                                   f"acknowledged commits {name} lacks. Promote it instead (or without "
+                                   "--replica), or pass --force to lose them")
+        else:
+            target = max(seen, key=lambda n: seen[n][1])
+        fork = seen[target][1]
+        new = next(r for r in self.replicas if r.endpoint.name == target)
+        if not adopted:
+            self.echo(f"● promoting replica {target} on {new.endpoint.address} (received {_lsn(fork)})")
+            with psycopg.connect(new.url(), autocommit=True, connect_timeout=10) as conn:
+                if not conn.execute("SELECT pg_promote(true, %s)", (START_TIMEOUT,)).fetchone()[0]:
+                    raise ClusterError(f"pg_promote() on {target} did not finish in {START_TIMEOUT} s; see "
+                                       f"{new.log_file}")
+        with psycopg.connect(new.url(), autocommit=True, connect_timeout=10) as conn:
+            timeline, lsn = conn.execute("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+                                         "::bit(32)::int, pg_current_wal_lsn()::text").fetchone()
+
+        state = self.failover_state()
+        retired = [r for r in state.get("retired", []) if r["name"] != old.endpoint.name]
+        home = "pg-primary" if old.endpoint.name == self.base.primary.name else _home(old.endpoint.name)
+        retired.append({"name": old.endpoint.name, "host": old.endpoint.host, "port": old.endpoint.port,
+                        "home": home})
+        event = {"promoted": target, "lost": old.endpoint.name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                     time.gmtime()),
+                 "timeline": timeline, "lsn": lsn}
+        state.update(primary=target, retired=retired, history=[*state.get("history", []), event])
+        self.topo.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.failover_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.failover_file)
+        self._load_roles()  # from here on: the new primary, the remaining replicas
+        self.echo(f"● {target} is the primary (timeline {timeline}, {lsn}); {old.endpoint.name} retired "
+                  f"({self.failover_file})")
+
+        p = self.primary
+        if is_local(p.endpoint.host):  # a primary's configuration; synchronous only once a replica follows
+            p._write_conf()
+            with psycopg.connect(p.url(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+        followers = []
+        for r in self.replicas:
+            if r.endpoint.name in seen and seen[r.endpoint.name][1] > fork:
+                self.echo(f"○ replica {r.endpoint.name} had received more WAL than {target}: it cannot follow; "
+                          f"rebuild it (delete {r.data_dir}, then `geotwin cluster up`)")
+                continue
+            with psycopg.connect(p.url(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                             "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", (r.slot, r.slot))
+            if not is_local(r.endpoint.host):
+                self.echo(f"○ replica {r.endpoint.name} runs on {r.endpoint.host}: run `geotwin cluster promote` "
+                          "there too (it adopts this promotion and points the replica at the new primary)")
+                continue
+            r._write_conf()  # primary_conninfo → the new primary (reloadable); the new timeline is followed
+            with psycopg.connect(r.url(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+            self._wait_streaming(r)
+            followers.append(r.endpoint.name)
+            self.echo(f"● replica {r.endpoint.name} follows {target}")
+        if self.topo.synchronous and is_local(p.endpoint.host):
+            if followers:
+                p.enable_sync()
+                self.echo("● synchronous replication on again: a commit waits for one replica")
+            else:
+                self.echo("○ no replica follows the new primary: commits are NOT replicated until one is "
+                          "rebuilt (a new [[postgres.replicas]] entry, then `geotwin cluster up`)")
+        restarted = self.restart_clients()
+        seconds = time.monotonic() - started
+        return {**event, "adopted": bool(adopted), "followers": followers, "restarted": restarted,
+                "seconds": seconds}
+
+    def restart_clients(self) -> list[str]:
+        """The local sensing workers and API replicas again, one at a time, with the current
+        environment (after a promotion: the new primary's DATABASE_URL). nginx keeps its upstreams;
+        while one API replica restarts, the others serve."""
+        done = []
+        for i, w in enumerate(self.topo.workers):
+            if not is_local(w.host):
+                continue
+            pid = self._pid(w.name, b"mqtt")
+            if pid:
+                self._stop_pid(pid, b"mqtt")
+            self._spawn(w.name, self._worker_args(w), self.env(i))
+            done.append(w.name)
+        for i, a in enumerate(self.topo.apis):
+            if not is_local(a.host):
+                continue
+            pid = self._pid(a.name, b"serve")
+            if pid:
+                self._stop_pid(pid, b"serve")
+            self._spawn(a.name, self._api_args(a), self.env(i))
+            self._wait_api(a, time.monotonic() + START_TIMEOUT)
+            done.append(a.name)
+        if done:
+            self.echo(f"● restarted with {self.primary.endpoint.name} as the primary: {', '.join(done)}")
+        return done
+
     # -- down ---------------------------------------------------------------------------------
     def down(self, purge: bool = False) -> list[str]:
         stopped = []
@@ -465,11 +671,11 @@ http {{
 
             if LocalBroker(self.settings()).down():
                 stopped.append("mosquitto")
-        for server in [*self.replicas, self.primary]:
+        for server in [*self.replicas, self.primary, *self.retired]:
             if server.initialised and server.stop():
                 stopped.append(server.endpoint.name)
         if purge:
-            for server in [*self.replicas, self.primary]:
+            for server in [*self.replicas, self.primary, *self.retired]:
                 if server.server_root != server.root:
                     shutil.rmtree(server.server_root, ignore_errors=True)
             shutil.rmtree(self.topo.state_dir, ignore_errors=True)
@@ -494,7 +700,7 @@ http {{
             healthy, detail = True, f"wal {lsn}"
         except (psycopg.Error, OSError) as exc:
             healthy, detail = False, _first_line(exc)
-        rows.append(Row("postgres primary", "primary", p.endpoint.address, _postmaster_pid(p), healthy, detail,
+        rows.append(Row("postgres primary", p.endpoint.name, p.endpoint.address, _postmaster_pid(p), healthy, detail,
                         is_local(p.endpoint.host)))
         for r in self.replicas:
             try:
@@ -509,6 +715,20 @@ http {{
                 healthy, detail = False, _first_line(exc)
             rows.append(Row("postgres replica", r.endpoint.name, r.endpoint.address, _postmaster_pid(r), healthy,
                             detail, is_local(r.endpoint.host)))
+        promoted = self.failover_state().get("history", [{}])[-1]
+        for old in self.retired:
+            # healthy = stays down (or came back only as a standby); a retired primary taking writes
+            # again is a second primary
+            try:
+                with psycopg.connect(old.url(), autocommit=True, connect_timeout=3) as conn:
+                    rec = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                healthy, detail = bool(rec), ("back as a standby" if rec else
+                                              "RUNNING AS A SECOND PRIMARY: stop it (pg_ctl stop) and rebuild it")
+            except (psycopg.Error, OSError):
+                healthy, detail = True, (f"retired: lost, {promoted.get('promoted', '?')} promoted at "
+                                         f"{promoted.get('at', '?')}; not started again")
+            rows.append(Row("postgres retired", old.endpoint.name, old.endpoint.address, _postmaster_pid(old),
+                            healthy, detail, is_local(old.endpoint.host)))
         if self.topo.broker:
             from sensing.mqtt.broker import LocalBroker
 
@@ -528,6 +748,10 @@ http {{
         rows.append(Row("nginx", "nginx", self.topo.nginx.address, self._nginx_pid(), code == 200,
                         _health_summary(code, body), is_local(self.topo.nginx.host)))
         return rows
+
+
+def _lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 def _tail(path: Path, lines: int = 8) -> str:
