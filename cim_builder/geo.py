@@ -169,11 +169,15 @@ class Dem:
         # convert-ifc and `geotwin cim check` do not
         import rasterio
 
-        path = Path(path)
-        if not path.exists():
-            raise CimError(f"--dem {path}: no such file")
+        from spatial_api import objectstore
+
+        remote = objectstore.is_remote(path) or objectstore.is_remote(str(path))
+        if not remote:  # an s3:// DEM (a catalogue item in object storage) is read through GDAL's /vsis3/
+            path = Path(path)
+            if not path.exists():
+                raise CimError(f"--dem {path}: no such file")
         try:
-            with rasterio.open(path) as src:
+            with objectstore.rasterio_env(), rasterio.open(str(path)) as src:
                 if src.crs is None:
                     raise CimError(f"DEM {path} has no CRS: give it one (gdal_edit.py -a_srs EPSG:4547 {path})")
                 band = src.read(1, masked=True)
@@ -185,9 +189,13 @@ class Dem:
             raise CimError(f"DEM {path} cannot be read: {exc}") from None
         mask = np.ma.getmaskarray(band) | ~np.isfinite(band.filled(np.nan))
         data = band.filled(np.nan).astype(np.float64)
-        st = path.stat()
-        return cls(path=path, crs=crs, data=data, nodata_mask=mask, transform=transform,
-                   identity=f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}")
+        if remote:  # the object's size and ETag stand for the file's size and mtime
+            meta = objectstore.head(str(path)) or {}
+            identity = f"{path}:{meta.get('size')}:{meta.get('e_tag')}"
+        else:
+            st = path.stat()
+            identity = f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+        return cls(path=path, crs=crs, data=data, nodata_mask=mask, transform=transform, identity=identity)
 
     def sample(self, x: np.ndarray, y: np.ndarray, crs: str = METRIC_CRS) -> np.ndarray:
         """Bilinear heights at points given in ``crs``; NaN outside the DEM or on nodata."""

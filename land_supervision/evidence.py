@@ -124,7 +124,10 @@ def changed_fraction(path_a: Path, path_b: Path, wkb_by_epsg, *, veg_index_min: 
     # deferred: rasterio loads GDAL (~0.1–0.4 s), which only runs that read imagery need
     import rasterio
 
-    with rasterio.open(path_a) as raster_a, rasterio.open(path_b) as raster_b:
+    from spatial_api import objectstore
+
+    # s3:// epochs (object storage) are read through GDAL's /vsis3/ with the store's settings
+    with objectstore.rasterio_env(), rasterio.open(str(path_a)) as raster_a, rasterio.open(str(path_b)) as raster_b:
         epsg = raster_a.crs.to_epsg() if raster_a.crs else None
         if epsg is None or raster_b.crs is None or raster_b.crs.to_epsg() != epsg:
             raise EvidenceError(f"{Path(path_a).name} and {Path(path_b).name} are not in one EPSG CRS")

@@ -30,14 +30,13 @@ threshold go into the finding's ``measures``.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import shapely
 from psycopg import sql
 
 from land_supervision.catalogue import RuleError
-from spatial_api import store
+from spatial_api import objectstore, store
 
 
 def candidates_sql(has_field: bool) -> str:
@@ -179,35 +178,37 @@ def _read_pixels(eng, params: dict) -> int:
     paths = [r[0] for r in conn.execute("SELECT DISTINCT path FROM _sup_green ORDER BY path").fetchall()]
     values: list[tuple[str, float, int]] = []
     too_small = 0
-    for path in paths:
-        try:
-            src = rasterio.open(Path(path))
-        except (OSError, rasterio.errors.RasterioIOError) as exc:
-            n = conn.execute("SELECT count(*) FROM _sup_green WHERE path = %s", (path,)).fetchone()[0]
-            eng.notes.append(f"R9: cannot read imagery {path} ({exc}); the green ratio of {n} parcel(s) was not "
-                             "measured — restore the file or re-register the epoch")
-            continue
-        with src:
-            if src.count < 3 or src.crs is None or src.crs.to_epsg() is None:
-                eng.notes.append(f"R9: imagery {path} is not an RGB raster with an EPSG CRS; green ratio not measured")
+    # s3:// epochs (object storage): the store's settings for GDAL's /vsis3/ around every read
+    with objectstore.rasterio_env():
+        for path in paths:
+            try:
+                src = rasterio.open(path)
+            except (OSError, rasterio.errors.RasterioIOError) as exc:
+                n = conn.execute("SELECT count(*) FROM _sup_green WHERE path = %s", (path,)).fetchone()[0]
+                eng.notes.append(f"R9: cannot read imagery {path} ({exc}); the green ratio of {n} parcel(s) was not "
+                                 "measured — restore the file or re-register the epoch")
                 continue
-            rows = conn.execute(
-                "SELECT g.parcel_id, ST_AsBinary(ST_Transform(p.g4490, %s)) FROM _sup_green g "
-                "JOIN _sup_p p USING (parcel_id) WHERE g.path = %s ORDER BY g.parcel_id",
-                (src.crs.to_epsg(), path)).fetchall()
-            geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
-            for (pid, _), geom in zip(rows, geoms):
-                try:
-                    ratio, n = green_fraction(src, geom, params["green_index_min"])
-                except (OSError, rasterio.errors.RasterioError, shapely.errors.GEOSException, ValueError) as exc:
-                    # a damaged block, a geometry the mask cannot take: this parcel only
-                    eng.notes.append(f"R9: cannot read imagery {path} for parcel {pid!r} ({exc}); its green ratio "
-                                     "was not measured")
+            with src:
+                if src.count < 3 or src.crs is None or src.crs.to_epsg() is None:
+                    eng.notes.append(f"R9: imagery {path} is not an RGB raster with an EPSG CRS; green ratio not measured")
                     continue
-                if ratio is None:
-                    too_small += 1
-                    continue
-                values.append((pid, ratio, n))
+                rows = conn.execute(
+                    "SELECT g.parcel_id, ST_AsBinary(ST_Transform(p.g4490, %s)) FROM _sup_green g "
+                    "JOIN _sup_p p USING (parcel_id) WHERE g.path = %s ORDER BY g.parcel_id",
+                    (src.crs.to_epsg(), path)).fetchall()
+                geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
+                for (pid, _), geom in zip(rows, geoms):
+                    try:
+                        ratio, n = green_fraction(src, geom, params["green_index_min"])
+                    except (OSError, rasterio.errors.RasterioError, shapely.errors.GEOSException, ValueError) as exc:
+                        # a damaged block, a geometry the mask cannot take: this parcel only
+                        eng.notes.append(f"R9: cannot read imagery {path} for parcel {pid!r} ({exc}); its green ratio "
+                                         "was not measured")
+                        continue
+                    if ratio is None:
+                        too_small += 1
+                        continue
+                    values.append((pid, ratio, n))
     if too_small:
         eng.notes.append(f"R9: {too_small} industrial parcel(s) hold no pixel centre of their imagery (smaller than "
                          "a pixel or over nodata): green ratio not measured")

@@ -327,3 +327,26 @@ def test_rebuild_stays_in_the_bucket_and_uploads_nothing_unchanged(tilesets, dat
     assert again.tiles_written == 0 and again.tiles_unchanged == rem.tiles
     assert objectstore.exists(f"{rem.out_dir}/tileset.json")
     assert not any(k.endswith(tuple(f".tmp{p}" for p in (os.getpid(),))) for k in keys_under(rem.out_dir))
+
+
+def test_the_dem_and_the_supervision_evidence_read_s3_items(imagery):
+    """The other readers of catalogue paths: a DEM for `cim build` and two epochs for the
+    supervision's evidence / R9 green ratio read an s3:// item as they read the local copy."""
+    import shapely
+
+    from cim_builder.geo import Dem
+    from land_supervision.evidence import changed_fraction
+    from land_supervision.greenness import green_fraction
+
+    loc, rem = imagery["local"], imagery["remote"]
+    a, b = Dem.open(loc.cog_path), Dem.open(rem.cog_path)
+    assert np.array_equal(a.data, b.data) and a.transform == b.transform and a.crs == b.crs
+    parcel = shapely.box(X0 + 100, Y0 - 300, X0 + 400, Y0 - 100)  # EPSG:4547, inside the image
+    wkb = lambda epsg: shapely.to_wkb(parcel)  # noqa: E731 — the raster's CRS is EPSG:4547
+    local = changed_fraction(Path(loc.cog_path), Path(loc.cog_path), wkb, veg_index_min=0.1, brightness_delta=30)
+    remote = changed_fraction(rem.cog_path, rem.cog_path, wkb, veg_index_min=0.1, brightness_delta=30)
+    assert remote == local and remote["pixels"] > 1000
+    import rasterio
+
+    with objectstore.rasterio_env(), rasterio.open(str(rem.cog_path)) as r, rasterio.open(loc.cog_path) as l_:
+        assert green_fraction(r, parcel, 0.1) == green_fraction(l_, parcel, 0.1)
