@@ -20,9 +20,11 @@ Every wait is for a state of the page, never a fixed time."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import shapely
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.test_twin import canvas_point, idle, wait_ready
 from tests.e2e.twin_fixtures import BIM_MODEL, open_ground, twin_tileset  # noqa: F401
@@ -43,6 +45,24 @@ UNDERGROUND_IDLE = """() => { twin.viewer.scene.requestRender(); const u = twin.
 def pick_id(page, lon, lat, h):
     page.evaluate(FRAME)
     return page.evaluate(PICK_ID, [lon, lat, h])
+
+
+def click_until_picked(page, lon, lat, h, kind: str, deadline_s: float = 120.0) -> None:
+    """Click where (lon, lat, h) lands until the pick shows a ``kind``: on a loaded machine the
+    frame that draws the tile just loaded may come after the first click, which then picks nothing.
+    Each attempt waits for that state (not a fixed time); the whole has a deadline."""
+    end = time.monotonic() + deadline_s
+    page.evaluate("() => { twin.lastPicked = null; }")
+    while True:
+        page.mouse.click(*canvas_point(page, lon, lat, h))  # the point again: the view may have settled
+        try:
+            page.wait_for_function("(kind) => twin.lastPicked && twin.lastPicked.kind === kind", arg=kind,
+                                   timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > end:
+                raise
+            page.wait_for_function(UNDERGROUND_IDLE, polling=500)
 
 
 def look_down(page, lon, lat, height):
@@ -86,8 +106,7 @@ def test_underground_twin(browser_page, e2e_server, e2e_keys, twin_tileset, unde
     js = site.segments[west]
     wlon, wlat = site.lonlat(-20, 8)
     axis_w = js["axis_z"][0] + (js["axis_z"][1] - js["axis_z"][0]) * (15 / 35)
-    page.mouse.click(*canvas_point(page, wlon, wlat, axis_w + N))
-    page.wait_for_function("twin.lastPicked && twin.lastPicked.kind === 'pipe'")
+    click_until_picked(page, wlon, wlat, axis_w + N, "pipe")
     props = page.evaluate("twin.lastPicked.props")
     assert props["id"] == west and props["type_code"] == "JS", props
     c = {k: page.locator(f'#ug-feature td[data-prop="{k}"]').inner_text() for k in ("type", "size", "material", "top_z", "invert_z")}
@@ -221,8 +240,7 @@ def test_underground_twin(browser_page, e2e_server, e2e_keys, twin_tileset, unde
                        headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
     room = max(spaces["features"], key=lambda f: shapely.geometry.shape(f["geometry"]).area)
     inside = shapely.geometry.shape(room["geometry"]).representative_point()
-    page.mouse.click(*canvas_point(page, inside.x, inside.y, storey["elevation"] + N + 1.0))
-    page.wait_for_function("twin.lastPicked && twin.lastPicked.kind === 'room'")
+    click_until_picked(page, inside.x, inside.y, storey["elevation"] + N + 1.0, "room")
     picked = page.evaluate("twin.lastPicked.props")
     assert picked["storey"] == storey["name"] and picked["model_id"] == BIM_MODEL, picked
     assert page.locator('#ug-feature td[data-prop="name"]').inner_text() == picked["name"]
@@ -238,8 +256,7 @@ def test_underground_twin(browser_page, e2e_server, e2e_keys, twin_tileset, unde
     # --- a basement: its use, levels, depth -------------------------------------------------------
     b = site.basement
     blon, blat = site.to_lonlat(*b["centre"])
-    page.mouse.click(*canvas_point(page, blon, blat, b["ground_z"] + N - 0.5))
-    page.wait_for_function("twin.lastPicked && twin.lastPicked.kind === 'structure'")
+    click_until_picked(page, blon, blat, b["ground_z"] + N - 0.5, "structure")
     assert page.locator('#ug-feature td[data-prop="use"]').inner_text() == "地下车库"
     assert page.locator('#ug-feature td[data-prop="depth_m"]').inner_text() == "8.0"
 
