@@ -137,8 +137,9 @@ def _target(url: str, created: dict[str, tuple[str, int]]) -> tuple[str, str]:
 
 
 async def _call(outer: Request, method: str, path: str, query: str, headers: dict, body) -> tuple[int, dict, object]:
-    """The request through the application itself; (status, headers, body as JSON or text)."""
-    data = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+    """The request through the application itself; (status, headers, body as JSON or text). ``body``:
+    a JSON value, or bytes sent as they are (the multipart batch's)."""
+    data = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
     sent = [False]
     hdrs = [(k, v) for k, v in outer.headers.raw if k.decode("latin-1").lower() in _FORWARDED]
     if outer.query_params.get("api_key") and "x-api-key" not in outer.headers:

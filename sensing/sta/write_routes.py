@@ -1,8 +1,8 @@
 """HTTP: the writing side of ``/sta/v1.1`` (OGC 18-088 §10, §11, §14) — ``POST`` to an entity set
 or a navigation path (201, the entity, ``Location`` = its self link), ``PATCH`` (JSON merge, or
 ``application/json-patch+json``) and ``PUT`` (200, the entity), ``DELETE`` (200), links by
-``…/$ref`` (204), ``POST /sta/v1.1/$batch`` (JSON batch) and ``POST /sta/v1.1/CreateObservations``
-(DataArray, 201 and the array of self links).
+``…/$ref`` (204), ``POST /sta/v1.1/$batch`` (multipart/mixed or JSON batch, by Content-Type) and
+``POST /sta/v1.1/CreateObservations`` (DataArray, 201 and the array of self links).
 
 Every write needs ``sensing:write`` (roles.MAY: gis-staff, admin): 401 without credentials, 403
 for a role without it, checked before the body is read. The security middleware audits every
@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from sensing.sta import batch, write
+from sensing.sta import batch, batch_multipart, write
 from sensing.sta.events import emit
 from spatial_api import db, security
 from spatial_api.api.errors import ApiError
@@ -49,8 +49,10 @@ def router(settings) -> APIRouter:
     def service_root(request: Request) -> str:
         return base_url(request)
 
-    @api.post("/sta/v1.1/$batch", summary="JSON batch (OData 4.01 JSON batch, 18-088 §11)")
+    @api.post("/sta/v1.1/$batch", summary="Batch: multipart/mixed (18-088 §11.2, OData 4.0) or JSON (OData 4.01)")
     async def batch_request(request: Request):
+        if batch_multipart.is_multipart(request):
+            return await batch_multipart.execute(request, settings)
         return await batch.execute(request, settings)
 
     @api.post("/sta/v1.1/CreateObservations", status_code=201,
