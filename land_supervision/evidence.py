@@ -40,7 +40,7 @@ from psycopg.types.json import Jsonb
 
 from land_supervision.greenness import parcel_window
 from land_supervision.mercator import to_3857
-from spatial_api import store
+from spatial_api import objectstore, store
 from spatial_api.store import imagery as imagery_catalogue
 
 NO_COVER = "无影像覆盖该宗地（no imagery covers this parcel）"
@@ -58,7 +58,7 @@ class EvidenceError(ValueError):
 class Epoch:
     id: str
     acquired: date
-    path: Path
+    path: Path  # or an objectstore.ObjectPath (s3://)
     footprint: object | None = None  # shapely geometry, EPSG:4490; None: unknown (assumed to cover)
 
     def covers(self, parcel) -> bool:
@@ -73,7 +73,8 @@ def _epochs(eng, run_as_of: date) -> list[Epoch]:
     has_catalogue = conn.execute("SELECT to_regclass('imagery_items') IS NOT NULL").fetchone()[0]
     if has_catalogue:
         for it in imagery_catalogue.list_items(conn, params["collection"], at=eng.at.replace(hour=23, minute=59)):
-            out.append(Epoch(it.item_id, it.datetime.date(), Path(it.cog_path), shapely.from_wkt(it.footprint_wkt)))
+            out.append(Epoch(it.item_id, it.datetime.date(), objectstore.location(str(it.cog_path)),  # s3:// too
+                             shapely.from_wkt(it.footprint_wkt)))
     if not out:
         layer = eng.layers.get("imagery", "imagery")
         if layer in eng.registry:
@@ -124,13 +125,12 @@ def changed_fraction(path_a: Path, path_b: Path, wkb_by_epsg, *, veg_index_min: 
     # deferred: rasterio loads GDAL (~0.1–0.4 s), which only runs that read imagery need
     import rasterio
 
-    from spatial_api import objectstore
-
     # s3:// epochs (object storage) are read through GDAL's /vsis3/ with the store's settings
     with objectstore.rasterio_env(), rasterio.open(str(path_a)) as raster_a, rasterio.open(str(path_b)) as raster_b:
         epsg = raster_a.crs.to_epsg() if raster_a.crs else None
         if epsg is None or raster_b.crs is None or raster_b.crs.to_epsg() != epsg:
-            raise EvidenceError(f"{Path(path_a).name} and {Path(path_b).name} are not in one EPSG CRS")
+            raise EvidenceError(f"{objectstore.location(str(path_a)).name} and {objectstore.location(str(path_b)).name} "
+                                "are not in one EPSG CRS")
         if raster_a.count < 3 or raster_b.count < 3:
             raise EvidenceError("an epoch is not an RGB raster (fewer than 3 bands)")
         geom = shapely.from_wkb(wkb_by_epsg(epsg))

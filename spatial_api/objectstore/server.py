@@ -36,6 +36,8 @@ from spatial_api.objectstore import ObjectStoreError
 DEFAULT_PORT = 8333
 DEFAULT_BUCKET = "geotwin"
 GRPC_OFFSET = 10_000
+#: The server takes ports P … P+4 (S3, master, volume, filer, admin) and the same 10,000 above.
+PORT_SPAN = 5
 
 
 def find_weed() -> Path:
@@ -121,7 +123,7 @@ class SeaweedServer:
         except (OSError, ValueError):
             return {}
 
-    def _credentials(self) -> tuple[str, str]:
+    def credentials(self) -> tuple[str, str]:
         """The S3 identity's key and secret: generated once, kept across restarts."""
         info = self._recorded()
         if info.get("key") and info.get("secret"):
@@ -179,7 +181,7 @@ class SeaweedServer:
             raise ObjectStoreError(f"cannot start the local S3 server: port(s) {', '.join(busy)} on 127.0.0.1 are in "
                                    "use by another program; choose another with `geotwin s3 up --port N` "
                                    f"(it uses N … N+4 and N+{GRPC_OFFSET} … N+{GRPC_OFFSET + 4})")
-        key, secret = self._credentials()
+        key, secret = self.credentials()
         config = self._write_config(key, secret)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -191,14 +193,14 @@ class SeaweedServer:
             if proc.poll() is not None:
                 raise ObjectStoreError(f"the local S3 server exited at start-up (code {proc.returncode}); "
                                        f"see {self.log_file}")
-            if _listening(self.port) and self._bucket_ready(key, secret):
+            if _listening(self.port) and self.bucket_ready(key, secret):
                 return self
             time.sleep(0.3)
         self.down()
         raise ObjectStoreError(f"the local S3 server did not answer on 127.0.0.1:{self.port} within {timeout:.0f} s; "
                                f"see {self.log_file}")
 
-    def _bucket_ready(self, key: str, secret: str) -> bool:
+    def bucket_ready(self, key: str, secret: str) -> bool:
         import obstore
         from obstore.store import S3Store
 

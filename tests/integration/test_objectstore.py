@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,28 +22,10 @@ from spatial_api import db, objectstore, store
 from spatial_api.ingest import IngestError
 from spatial_api.ingest.imagery import ingest_imagery
 from tests.integration.test_imagery_grids import X0, Y0, smooth, tile_at, write_plain
+from topology import testing
 
 ROOT = Path(__file__).resolve().parents[2]
 S3_VARS = ("GEOTWIN_S3_ENDPOINT", "GEOTWIN_S3_KEY", "GEOTWIN_S3_SECRET", "GEOTWIN_S3_BUCKET", "GEOTWIN_S3_REGION")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_base() -> int:
-    """A port P with P … P+4 and P+10000 … P+10004 free (what the server uses)."""
-    rng = np.random.default_rng()
-    for _ in range(200):
-        p = int(rng.integers(20000, 50000))
-        if all(_free(p + i) and _free(p + 10000 + i) for i in range(5)):
-            return p
-    raise RuntimeError("no free ports")
 
 
 def geotwin(*args, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -57,7 +38,7 @@ def s3(tmp_path_factory):
     """`geotwin s3 up` in a temporary home on free ports; its settings exported as GEOTWIN_S3_*."""
     home = tmp_path_factory.mktemp("s3home")
     env = {k: v for k, v in os.environ.items() if k not in S3_VARS} | {"GEOTWIN_HOME": str(home)}
-    port = _free_base()
+    port = testing.free_s3_port()
     up = geotwin("s3", "up", "--port", str(port), env=env, check=False)
     assert up.returncode == 0, up.stdout + up.stderr
     saved = {k: os.environ.get(k) for k in S3_VARS}
@@ -234,7 +215,7 @@ def test_wrong_settings_are_named_and_nothing_is_written(s3, database, tmp_path,
     monkeypatch.setenv("GEOTWIN_S3_SECRET", s3["secret"])
     with pytest.raises(IngestError, match="no such bucket.*GEOTWIN_S3_BUCKET"):
         ingest_imagery(src, collection=cid, datetime_="2022-01-01", store="s3://nobucket-here/x", settings=database)
-    monkeypatch.setenv("GEOTWIN_S3_ENDPOINT", f"http://127.0.0.1:{_free_base()}")
+    monkeypatch.setenv("GEOTWIN_S3_ENDPOINT", f"http://127.0.0.1:{testing.free_s3_port()}")
     with pytest.raises(IngestError, match="cannot reach.*GEOTWIN_S3_ENDPOINT"):
         ingest_imagery(src, collection=cid, datetime_="2022-01-01", store="s3", settings=database)
     monkeypatch.delenv("GEOTWIN_S3_KEY")
@@ -342,7 +323,7 @@ def test_the_dem_and_the_supervision_evidence_read_s3_items(imagery):
     a, b = Dem.open(loc.cog_path), Dem.open(rem.cog_path)
     assert np.array_equal(a.data, b.data) and a.transform == b.transform and a.crs == b.crs
     parcel = shapely.box(X0 + 100, Y0 - 300, X0 + 400, Y0 - 100)  # EPSG:4547, inside the image
-    wkb = lambda epsg: shapely.to_wkb(parcel)  # noqa: E731 — the raster's CRS is EPSG:4547
+    wkb = lambda epsg: shapely.to_wkb(parcel)
     local = changed_fraction(Path(loc.cog_path), Path(loc.cog_path), wkb, veg_index_min=0.1, brightness_delta=30)
     remote = changed_fraction(rem.cog_path, rem.cog_path, wkb, veg_index_min=0.1, brightness_delta=30)
     assert remote == local and remote["pixels"] > 1000
