@@ -470,13 +470,47 @@ class Controller:
                                    f"see {self.log_dir / (a.name + '.log')}")
             time.sleep(0.2)
 
+    #: Tile requests (vector tiles, imagery tiles, 3D tilesets) that ``[nginx] tiles_by_uri`` routes by
+    #: a consistent hash of the URI: each tile is rendered and cached by one API replica.
+    TILE_PATHS = r"^/(tiles/|imagery/collections/[^/]+/(items/[^/]+/)?tiles/|twin/tilesets/)"
+
     def nginx_conf(self) -> str:
         o = self.topo.nginx_options
         max_fails, fail_timeout = int(o.get("max_fails", 1)), str(o.get("fail_timeout", "10s"))
         servers = "\n".join(f"        server {a.address} max_fails={max_fails} fail_timeout={fail_timeout};"
                             for a in self.topo.apis)
+        keepalive = int(o.get("keepalive", 64))
         d = self.nginx_dir
         user = "user root root;\n" if os.geteuid() == 0 else ""  # its workers read nothing but its own temp files
+        proxy = f"""            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            # idempotent requests (GET, HEAD, PUT, DELETE …) go to the next replica when one fails;
+            # POST / PATCH / LOCK never (no non_idempotent): a write is not repeated behind the caller
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream_tries {len(self.topo.apis)};
+            proxy_next_upstream_timeout 15s;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout {o.get("read_timeout", "120s")};
+            proxy_buffering on;
+            add_header Geotwin-Upstream $upstream_addr always;"""
+        tiles_upstream = tiles_location = ""
+        if o.get("tiles_by_uri", False):
+            # one replica per tile URI (consistent hash: adding or losing a replica moves ~1/N of the
+            # tiles); a failed replica's tiles go to the next one on the ring
+            tiles_upstream = f"""    upstream geotwin_tiles {{
+        hash $request_uri consistent;
+{servers}
+        keepalive {keepalive};
+    }}
+"""
+            tiles_location = f"""        location ~ {self.TILE_PATHS} {{
+            proxy_pass http://geotwin_tiles;
+{proxy}
+        }}
+"""
         return f"""# written by geotwin (spatial_api/topology/control.py) from {self.topo.file}
 {user}worker_processes {int(o.get("worker_processes", 1))};
 pid {d}/nginx.pid;
@@ -492,26 +526,13 @@ http {{
     client_max_body_size {o.get("client_max_body_size", "20m")};
     upstream geotwin_api {{
 {servers}
-        keepalive {int(o.get("keepalive", 64))};
+        keepalive {keepalive};
     }}
-    server {{
+{tiles_upstream}    server {{
         listen {self.topo.nginx.address};
-        location / {{
+{tiles_location}        location / {{
             proxy_pass http://geotwin_api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            # idempotent requests (GET, HEAD, PUT, DELETE …) go to the next replica when one fails;
-            # POST / PATCH / LOCK never (no non_idempotent): a write is not repeated behind the caller
-            proxy_next_upstream error timeout http_502 http_503;
-            proxy_next_upstream_tries {len(self.topo.apis)};
-            proxy_next_upstream_timeout 15s;
-            proxy_connect_timeout 2s;
-            proxy_read_timeout {o.get("read_timeout", "120s")};
-            proxy_buffering on;
-            add_header Geotwin-Upstream $upstream_addr always;
+{proxy}
         }}
     }}
 }}

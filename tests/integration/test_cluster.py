@@ -76,6 +76,7 @@ port = {api2}
 port = {ngx}
 max_fails = 1
 fail_timeout = "10s"
+tiles_by_uri = true
 [mqtt]
 port = {mq}
 [[sensing.workers]]
@@ -217,6 +218,22 @@ def test_tile_cache_invalidation_across_api_replicas(cluster, data):
         now = _wait(lambda i=i: (r := httpx.get(_api(cluster, i) + path, timeout=20)).content != before[i] and r,
                     10, f"API replica {i + 1} still serves the old tile", interval=0.1)
         assert now.status_code == 200 and len(now.content) > len(before[i])
+
+
+def test_nginx_sends_a_tile_to_one_replica_and_spreads_the_rest(cluster, data):
+    base, layer = _nginx(cluster), data["layer"]
+    by_path: dict[str, set] = {}
+    with httpx.Client(base_url=base, timeout=20) as client:
+        for z, (x, y) in ((z, _tile_xy(LON, LAT, z)) for z in (12, 13, 14, 15, 16)):
+            for _ in range(4):
+                r = client.get(f"/tiles/{layer}/{z}/{x}/{y}.mvt")
+                assert r.status_code in (200, 204)
+                by_path.setdefault(r.url.path, set()).add(r.headers["geotwin-upstream"])
+        items = {client.get(f"/collections/{layer}/items", params={"limit": 1}).headers["geotwin-upstream"]
+                 for _ in range(6)}
+    assert all(len(ups) == 1 for ups in by_path.values()), by_path  # one replica per tile URI
+    assert len(items) == 2  # everything else round-robin
+    assert {a.address for a in cluster.topo.apis} >= {u for ups in by_path.values() for u in ups}
 
 
 # -- the demo district in the cluster: imagery in the bucket, supervision on dask -------------------
