@@ -44,6 +44,12 @@ FOREST = {"0301", "0302", "0305", "0307"}
 # ground, industrial parcels, the planted landscaped industrial parcel (R9 green ratio)
 INDUSTRIAL_GREEN = 0.95
 LANDSCAPED_GREEN = 0.0
+# the noise is in pixels, so on coarse imagery (6 m) one lawn patch can cover much of a small parcel:
+# the thresholds are also bounded per parcel by a share of its pixels — an industrial parcel's lawn
+# covers at most INDUSTRIAL_LAWN_MAX of its pixels, the landscaped one's at least LANDSCAPED_LAWN_MIN
+# (roofs cover a third of it) — so the R9 green ratio reads the same on every district size
+INDUSTRIAL_LAWN_MAX = 0.06
+LANDSCAPED_LAWN_MIN = 0.6
 URBAN_GROUND = {"05H1", "0508", "0601", "0604", "0701", "08H1", "08H2", "0809", "0810A"}
 WATER = {"1101", "1103", "1104", "1107"}
 ROADS = {"1003", "1004"}
@@ -212,14 +218,50 @@ class Renderer:
         if g.px < 3:
             t2[:-1, :] |= tl[1:, :]
             t2[:, :-1] |= tl[:, 1:]
-        self.street_trees = t2.ravel() & (self.n_crown > -0.2)
         self.parcel_ids = rasterize_fast(dev.parcel_geom, np.arange(1, len(dev.parcels) + 1), g).ravel()
-        # green-patch threshold per parcel (+1; 0 = no parcel) on industrial ground
-        thr = np.where(dev.parcels["land_use_code"].to_numpy() == "0601", INDUSTRIAL_GREEN, 0.35)
-        thr[list(dev.green_parcels)] = LANDSCAPED_GREEN
-        self.green_thr = np.concatenate([[0.35], thr]).astype(np.float32)
+        # street trees stand in the road reserve, not on granted land: on coarse imagery the tree
+        # line (thickened to a crown) would otherwise reach a pixel or two into the parcels along it
+        self.street_trees = t2.ravel() & (self.n_crown > -0.2) & (self.parcel_ids == 0)
+        self.green_thr = self._green_thresholds()
         self.sheds = self._sheds(rng).ravel()
         self._prepare_buildings()
+
+    def _green_thresholds(self) -> np.ndarray:
+        """Lawn threshold on the patch score per parcel (+1; 0 = no parcel): 0.35 on ordinary ground;
+        on industrial parcels INDUSTRIAL_GREEN, raised where more than INDUSTRIAL_LAWN_MAX of the
+        parcel's pixels would pass it; on the planted landscaped ones LANDSCAPED_GREEN, lowered
+        where fewer than LANDSCAPED_LAWN_MIN would."""
+        P = self.dev.parcels
+        n = len(P)
+        ind = P["land_use_code"].to_numpy() == "0601"
+        landscaped = np.zeros(n, bool)
+        landscaped[list(self.dev.green_parcels)] = True
+        thr = np.where(ind, INDUSTRIAL_GREEN, 0.35)
+        thr[landscaped] = LANDSCAPED_GREEN
+        ix = np.flatnonzero(self.parcel_ids > 0)
+        ix = ix[ind[self.parcel_ids[ix] - 1]]
+        if ix.size:
+            pid = self.parcel_ids[ix] - 1
+            score = self._lawn_score(ix)
+            o = np.lexsort((score, pid))
+            pid, score = pid[o], score[o]
+            start = np.searchsorted(pid, np.arange(n))
+            count = np.bincount(pid, minlength=n)
+            has = count > 0
+            share = np.where(landscaped, LANDSCAPED_LAWN_MIN, INDUSTRIAL_LAWN_MAX)
+            # the score the k-th highest pixel reaches: more than k pixels may not pass (strict >)
+            k = np.floor(share * count).astype(np.int64)
+            at = np.clip(start + count - 1 - k, 0, max(pid.size - 1, 0))
+            kth = score[at]
+            cap = has & ~landscaped
+            thr[cap] = np.maximum(thr[cap], kth[cap])
+            low = has & landscaped
+            thr[low] = np.minimum(thr[low], np.nextafter(kth[low], np.float32(-np.inf)))
+        return np.concatenate([[0.35], thr]).astype(np.float32)
+
+    def _lawn_score(self, ix: np.ndarray) -> np.ndarray:
+        """Patch score of pixels ``ix``: lawn / trees where it is above the ground's threshold."""
+        return self.n_patch[ix] + np.float32(0.4) * self.n_mid[ix]
 
     def _sheds(self, rng):
         P = self.dev.parcel_geom
@@ -371,7 +413,7 @@ class Renderer:
             # lawn and trees: patches of the ground; industrial parcels keep little green (the R9
             # limit is 20%), except the planted green-ratio case, landscaped all over
             thr = np.where(cls[ix] == CI["0601"] + 1, self.green_thr[self.parcel_ids[ix]], 0.35)
-            green = (patch[ix] + 0.4 * mid[ix]) > thr
+            green = self._lawn_score(ix) > thr
             v = img[ix] * (1 + 0.05 * fine[ix])[:, None]
             v[green] = np.array([62, 92, 56], np.float32) * (1 + 0.3 * crown[ix][green])[:, None]
             img[ix] = v
