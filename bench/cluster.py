@@ -46,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LUA, ROOT, fetch, parse_wrk
 from load import item_paths, tile_paths
 
+from topology import testing
+
 DEMO = ROOT / ".geotwin" / "demo" / "medium"
 LAYER = "buildings"
 SCHEMA = "geotwin"
@@ -94,24 +96,8 @@ def tree_cpu(root: int | None) -> float:
     return total
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    ports = []
-    for port in random.Random().sample(range(20000, 32000), 400):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise SystemExit("no free ports in 20000–32000")
-
-
 def write_config(d: Path) -> Path:
-    pg1, pg2, ngx, *apis = free_ports(7)
+    pg1, pg2, ngx, *apis = testing.free_ports(7)
     text = (f'[cluster]\nstate_dir = "state"\nschema = "{SCHEMA}"\n[postgres]\nsynchronous = true\n'
             f"[postgres.primary]\nport = {pg1}\n[[postgres.replicas]]\nname = \"replica1\"\nport = {pg2}\n"
             f"[api]\nworkers = 1\n" + "".join(f"[[api.replicas]]\nport = {p}\n" for p in apis)
@@ -401,8 +387,10 @@ def main() -> None:
         if args.keep:
             print(f"cluster kept: geotwin cluster down --purge --config {config}")
         else:
-            ctl.down(purge=True)
-            shutil.rmtree(work, ignore_errors=True)
+            try:
+                testing.teardown(config, ctl)  # down, kill by pid what is left, purge
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     load_end = os.getloadavg()
     md = report(rows, lag, commits, ingest, sizes, up_s, args, load_start, load_end, time.perf_counter() - t0)
     print(md)
