@@ -89,7 +89,7 @@ def router(settings) -> APIRouter:
             items = [(k, v) for k, v in request.query_params.multi_items()]
             ctx = read.Context(None, base_url(request),
                                read.next_link_for(root_url(request) + "/" + resource.strip("/"), items, page))
-            with db.pool(settings).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            with db.pool(settings, read=True).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 ctx.conn = cur
                 status, body = read.run(ctx, path, options)
         except paths.PathError as exc:

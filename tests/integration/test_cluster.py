@@ -190,6 +190,15 @@ def test_reads_on_the_replica_and_read_your_writes(cluster, data):
             got = client.get(f"/collections/{layer}/items/{code}")
             assert got.status_code == 200 and got.json()["properties"]["code"] == code
 
+    # SensorThings reads too: a Thing created through nginx is read back at once, by the writer
+    with httpx.Client(base_url=base, headers=data["headers"], timeout=10) as client:
+        t = client.post("/sta/v1.1/Things", json={"name": "cluster thing", "description": "read-your-writes"})
+        assert t.status_code == 201, t.text
+        got = client.get(t.headers["location"])  # a self link through nginx
+        assert got.status_code == 200 and got.json()["name"] == "cluster thing"
+    plain = httpx.get(f"{base}/sta/v1.1/Things", params={"$top": 1}, headers=data["headers"], timeout=10)
+    assert plain.status_code == 200 and plain.headers["geotwin-read-database"] == "replica"
+
     # the routing itself: a write position the replica has not replayed sends the read to the primary
     ahead = httpx.get(f"{base}/collections/{layer}/items", headers={"Geotwin-Write-LSN": "FFFFFF/0"}, timeout=10)
     assert ahead.status_code == 200 and ahead.headers["geotwin-read-database"] == "primary"
