@@ -71,17 +71,16 @@ REPLACE_SHARE = 0.3
 
 
 @dataclass
-class BuildReport:
+class TilesetReport:
+    """What a tileset build reports, whatever it builds (the buildings twin here, the underground in
+    :mod:`cim_builder.underground`): its tiles, bytes, why it was a full build, its laps."""
+
     tileset_id: str
     out_dir: str
-    buildings: int = 0
-    replaced_by_bim: list[str] = field(default_factory=list)
-    models: int = 0
     tiles: int = 0
     tiles_written: int = 0
     tiles_unchanged: int = 0
     tiles_removed: int = 0
-    block_tiles: int = 0  # of ``tiles``: block models (the far view)
     written: list[str] = field(default_factory=list)
     bytes_total: int = 0
     bytes_written: int = 0
@@ -98,6 +97,18 @@ class BuildReport:
         d = dict(self.__dict__)
         d["written"] = self.written[:50]
         return d
+
+    def stats(self) -> dict:
+        """The report as cim_tilesets.stats keeps it (no file lists, no folder)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("written", "warnings", "out_dir")}
+
+
+@dataclass
+class BuildReport(TilesetReport):
+    buildings: int = 0
+    replaced_by_bim: list[str] = field(default_factory=list)
+    models: int = 0
+    block_tiles: int = 0  # of ``tiles``: block models (the far view)
 
 
 def default_out_dir(settings, tileset_id: str) -> Path:
@@ -878,7 +889,7 @@ def _write_tileset(ctx: BuildContext) -> None:
     report.tiles_removed = len(old_keys - {r[0] for r in ctx.rows})
     report.seconds = round(time.perf_counter() - ctx.started, 3)
     report.timings = ctx.timings
-    stats = {k: v for k, v in report.as_dict().items() if k not in ("written", "warnings", "out_dir")}
+    stats = report.stats()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.tmp_json.write_text(json.dumps(doc, separators=(",", ":")))
     with conn.transaction():

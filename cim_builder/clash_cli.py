@@ -10,16 +10,9 @@ from typing import List, Optional
 
 import typer
 from psycopg.errors import UndefinedTable
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
+from cim_builder.cli_common import console, fail, not_migrated, warn
 
 
 def clash_cmd(
@@ -45,42 +38,42 @@ def clash_cmd(
     from spatial_api.config import get_settings
 
     if out is not None and out.suffix.lower() not in (".html", ".xlsx", ".json"):
-        _fail(f"--out {out}: the report is written as .html, .xlsx or .json")
+        fail(f"--out {out}: the report is written as .html, .xlsx or .json")
     kw: dict = {}
     if footprint is not None:
         if subject is not None:
-            _fail("give either MODEL_OR_FILE or --footprint, not both")
+            fail("give either MODEL_OR_FILE or --footprint, not both")
         if depth is None:
-            _fail("--footprint needs --depth (the basement's depth below the ground, m)")
+            fail("--footprint needs --depth (the basement's depth below the ground, m)")
         if not footprint.is_file():
-            _fail(f"--footprint {footprint}: no such file")
+            fail(f"--footprint {footprint}: no such file")
         try:
             kw["footprint"] = json.loads(footprint.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            _fail(f"--footprint {footprint}: not GeoJSON ({exc})")
+            fail(f"--footprint {footprint}: not GeoJSON ({exc})")
         kw.update(depth_m=depth, ground_z=ground_z)
     elif subject is None:
-        _fail("give a registered model id, an IFC file, or --footprint F.geojson --depth D")
+        fail("give a registered model id, an IFC file, or --footprint F.geojson --depth D")
     elif Path(subject).is_file() or subject.lower().endswith(".ifc"):
         try:
             placed_at = parse_at(at)
         except CimError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         kw.update(ifc_path=Path(subject), at=placed_at, rotation=rotation, crs=crs)
     else:
         if at is not None:
-            _fail(f"--at places an IFC file; {subject!r} is not a file (a registered model keeps its own placement)")
+            fail(f"--at places an IFC file; {subject!r} is not a file (a registered model keeps its own placement)")
         kw["model"] = subject
     try:
         with console.status("checking clashes…"):
             report = clash.check(get_settings(), dem=dem, as_of=as_of, distance=distance, clearances=clearance,
                                  pipes_layer=pipes_layer, basements_layer=basements_layer, **kw)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except UndefinedTable as exc:
-        _fail(f"the schema has no CIM tables ({str(exc).splitlines()[0]}): run `geotwin db up` to migrate it")
+        not_migrated(exc)
     for w in report["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     if out is not None:
         suffix = out.suffix.lower()
         data = (clash_report.xlsx(report) if suffix == ".xlsx" else

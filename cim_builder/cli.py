@@ -8,31 +8,17 @@ from typing import Optional
 
 import typer
 from psycopg.errors import UndefinedTable
-from rich.console import Console
 from rich.table import Table
 
 from cim_builder.build import build
+from cim_builder.cli_common import console, err, fail, not_migrated, warn
 from cim_builder.geo import CimError, parse_at
 from cim_builder.ifc import convert, register
 from cim_builder.tileset import check_tileset
 from spatial_api import db
 from spatial_api.config import get_settings
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
 cim_app = typer.Typer(help="The CIM twin: buildings + BIM models → 3D Tiles 1.1.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
-
-
-def _not_migrated(exc: Exception) -> None:
-    """A missing cim_* table: the schema predates migration 0005."""
-    _fail(f"schema {get_settings().db_schema!r} has no CIM tables ({str(exc).splitlines()[0]}): "
-          "run `geotwin db up` to migrate it")
 
 
 def _settings():
@@ -61,11 +47,11 @@ def build_cmd(
                            floor_height_m=floor_height, layer=layer, store=store,
                            progress=lambda phase: status.update(f"building the twin… {phase} done"))
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except UndefinedTable as exc:
-        _not_migrated(exc)
+        not_migrated(exc)
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     if as_json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, default=str))
         return
@@ -83,7 +69,7 @@ def _parse_at(at: str | None) -> tuple | None:
     try:
         return parse_at(at)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @cim_app.command("add-ifc")
@@ -106,17 +92,17 @@ def add_ifc_cmd(
             info = register(_settings(), path, model_id=model_id, at=_parse_at(at), rotation=rotation, crs=crs,
                             name=name, layer=layer)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except UndefinedTable as exc:
-        _not_migrated(exc)
+        not_migrated(exc)
     for w in info["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     report = None
     if build_now:
         try:
             report = build(_settings(), tileset_id=tileset_id, dem=dem, layer=layer)
         except CimError as exc:
-            _fail(f"model {info['id']!r} is registered, but the rebuild failed: {exc}")
+            fail(f"model {info['id']!r} is registered, but the rebuild failed: {exc}")
     if as_json:
         print(json.dumps({**info, "build": report.as_dict() if report else None}, ensure_ascii=False, default=str))
         return
@@ -148,9 +134,9 @@ def convert_ifc_cmd(
     try:
         info = convert(path, out, at=_parse_at(at), rotation=rotation, crs=crs, geoid_separation=geoid_separation)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for w in info["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     if as_json:
         print(json.dumps(info, ensure_ascii=False, default=str))
         return
@@ -179,7 +165,7 @@ def remove_model_cmd(model_id: str = typer.Argument(...)) -> None:
         n = conn.execute("UPDATE cim_models SET active = false WHERE id = %s", (model_id,)).rowcount
         rooms = indoor.close_model(conn, model_id) if n else 0  # its rooms leave indoor_spaces (history kept)
     if not n:
-        _fail(f"no model {model_id!r} (see `geotwin cim models`)")
+        fail(f"no model {model_id!r} (see `geotwin cim models`)")
     console.print(f"model {model_id!r} deactivated{f', {rooms} room(s) closed' if rooms else ''}; "
                   "run `geotwin cim build`")
 

@@ -8,32 +8,24 @@ from typing import Optional
 
 import typer
 from psycopg.errors import UndefinedTable
-from rich.console import Console
 from rich.table import Table
 
 from cim_builder import ifc, indoor
+from cim_builder.cli_common import console, fail, not_migrated, warn
 from cim_builder.geo import CimError
 from spatial_api import db
 from spatial_api.config import get_settings
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
 indoor_app = typer.Typer(help="Rooms (IfcSpace) and storeys of the BIM models: the indoor map.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def _storeys(conn, model_id: str) -> list[dict]:
     try:
         storeys = indoor.model_storeys(conn, model_id)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if storeys is None:
-        _fail(f"no active model {model_id!r} (see `geotwin cim models`)")
+        fail(f"no active model {model_id!r} (see `geotwin cim models`)")
     return storeys
 
 
@@ -52,12 +44,11 @@ def extract_cmd(
         with console.status(f"reading the rooms of {model_id}…"):
             out = ifc.reextract(get_settings(), model_id, buildings_layer=layer)
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except UndefinedTable as exc:
-        _fail(f"schema {get_settings().db_schema!r} has no CIM tables ({str(exc).splitlines()[0]}): "
-              "run `geotwin db up` to migrate it")
+        not_migrated(exc)
     for w in out["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     if as_json:
         print(json.dumps(out, ensure_ascii=False, default=str))
         return
@@ -103,8 +94,8 @@ def rooms_cmd(
         if storey is not None:
             chosen = indoor.find_storey(storeys, storey)
             if chosen is None:
-                _fail(f"--storey {storey!r}: model {model_id!r} has no such storey; its storeys: "
-                      + ", ".join(f"{s['index']} {s['name']}" for s in storeys))
+                fail(f"--storey {storey!r}: model {model_id!r} has no such storey; its storeys: "
+                     + ", ".join(f"{s['index']} {s['name']}" for s in storeys))
         feats = indoor.rooms(conn, model_id, storey=chosen)
     if as_json:
         print(json.dumps({"type": "FeatureCollection", "features": feats}, ensure_ascii=False))

@@ -51,6 +51,7 @@ from psycopg.types.json import Jsonb
 from cim_builder import pipes
 from cim_builder.build import (
     TILESET_ID_RE,
+    TilesetReport,
     _as_datetime,
     _atomic_write,
     _hash,
@@ -94,35 +95,13 @@ _M_PER_RAD = 6.33e6
 
 
 @dataclass
-class UndergroundReport:
-    tileset_id: str
-    out_dir: str
+class UndergroundReport(TilesetReport):
     segments: int = 0
     manholes: int = 0
     structures: int = 0
     layers: list[str] = field(default_factory=list)
-    tiles: int = 0
-    tiles_written: int = 0
-    tiles_unchanged: int = 0
-    tiles_removed: int = 0
-    written: list[str] = field(default_factory=list)
-    bytes_total: int = 0
-    bytes_written: int = 0
     vertices: int = 0
-    full_rebuild: bool = False
-    reason: str = ""
-    max_level: int = 0
-    geoid_separation: float = DEFAULT_GEOID_SEPARATION
-    dem: str = ""
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    timings: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)  # CPU seconds per lap: this process and its mesh workers
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["written"] = self.written[:50]
-        return d
 
     @property
     def objects(self) -> int:
@@ -996,7 +975,7 @@ def _write_tileset(ctx: Context) -> None:
     report.tiles_removed = len(old_keys - {r[0] for r in ctx.rows})
     report.seconds = round(time.perf_counter() - ctx.started, 3)
     report.timings = ctx.timings
-    stats = {k: v for k, v in report.as_dict().items() if k not in ("written", "warnings", "out_dir")}
+    stats = report.stats()
     # /twin/tilesets lists these keys for every tileset
     stats.update({"buildings": 0, "models": 0})
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,9 @@ from typing import Optional
 
 import typer
 from psycopg.errors import UndefinedTable
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
+from cim_builder.cli_common import console, fail, not_migrated, warn
 
 
 def build_underground_cmd(
@@ -43,11 +36,11 @@ def build_underground_cmd(
                                        geoid_separation=geoid_separation, full=full, max_per_tile=max_per_tile,
                                        progress=lambda phase: status.update(f"building the underground… {phase} done"))
     except CimError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except UndefinedTable as exc:
-        _fail(f"the schema has no CIM tables ({str(exc).splitlines()[0]}): run `geotwin db up` to migrate it")
+        not_migrated(exc)
     for w in report.warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     if as_json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, default=str))
         return

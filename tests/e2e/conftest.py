@@ -44,6 +44,11 @@ from psycopg import sql
 
 from spatial_api.config import PROJECT_ROOT
 
+# Session fixtures shared by several modules are registered here, once: a fixture imported into a
+# test module is that module's own, and a second module importing it would build it again.
+from tests.e2e.twin_fixtures import open_ground, twin_tileset  # noqa: F401
+from tests.e2e.underground_fixtures import pipe_site  # noqa: F401
+
 CHROMIUM = os.environ.get("GEOTWIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

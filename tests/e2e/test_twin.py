@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from tests.e2e.twin_fixtures import (AS_OF, BEFORE_TWIN, BIM_MODEL, known_building, known_place, open_ground,  # noqa: F401
-                                        twin_tileset)
+from tests.e2e.twin_fixtures import AS_OF, BEFORE_TWIN, BIM_MODEL, known_building, known_place  # noqa: F401
 
 IDLE_MS = 100_000
 

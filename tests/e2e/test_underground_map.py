@@ -18,8 +18,7 @@ import json
 
 from tests.e2e.conftest import poll
 from tests.e2e.test_sensing_map import READY, click_at, wait_js
-from tests.e2e.twin_fixtures import known_building, open_ground  # noqa: F401
-from tests.e2e.underground_fixtures import pipe_site  # noqa: F401
+from tests.e2e.twin_fixtures import known_building  # noqa: F401 (a fixture; pipe_site: conftest)
 
 RENDERED = """(layer) => geotwin.map.getLayer(layer)
     ? geotwin.map.queryRenderedFeatures({layers: [layer]}).map((f) => String(f.properties.id ?? f.properties.basement_id)) : []"""

@@ -27,8 +27,8 @@ import shapely
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.test_twin import canvas_point, idle, wait_ready
-from tests.e2e.twin_fixtures import BIM_MODEL, open_ground, twin_tileset  # noqa: F401
-from tests.e2e.underground_fixtures import pipe_site, underground_tileset  # noqa: F401
+from tests.e2e.twin_fixtures import BIM_MODEL
+from tests.e2e.underground_fixtures import underground_tileset  # noqa: F401 (a fixture; pipe_site, twin_tileset: conftest)
 
 N = -2.6  # the geoid separation the twin is built with (orthometric → ellipsoidal)
 
@@ -71,7 +71,7 @@ def look_down(page, lon, lat, height):
 
 
 def test_underground_twin(browser_page, e2e_server, e2e_keys, twin_tileset, underground_tileset,  # noqa: F811
-                          pipe_site, open_ground, screenshot):  # noqa: F811
+                          pipe_site, open_ground, screenshot):
     page = browser_page
     site = pipe_site
     assert underground_tileset.segments == len(site.segments), underground_tileset
@@ -96,9 +96,7 @@ def test_underground_twin(browser_page, e2e_server, e2e_keys, twin_tileset, unde
         return site.points[pid][2]
 
     clon, clat = site.lonlat(0, 0)
-    look_down(page, clon, clat, gz("E2EJ2") + N + 160)
-    idle(page, globe_soft_ms=10_000)
-    page.wait_for_function(UNDERGROUND_IDLE, polling=500)
+    look_down(page, clon, clat, gz("E2EJ2") + N + 160)  # waits for both tilesets (the globe's imagery may still refine)
     screenshot("underground-overview")
 
     # --- pick the water main from above, through the ground ---------------------------------------

@@ -28,10 +28,11 @@ if not SAMPLES.exists():  # CI: a copy of shared/ beside the clone
 BIM_MODEL = "e2e-duplex"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def open_ground(e2e_district):
     """A spot in the district at least 70 m from any building (the BIM model goes there, so a
-    top-down click hits it and nothing else): lon, lat, the DEM's orthometric height."""
+    top-down click hits it and nothing else): lon, lat, the DEM's orthometric height. Once per
+    session (the underground fixtures, session-scoped, keep their pipes away from it)."""
     import geopandas as gpd
     import numpy as np
     import rasterio
@@ -55,10 +56,11 @@ def open_ground(e2e_district):
     return {"lon": lon, "lat": lat, "h": h}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def twin_tileset(e2e_district, database, tmp_path_factory, open_ground):
     """The twin: buildings (LOD1) + the duplex IFC sample placed on open ground (``cim add-ifc``
-    ``--at``). The model is deactivated afterwards so later builds in the schema leave it out."""
+    ``--at``), built once per session (``test_twin`` and ``test_underground_twin`` read it, neither
+    changes it). The model is deactivated at the end so later builds in the schema leave it out."""
     from cim_builder.build import build
     from cim_builder.ifc import register
     from spatial_api import db

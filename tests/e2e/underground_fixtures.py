@@ -10,7 +10,8 @@ district) and ``e2e_server``:
   检查井, a power duct bank 电力 (800×600, 0.8 m to the top) south of it; a basement (layer
   ``basements``, ``geotwin ingest vector``, added to the demo's own) west of the drain; entity codes assigned to the
   buildings, the pipe segments, the manholes and the basements (``spatial_api.entities.assign``).
-  Positions are given in EPSG:4547 (x, y) and EPSG:4490 (lon, lat); heights are orthometric;
+  Positions are given in EPSG:4547 (x, y) and EPSG:4490 (lon, lat); heights are orthometric.
+  Loaded once per session: the map and the twin tests read the same survey, neither changes it;
 - ``underground_tileset``: the underground 3D Tiles built from those layers
   (``cim_builder.underground.build_underground``, what ``geotwin cim build-underground`` runs),
   registered as tileset ``underground`` (params.kind = "underground").
@@ -76,7 +77,7 @@ def _free_spot(e2e_district, avoid_lonlat):
     return best[1], best[2], best[3]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pipe_site(e2e_district, database, open_ground, tmp_path_factory):
     import geopandas as gpd
     import pandas as pd

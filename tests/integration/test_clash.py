@@ -88,28 +88,14 @@ def make_basement_ifc(path: Path, *, georeferenced: bool = True) -> Path:
     """An IFC4 model of the same basement: one IfcSlab 20 × 12 × 8 m under storey B1, the project
     origin at the box's south-west corner on the ground (IfcMapConversion E = X0, N = Y0, H = 30)."""
     import ifcopenshell.api as api
-    import ifcopenshell.api.aggregate
-    import ifcopenshell.api.context
     import ifcopenshell.api.geometry
-    import ifcopenshell.api.georeference
-    import ifcopenshell.api.project
     import ifcopenshell.api.root
     import ifcopenshell.api.spatial
-    import ifcopenshell.api.unit
 
-    f = api.project.create_file(version="IFC4")
-    project = api.root.create_entity(f, ifc_class="IfcProject", name="碰撞测试")
-    api.unit.assign_unit(f, length={"is_metric": True, "raw": "METERS"})
-    model = api.context.add_context(f, context_type="Model")
-    body = api.context.add_context(f, context_type="Model", context_identifier="Body", target_view="MODEL_VIEW",
-                                   parent=model)
-    site = api.root.create_entity(f, ifc_class="IfcSite", name="Site")
-    building = api.root.create_entity(f, ifc_class="IfcBuilding", name="拟建楼")
-    b1 = api.root.create_entity(f, ifc_class="IfcBuildingStorey", name="B1")
-    b1.Elevation = -DEPTH
-    api.aggregate.assign_object(f, products=[site], relating_object=project)
-    api.aggregate.assign_object(f, products=[building], relating_object=site)
-    api.aggregate.assign_object(f, products=[b1], relating_object=building)
+    from tests.fixtures.ifc import georeference, new_model
+
+    ifc = new_model("碰撞测试", "拟建楼", {"B1": -DEPTH})
+    f, body, b1 = ifc.file, ifc.body, ifc.storeys["B1"]
     slab = api.root.create_entity(f, ifc_class="IfcSlab", name="地下室")
     api.geometry.assign_representation(f, product=slab, representation=api.geometry.add_slab_representation(
         f, context=body, depth=DEPTH, polyline=[(0.0, 0.0), (20.0, 0.0), (20.0, 12.0), (0.0, 12.0)]))
@@ -118,12 +104,9 @@ def make_basement_ifc(path: Path, *, georeferenced: bool = True) -> Path:
     api.geometry.edit_object_placement(f, product=slab, matrix=m, is_si=True)
     api.spatial.assign_container(f, products=[slab], relating_structure=b1)
     if georeferenced:
-        api.georeference.add_georeferencing(f)
-        api.georeference.edit_georeferencing(f, projected_crs={"Name": "EPSG:4547"}, coordinate_operation={
-            "Eastings": X0, "Northings": Y0, "OrthogonalHeight": GROUND, "XAxisAbscissa": 1.0, "XAxisOrdinate": 0.0,
-            "Scale": 1.0})
-    f.write(str(path))
-    return path
+        georeference(ifc, "EPSG:4547", {"Eastings": X0, "Northings": Y0, "OrthogonalHeight": GROUND,
+                                        "XAxisAbscissa": 1.0, "XAxisOrdinate": 0.0, "Scale": 1.0})
+    return ifc.write(path)
 
 
 @pytest.fixture(scope="module")

@@ -56,28 +56,15 @@ def make_garage(path: Path) -> Path:
     (0 m) with a 10 × 8 m shop (no Qto: its footprint's area) and a slab."""
     import ifcopenshell.api as api
     import ifcopenshell.api.aggregate
-    import ifcopenshell.api.context
     import ifcopenshell.api.geometry
-    import ifcopenshell.api.project
     import ifcopenshell.api.pset
     import ifcopenshell.api.root
     import ifcopenshell.api.spatial
-    import ifcopenshell.api.unit
 
-    f = api.project.create_file(version="IFC4")
-    project = api.root.create_entity(f, ifc_class="IfcProject", name="地下车库测试")
-    api.unit.assign_unit(f, length={"is_metric": True, "raw": "METERS"})
-    model = api.context.add_context(f, context_type="Model")
-    body = api.context.add_context(f, context_type="Model", context_identifier="Body", target_view="MODEL_VIEW",
-                                   parent=model)
-    site = api.root.create_entity(f, ifc_class="IfcSite", name="Site")
-    building = api.root.create_entity(f, ifc_class="IfcBuilding", name="B栋")
-    b1 = api.root.create_entity(f, ifc_class="IfcBuildingStorey", name="B1")
-    g1 = api.root.create_entity(f, ifc_class="IfcBuildingStorey", name="1F")
-    b1.Elevation, g1.Elevation = -4.5, 0.0
-    api.aggregate.assign_object(f, products=[site], relating_object=project)
-    api.aggregate.assign_object(f, products=[building], relating_object=site)
-    api.aggregate.assign_object(f, products=[b1, g1], relating_object=building)
+    from tests.fixtures.ifc import new_model
+
+    ifc = new_model("地下车库测试", "B栋", {"B1": -4.5, "1F": 0.0})
+    f, body, b1, g1 = ifc.file, ifc.body, ifc.storeys["B1"], ifc.storeys["1F"]
 
     def put(product, z, depth, polyline, storey, name):
         api.geometry.assign_representation(f, product=product, representation=api.geometry.add_slab_representation(
@@ -104,8 +91,7 @@ def make_garage(path: Path) -> Path:
     shop = api.root.create_entity(f, ifc_class="IfcSpace")
     put(shop, 0.0, 3.5, [(2.0, 2.0), (12.0, 2.0), (12.0, 10.0), (2.0, 10.0)], g1, "101")
     shop.LongName = "商铺"
-    f.write(str(path))
-    return path
+    return ifc.write(path)
 
 
 def write_buildings(tmp: Path, settings) -> str:

@@ -26,35 +26,17 @@ def make_ifc(path: Path, *, eastings: float = E0, northings: float = N0, height:
     """A two-storey IFC: storey "B1" (elevation -3 m) with a basement slab, storey "1F" with two
     walls and a slab; georeferenced by IfcMapConversion (values as given, in the map unit)."""
     import ifcopenshell.api as api
-    import ifcopenshell.api.aggregate
-    import ifcopenshell.api.context
-    import ifcopenshell.api.georeference
     import ifcopenshell.api.geometry
     import ifcopenshell.api.material
-    import ifcopenshell.api.project
     import ifcopenshell.api.root
     import ifcopenshell.api.spatial
-    import ifcopenshell.api.unit
 
-    f = api.project.create_file(version=version)
-    project = api.root.create_entity(f, ifc_class="IfcProject", name="龙岗测试项目")
-    if millimetre_project:
-        api.unit.assign_unit(f, length={"is_metric": True, "raw": "MILLIMETERS"})
-    else:
-        api.unit.assign_unit(f, length={"is_metric": True, "raw": "METERS"})
-    model = api.context.add_context(f, context_type="Model")
-    body = api.context.add_context(f, context_type="Model", context_identifier="Body", target_view="MODEL_VIEW",
-                                   parent=model)
-    site = api.root.create_entity(f, ifc_class="IfcSite", name="Site")
-    building = api.root.create_entity(f, ifc_class="IfcBuilding", name="A栋")
-    b1 = api.root.create_entity(f, ifc_class="IfcBuildingStorey", name="B1")
-    g1 = api.root.create_entity(f, ifc_class="IfcBuildingStorey", name="1F")
+    from tests.fixtures.ifc import georeference, new_model
+
     u = 1000.0 if millimetre_project else 1.0
-    b1.Elevation = -3.0 * u
-    g1.Elevation = 0.0
-    api.aggregate.assign_object(f, products=[site], relating_object=project)
-    api.aggregate.assign_object(f, products=[building], relating_object=site)
-    api.aggregate.assign_object(f, products=[b1, g1], relating_object=building)
+    ifc = new_model("龙岗测试项目", "A栋", {"B1": -3.0 * u, "1F": 0.0}, version=version,
+                    unit_name="MILLIMETERS" if millimetre_project else "METERS")
+    f, body, b1, g1 = ifc.file, ifc.body, ifc.storeys["B1"], ifc.storeys["1F"]
 
     def place(product, x, y, z, angle=0.0):
         m = np.eye(4)
@@ -85,14 +67,12 @@ def make_ifc(path: Path, *, eastings: float = E0, northings: float = N0, height:
     api.spatial.assign_container(f, products=[wall1, wall2, slab], relating_structure=g1)
     api.spatial.assign_container(f, products=[base], relating_structure=b1)
 
-    api.georeference.add_georeferencing(f)
     op = {"Eastings": eastings, "Northings": northings, "OrthogonalHeight": height,
           "XAxisAbscissa": math.cos(math.radians(rotation_deg)), "XAxisOrdinate": math.sin(math.radians(rotation_deg))}
     if scale is not None:
         op["Scale"] = scale
-    api.georeference.edit_georeferencing(f, projected_crs={"Name": crs_name}, coordinate_operation=op)
-    f.write(str(path))
-    return path
+    georeference(ifc, crs_name, op)
+    return ifc.write(path)
 
 
 def world_vertices(path: Path, classes: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
