@@ -1,4 +1,4 @@
-"""``geotwin cluster up | down | status | promote | env``: every process of a ``cluster.toml`` on this machine.
+"""``geotwin cluster up | down | status | promote | rejoin | env``: every process of a ``cluster.toml`` on this machine.
 
 Imports of the project's modules sit inside the command bodies (``geotwin --help`` starts fast)."""
 
@@ -120,3 +120,24 @@ def env(config: Path = CONFIG) -> None:
     for name in names:
         if name in environment:  # not the API's read replica: CLI commands read what they write
             typer.echo(f"export {name}={shlex.quote(environment[name])}")
+
+
+@cluster_app.command("rejoin")
+def rejoin(config: Path = CONFIG,
+           name: str = typer.Option(None, "--name", "-n", help="The retired primary (default: the only one).")) -> None:
+    """After `promote`: the lost primary back as a streaming replica of the new one. Its data is replaced
+    by a copy of the new primary (what it committed after the promoted replica's last received WAL was
+    never acknowledged with synchronous replication, and is dropped)."""
+    from spatial_api.db.cluster import ClusterError
+    from topology.config import TopologyError
+
+    ctl = _controller(config)
+    try:
+        done = ctl.rejoin(name)
+    except TopologyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{done['rejoined']} is a replica of {done['primary']} again ({done['seconds']:.1f} s)")

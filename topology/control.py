@@ -18,6 +18,9 @@
   credentials are handed to every API replica and worker as GEOTWIN_S3_*. With ``[s3] endpoint``
   instead, a store run elsewhere (MinIO, a cloud S3) is used and nothing is started.
 
+``geotwin cluster rejoin`` (afterwards): the retired primary is rebuilt as a replica of the new one
+(``pg_basebackup`` through a slot of its own) and counted among the replicas from then on.
+
 ``geotwin cluster promote`` (after the primary is lost): the most advanced replica (or the one named)
 is promoted with ``pg_promote()``, ``<state_dir>/failover.json`` records it — from then on it is the
 primary of every command (its data stays in ``pg-<name>``), the lost primary is *retired* (never
@@ -233,9 +236,15 @@ class Controller:
             topo = dataclasses.replace(
                 topo, primary=Endpoint("postgres-primary", ep.name, ep.host, ep.port),
                 replicas=[r for r in topo.replicas if r.name != current and r.name not in retired_names])
-            self.primary = PrimaryServer(topo, home=_home(current))
-        else:
-            self.primary = PrimaryServer(topo)
+        # lost primaries rebuilt as replicas of the current one (`geotwin cluster rejoin`)
+        back = [r for r in state.get("rejoined", []) if r["name"] != current]
+        if back:
+            topo = dataclasses.replace(
+                topo, replicas=[*topo.replicas, *(Endpoint("postgres-replica", r["name"], r["host"], r["port"])
+                                                  for r in back)],
+                replica_slots={**topo.replica_slots, **{r["name"]: r["slot"] for r in back}})
+        promoted = current and current != self.base.primary.name
+        self.primary = PrimaryServer(topo, home=_home(current)) if promoted else PrimaryServer(topo)
         self.topo = topo
         self.replicas = [ReplicaServer(topo, r, self.primary) for r in topo.replicas]
         self.s3 = None
@@ -651,10 +660,7 @@ http {{
                                                                                      time.gmtime()),
                  "timeline": timeline, "lsn": lsn}
         state.update(primary=target, retired=retired, history=[*state.get("history", []), event])
-        self.topo.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.failover_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, self.failover_file)
+        self._write_state(state)
         self._load_roles()  # from here on: the new primary, the remaining replicas
         self.echo(f"● {target} is the primary (timeline {timeline}, {lsn}); {old.endpoint.name} retired "
                   f"({self.failover_file})")
@@ -694,6 +700,59 @@ http {{
         seconds = time.monotonic() - started
         return {**event, "adopted": bool(adopted), "followers": followers, "restarted": restarted,
                 "seconds": seconds}
+
+    def _write_state(self, state: dict) -> None:
+        self.topo.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.failover_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.failover_file)
+
+    def rejoin(self, name: str | None = None) -> dict:
+        """A retired (lost) primary back as a streaming replica of the current primary: stopped if it
+        runs (it may have come back as a second primary), its data — diverged from the new timeline at
+        the promotion: commits it made after the last WAL the promoted replica received are dropped —
+        replaced by a ``pg_basebackup`` of the current primary through a slot of its own, then started
+        and waited for until it streams. It counts as a replica from then on (failover.json
+        ``rejoined``), in the synchronous set with ``synchronous = true``."""
+        started = time.monotonic()
+        state = self.failover_state()
+        retired = state.get("retired", [])
+        names = [r["name"] for r in retired]
+        if not retired:
+            raise TopologyError(f"{self.base.file}: no retired primary to rejoin (one is retired by "
+                                "`geotwin cluster promote`)")
+        if name is None:
+            if len(retired) > 1:
+                raise TopologyError(f"several retired primaries ({', '.join(names)}): name one with --name")
+            name = names[0]
+        if name not in names:
+            raise TopologyError(f"no retired primary named {name!r}; retired: {', '.join(names)}")
+        entry = next(r for r in retired if r["name"] == name)
+        if not is_local(entry["host"]):
+            raise TopologyError(f"{name} runs on {entry['host']}: run `geotwin cluster rejoin` there")
+        old = next(s for s in self.retired if s.endpoint.name == name)
+        if old.initialised and old.is_running():
+            self.echo(f"● stopping {name} on {old.endpoint.address} (it must not take writes)")
+            old.stop()
+        slot = f"geotwin_{name}".lower().replace("-", "_")
+        state["retired"] = [r for r in retired if r["name"] != name]
+        state["rejoined"] = [*(r for r in state.get("rejoined", []) if r["name"] != name),
+                             {"name": name, "host": entry["host"], "port": entry["port"], "slot": slot,
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+        self._write_state(state)
+        self._load_roles()
+        r = next(r for r in self.replicas if r.endpoint.name == name)
+        self.echo(f"● rebuilding {name} as a replica of {self.primary.endpoint.name} (pg_basebackup, slot {slot}; "
+                  f"its old data in {r.data_dir} is replaced)")
+        r.init()  # the diverged data directory is removed and copied again from the primary
+        r.start()
+        self._wait_streaming(r)
+        self.echo(f"● {name} streams from {self.primary.endpoint.name} on {r.endpoint.address}")
+        if self.topo.synchronous and is_local(self.primary.endpoint.host):
+            self.primary.enable_sync()
+            self.echo(f"● synchronous standbys: {', '.join(x.endpoint.name for x in self.replicas)} (ANY 1)")
+        return {"rejoined": name, "primary": self.primary.endpoint.name, "slot": slot,
+                "seconds": time.monotonic() - started}
 
     def restart_clients(self) -> list[str]:
         """The local sensing workers and API replicas again, one at a time, with the current

@@ -13,6 +13,7 @@ sensing worker. In order:
   back to the primary), the cost of synchronous commits;
 - the primary's process tree SIGKILLed under writes, ``cluster promote``: no acknowledged changeset
   lost, the other replica follows, API replicas and worker restarted on the new primary;
+  ``cluster rejoin``: the lost primary back as a streaming replica of the new one;
 - ``up`` after the promotion keeps the new primary; ``down`` leaves no process and no open port.
 
 Tests depend on their order (one cluster's life); ~3–4 minutes."""
@@ -512,12 +513,39 @@ def test_primary_lost_promote_loses_no_acknowledged_changeset(cluster, data):
     assert "retired" in rows["primary"]["detail"] and rows["seaweedfs"]["healthy"]
 
 
+def test_the_lost_primary_rejoins_as_a_replica(cluster, data):
+    before = load_controller(cluster.config, echo=lambda *_: None)
+    assert [r.endpoint.name for r in before.retired] == ["primary"]
+    assert not before.retired[0].is_running()  # a lost primary is never started again by `up`
+    r = testing.geotwin("cluster", "rejoin", "--config", str(cluster.config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    print(r.stdout.strip())
+    ctl = load_controller(cluster.config, echo=lambda *_: None)
+    assert ctl.retired == [] and "primary" in [x.endpoint.name for x in ctl.replicas]
+    back = next(x for x in ctl.replicas if x.endpoint.name == "primary")
+    assert back.endpoint.port == cluster.topo.primary.port  # on its old port, with its old folder
+    with psycopg.connect(back.url(), autocommit=True, options=f"-c search_path={SCHEMA},public") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        # it holds what was written on the new primary after the promotion
+        assert conn.execute(f"SELECT count(*) FROM {store.partition_name(data['layer'])} "
+                            "WHERE fid = 'AFTER-PROMOTE'").fetchone()[0] == 1
+    with psycopg.connect(ctl.primary.url(), autocommit=True) as conn:
+        names = conn.execute("SHOW synchronous_standby_names").fetchone()[0]
+        assert names.startswith("ANY 1 (") and '"primary"' in names
+        _wait(lambda: {n: st for n, st in conn.execute("SELECT application_name, state FROM pg_stat_replication")}
+              .get("primary") == "streaming", 30, "the rejoined primary streaming")
+    rows = {row.name: row for row in ctl.status()}
+    assert rows["primary"].role == "postgres replica" and rows["primary"].healthy, rows["primary"]
+    again = testing.geotwin("cluster", "rejoin", "--config", str(cluster.config))
+    assert again.returncode == 2 and "no retired primary" in again.stderr
+
+
 def test_up_after_promote_keeps_the_new_primary_and_down_stops_all(cluster):
     ctl = load_controller(cluster.config, echo=lambda *_: None)
     up = testing.geotwin("cluster", "up", "--config", str(cluster.config))
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"postgres primary running on 127.0.0.1:{ctl.topo.primary.port}" in up.stdout
-    assert not ctl.retired[0].is_running()  # the lost primary is never started again
+    assert "postgres replica primary streaming" in up.stdout  # the rejoined one, as a replica
     assert testing.processes(ctl)
     down = testing.geotwin("cluster", "down", "--config", str(cluster.config))
     assert down.returncode == 0, down.stderr
