@@ -10,24 +10,33 @@ The network, built in EPSG:4547 metres from the world's road centrelines (class,
   carry no pipes.
 - **Road graph.** The centrelines inside the box, their ends stretched a little so T-junctions
   meet, noded (``shapely.union_all``): edges between junctions, each oriented like its road so a
-  side of the road stays the same side along it.
+  side of the road stays the same side along it; a street over a knoll or through a dip is also
+  cut at its crests and sags (the ground turning by ≥ :data:`CLIMB_MAX`), so every edge runs
+  downhill one way.
 - **Placement.** Every type has its own offsets from the centreline as fractions of the road's
   half-width (:data:`SPECS`), the customary layout: power and telecom under the sidewalks, water
   and gas under the non-motorised lanes, storm and sewage drains under the carriageway; arterials
   carry water and storm on both sides; local roads carry gas, power and telecom only in part.
   Survey points stand at junctions (a tee on the main road's line of that type: 三通 / 四通) and
   along each edge, evenly spaced (drains ≤ 45 m, others ≤ 60 m), trimmed back from junctions by
-  the crossing road's half-width.
+  the crossing road's half-width; on streets steeper than :data:`MAX_SLOPE` the drains' manholes
+  stand closer (at most :data:`DROP_MAX` / (slope − MAX_SLOPE) apart), so that the drop manholes
+  stay a few metres high and the drains do not run deep down a steep street.
 - **Drains by gravity.** Storm water flows to outfalls near the river and streams or in hollows,
   sewage to pumping stations in hollows or one outlet per connected part (the interceptor): a
   shortest-path tree over the road graph to the outlets where flowing uphill costs extra (the
-  DEM); every other street's pipe is a branch that flows downhill into its lower junction. Diameters grow with the length of pipe upstream; inverts fall
+  DEM) and no edge is taken climbing more than :data:`CLIMB_MAX` (ground ringed by such edges
+  drains to its own lowest node); every other street's pipe is a branch that flows downhill
+  into its lower junction. Diameters grow with the length of pipe upstream; inverts fall
   at ≥ 0.4 % along the flow, keeping the minimum cover, with drop manholes where the ground falls
   faster than a pipe may (≤ 15 %, steep streets): the pipe leaves the manhole deeper.
 - **Depths.** Each type starts at its customary cover (telecom 0.7 m … sewage 2.6 m); where two
   pipes of different types come closer than their radii (the checks of
   :mod:`underground.checks`: 3D axes, a box counts with half its diagonal) the later type of
-  :data:`SPECS` dips under the earlier one at that place — iterated until no pair is too close.
+  :data:`SPECS` dips under the earlier one at that place, judged by the two axes' heights where
+  they cross (not their mean heights: on a hillside those differ by metres) — iterated until no
+  pair is too close. So pressure pipes and cables follow the ground at their cover depth (plus a
+  dip at a crossing) and only the drains run deeper.
 
 Basements: 10–20 % of the large buildings (towers ≥ 10 floors, offices, shops, public buildings),
 a garage slightly larger than the footprint (inside the lot) or a plant room / shelter inside it,
@@ -40,6 +49,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +71,16 @@ MAX_SLOPE = 0.15
 CLEARANCE = 0.05
 #: Flowing uphill costs this many metres of pipe per metre of rise (the drains' routing).
 UPHILL_COST = 200.0
+#: The most a drain may climb along one edge of the road graph (m): the rise of the ground above
+#: its lowest point so far, along the flow. A pipe dives that much deeper under the rise, so the
+#: streets are cut at their crests and sags (every edge runs downhill one way within this) and
+#: the drains' routing never takes an edge the climbing way.
+CLIMB_MAX = 1.5
+#: Ground profile sampling along the streets for the climbs (m).
+PROFILE_STEP = 10.0
+#: How much more than MAX_SLOPE the ground may fall between two drain manholes along a street (m):
+#: what one drop manhole (跌水井) takes up; on steep streets the manholes stand closer.
+DROP_MAX = 3.0
 #: A manhole's sump below its lowest invert (drains) or below the pipe (others), m.
 SUMP = 0.3
 #: Two roads side by side whose cross-sections (plus this margin, m) overlap over a fifth of the
@@ -118,6 +138,13 @@ class RoadGraph:
     node_xy: np.ndarray  # (n, 2)
     node_z: np.ndarray
     box: object
+    climb_uv: np.ndarray = None  # m the ground rises along the edge above its lowest point so far, u → v
+    climb_vu: np.ndarray = None  # the same, v → u
+    steep: np.ndarray = None  # the ground's steepest slope along the edge
+
+    def climb(self, e: int, frm: int) -> float:
+        """How much the ground climbs along edge ``e`` leaving node ``frm``."""
+        return float(self.climb_uv[e] if self.u[e] == frm else self.climb_vu[e])
 
     @property
     def n_nodes(self) -> int:
@@ -210,11 +237,83 @@ def road_graph(world: World, box) -> RoadGraph:
     drop = np.zeros(noded.size, bool)
     drop[i[(along > 0.2) & (rank[i] > rank[j])]] = True
     noded, road = noded[~drop], road[~drop]
+    noded, road = _split_at_turns(noded, road, world)
     u, v, node_xy = _nodes(noded)
     cls = R["cls"][road]
+    climb_uv, climb_vu, steep = _climbs(noded, world)
     return RoadGraph(geom=noded, u=u, v=v, road=road, cls=cls, hw=R["width"][road].astype(float) / 2,
                      length=shapely.length(noded), node_xy=node_xy,
-                     node_z=world.elev(node_xy[:, 0], node_xy[:, 1]), box=box)
+                     node_z=world.elev(node_xy[:, 0], node_xy[:, 1]), box=box, climb_uv=climb_uv, climb_vu=climb_vu,
+                     steep=steep)
+
+
+def _profiles(lines: np.ndarray, world: World) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per line, the ground along it sampled every :data:`PROFILE_STEP` m or less: (distances
+    along the line, elevations)."""
+    L = shapely.length(lines)
+    n = np.maximum(2, np.ceil(L / PROFILE_STEP).astype(np.int64) + 1)
+    rep = np.repeat(np.arange(lines.size), n)
+    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    s = L[rep] * k / (n[rep] - 1)
+    xy = shapely.get_coordinates(shapely.line_interpolate_point(lines[rep], s))
+    z = world.elev(xy[:, 0], xy[:, 1])
+    cut = np.cumsum(n)[:-1]
+    return np.split(s, cut), np.split(z, cut)
+
+
+def _turns(z: np.ndarray, rise: float) -> list[int]:
+    """The inner crests and sags of a profile: the points where it turns from rising to falling
+    (or back) by at least ``rise`` (a zigzag filter: smaller bumps are not turns). Between two
+    turns the ground never climbs more than ``rise`` walking downhill."""
+    turns: list[int] = []
+    hi = lo = 0
+    trend = 0  # +1 rising, -1 falling, 0 not known yet
+    for i in range(1, z.size):
+        if trend >= 0 and z[i] >= z[hi]:
+            hi = i
+        if trend <= 0 and z[i] <= z[lo]:
+            lo = i
+        if trend >= 0 and z[hi] - z[i] >= rise:  # falls from the crest at hi
+            if trend > 0 or hi > 0:
+                turns.append(hi)
+            trend, lo = -1, i
+        elif trend <= 0 and z[i] - z[lo] >= rise:  # rises from the sag at lo
+            if trend < 0 or lo > 0:
+                turns.append(lo)
+            trend, hi = 1, i
+    return [t for t in turns if 0 < t < z.size - 1]
+
+
+def _split_at_turns(lines: np.ndarray, road: np.ndarray, world: World) -> tuple[np.ndarray, np.ndarray]:
+    """The streets cut at the crests and sags of their ground (:func:`_turns` by
+    :data:`CLIMB_MAX`): every piece runs downhill one way, so a drain on it never dives under a
+    knoll, a sag is a hollow the drains run into and a crest is where they part."""
+    from shapely.ops import substring
+
+    out, which = [], []
+    for line, r, (s, z) in zip(lines, road, zip(*_profiles(lines, world))):
+        at = [float(s[t]) for t in _turns(z, CLIMB_MAX)]
+        if not at:
+            out.append(line)
+            which.append(r)
+            continue
+        bounds = [0.0] + at + [float(s[-1])]
+        for a, b in pairwise(bounds):
+            out.append(substring(line, a, b))
+            which.append(r)
+    return np.array(out, dtype=object), np.array(which, dtype=road.dtype)
+
+
+def _climbs(lines: np.ndarray, world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per line, the most the ground along it rises above its lowest point so far (walking
+    start → end, and end → start) and its steepest slope between two samples."""
+    fwd, back, steep = np.zeros(lines.size), np.zeros(lines.size), np.zeros(lines.size)
+    for i, (s, z) in enumerate(zip(*_profiles(lines, world))):
+        fwd[i] = float((z - np.minimum.accumulate(z)).max())
+        q = z[::-1]
+        back[i] = float((q - np.minimum.accumulate(q)).max())
+        steep[i] = float((np.abs(np.diff(z)) / np.maximum(np.diff(s), 1e-9)).max())
+    return fwd, back, steep
 
 
 def _nodes(lines: np.ndarray):
@@ -263,8 +362,9 @@ class TypeNet:
         return (g0 - self.start_depth + sign * self.h / 2, g1 - self.end_depth + sign * self.h / 2)
 
 
-def _stations(g: RoadGraph, e: np.ndarray, t0: np.ndarray, t1: np.ndarray, spacing: float):
-    """Evenly spaced stations along edges ``e`` between t0 and L − t1: (edge, k, n, s)."""
+def _stations(g: RoadGraph, e: np.ndarray, t0: np.ndarray, t1: np.ndarray, spacing: np.ndarray):
+    """Evenly spaced stations along edges ``e`` between t0 and L − t1, at most ``spacing`` (per
+    edge) apart: (edge, k, n, s)."""
     L = g.length[e]
     run = L - t0 - t1
     n = np.where(run < 8.0, -1, np.maximum(1, np.ceil(run / spacing))).astype(np.int64)
@@ -295,9 +395,9 @@ def _carries(g: RoadGraph, spec: TypeSpec, seed: int, k: int) -> np.ndarray:
 
 def _flow(g: RoadGraph, world: World, many_outlets: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Drainage over the road graph: (distance to the outlet, parent edge (−1 at an outlet),
-    outlet mask). Outlets: the hollows (no neighbour lower: a storm outfall to a culvert, a sewage
-    pumping station), the lower half of the roads' ends where the survey area cuts them (the pipe
-    carries on beyond it), and nodes within 120 m of the river / streams / reservoir (storm: every
+    outlet mask). Outlets: the hollows (no neighbour lower, or no way out that climbs less than
+    :data:`CLIMB_MAX`: a storm outfall to a culvert, a sewage pumping station), the lower half of
+    the roads' ends where the survey area cuts them (the pipe carries on beyond it), and nodes within 120 m of the river / streams / reservoir (storm: every
     one; sewage: the lowest per connected part) or else a part's lowest node."""
     w = world.water
     water = shapely.union_all([w.river_poly, w.reservoir] + [s[2] for s in w.streams])
@@ -345,17 +445,28 @@ def _flow(g: RoadGraph, world: World, many_outlets: bool) -> tuple[np.ndarray, n
     heap = [(0.0, int(n)) for n in np.flatnonzero(outlet)]
     dist[outlet] = 0.0
     heapq.heapify(heap)
-    z = g.node_z
-    while heap:
-        d, n = heapq.heappop(heap)
-        if d > dist[n]:
-            continue
-        for m, e in adj[n]:  # m drains into n along e
-            nd = d + g.length[e] + UPHILL_COST * max(0.0, z[n] - z[m])
-            if nd < dist[m] - 1e-9:
-                dist[m] = nd
-                parent[m] = e
-                heapq.heappush(heap, (nd, m))
+    while True:
+        while heap:
+            d, n = heapq.heappop(heap)
+            if d > dist[n]:
+                continue
+            for m, e in adj[n]:  # m drains into n along e
+                climb = g.climb(e, m)
+                if climb > CLIMB_MAX:
+                    continue  # over a ridge: the pipe would dive under it
+                nd = d + g.length[e] + UPHILL_COST * climb
+                if nd < dist[m] - 1e-9:
+                    dist[m] = nd
+                    parent[m] = e
+                    heapq.heappush(heap, (nd, m))
+        # ground ringed by ridges (every way out climbs too much): its lowest node is a hollow too
+        cut_off = np.flatnonzero(~np.isfinite(dist))
+        if not cut_off.size:
+            break
+        n = int(cut_off[np.argmin(g.node_z[cut_off])])
+        outlet[n] = True
+        dist[n] = 0.0
+        heap = [(0.0, n)]
     return dist, parent, outlet
 
 
@@ -376,6 +487,9 @@ def type_network(g: RoadGraph, world: World, spec: TypeSpec, k: int, flow=None) 
     t1 = np.where(gdeg[g.v[E]] >= 2, np.minimum(hw_at[g.v[E]] + 2.5, 0.4 * L), 0.5)
     # tees: on the main carrying edge at each junction (widest class, then longest), at its offset
     tee_nodes = np.flatnonzero(tdeg >= 2)
+    spacing = np.full(E.size, spec.spacing)
+    if spec.gravity:  # drop manholes about DROP_MAX high at most on steep streets
+        spacing = np.minimum(spacing, DROP_MAX / np.maximum(g.steep[E] - MAX_SLOPE, 1e-3))
     ends_node = np.concatenate([g.u[E], g.v[E]])
     ends_edge = np.concatenate([E, E])
     ends_s = np.concatenate([np.zeros(E.size), g.length[E]])
@@ -399,7 +513,7 @@ def type_network(g: RoadGraph, world: World, spec: TypeSpec, k: int, flow=None) 
     for side in range(int(n_sides.max()) if E.size else 0):
         sel = np.flatnonzero(n_sides > side)
         e = E[sel]
-        rep, kk, n, s = _stations(g, e, t0[sel], t1[sel], spec.spacing)
+        rep, kk, n, s = _stations(g, e, t0[sel], t1[sel], spacing[sel])
         valid = n[rep] >= 0
         rep, kk, s = rep[valid], kk[valid], s[valid]
         d = np.array([spec.offsets[c][side] for c in g.cls[e]])[rep] * g.hw[e][rep]
@@ -584,7 +698,7 @@ def _settle(nets: list[TypeNet], jitters: list[np.ndarray]) -> list:
 def close_pairs(nets: list[TypeNet], clearance: float = 0.0):
     """Pairs of segments (of any two types, or of one type without a shared point) whose axes come
     closer than their radii (+ ``clearance``): (type i, seg i, type j, seg j, distance, radii sum,
-    z_i, z_j) arrays — z the mean axis heights."""
+    z_i, z_j) arrays — z the axes' heights where they come closest in plan (:func:`_closest`)."""
     T, S, P, Q, R, A, B = [], [], [], [], [], [], []
     for t, net in enumerate(nets):
         z0, z1 = net.axis_z()
@@ -607,9 +721,23 @@ def close_pairs(nets: list[TypeNet], clearance: float = 0.0):
     rr = R[i] + R[j]
     hit = dist < rr + clearance
     i, j, dist, rr = i[hit], j[hit], dist[hit], rr[hit]
-    zi = (P[i, 2] + Q[i, 2]) / 2
-    zj = (P[j, 2] + Q[j, 2]) / 2
+    si, sj = _closest(P[i], Q[i], P[j], Q[j])
+    zi = P[i, 2] + (Q[i, 2] - P[i, 2]) * si
+    zj = P[j, 2] + (Q[j, 2] - P[j, 2]) * sj
     return T[i], S[i], T[j], S[j], dist, rr, zi, zj
+
+
+def _closest(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where two sets of segments come closest in plan: the parameters (0 … 1 along each) of the
+    crossing, or of the nearest points when they do not cross. The heights there, not the
+    segments' mean heights, tell which pipe runs above the other — on a slope the two differ by
+    metres."""
+    a = shapely.linestrings(np.stack([p1[:, :2], q1[:, :2]], axis=1))
+    b = shapely.linestrings(np.stack([p2[:, :2], q2[:, :2]], axis=1))
+    ends = shapely.get_coordinates(shapely.shortest_line(a, b)).reshape(-1, 2, 2)
+    sa = shapely.line_locate_point(a, shapely.points(ends[:, 0]), normalized=True)
+    sb = shapely.line_locate_point(b, shapely.points(ends[:, 1]), normalized=True)
+    return np.nan_to_num(sa), np.nan_to_num(sb)  # a segment standing on one spot: its start
 
 
 def _clear_crossings(nets: list[TypeNet], jitters: list[np.ndarray], rounds: int = 60) -> None:

@@ -37,13 +37,15 @@ from underground.ingest import ingest_pipes
 
 MANIFEST_FORMAT = "geotwin-demo-manifest/1"
 #: bump when the builder's output changes, so `geotwin demo build` rebuilds existing folders
-BUILDER_VERSION = 5  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
+BUILDER_VERSION = 6  # 2: industrial parcels rendered with little green + a planted R9 green-ratio case
 #: (2 changes the imagery and the manifest's R9 lists only: the vector layers are those of 1)
 #: 3: the sensing devices and readings (sensing.json, the manifest's "sensing"; layers as in 2)
 #: 4: the underground (pipe surveys per type, the basements layer, the manifest's "underground");
 #:    manhole-cover sensors on the network's manholes
 #: 5: the imagery only: no street trees inside parcels, the lawn of an industrial parcel capped at 6% of its
 #:    pixels (the landscaped R9 case at least 60%), so R9's green ratio reads the same on every size
+#: 6: the pipe surveys (and sensing.json's manhole covers): crossings judged at the crossing's height,
+#:    streets cut at crests and dips for drain routing — plausible depths on the large district's hills
 Step = Callable[[str], None]
 
 
