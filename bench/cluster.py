@@ -97,12 +97,8 @@ def tree_cpu(root: int | None) -> float:
 
 
 def write_config(d: Path) -> Path:
-    pg1, pg2, ngx, *apis = testing.free_ports(7)
-    text = (f'[cluster]\nstate_dir = "state"\nschema = "{SCHEMA}"\n[postgres]\nsynchronous = true\n'
-            f"[postgres.primary]\nport = {pg1}\n[[postgres.replicas]]\nname = \"replica1\"\nport = {pg2}\n"
-            f"[api]\nworkers = 1\n" + "".join(f"[[api.replicas]]\nport = {p}\n" for p in apis)
-            + f"[nginx]\nport = {ngx}\nmax_fails = 1\nfail_timeout = \"10s\"\n")
-    (d / "cluster.toml").write_text(text)
+    (d / "cluster.toml").write_text(testing.config_text(SCHEMA, replicas=1, apis=max(REPLICA_COUNTS),
+                                                        synchronous=True, broker=False))
     return d / "cluster.toml"
 
 

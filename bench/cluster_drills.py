@@ -56,6 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, fetch, parse_wrk, write_block
 
+from sensing.mqtt.testing import wait_for
 from topology import testing
 
 # bench/ last on the path again (bench/cluster.py puts it first): its sensing.py must not hide the
@@ -131,37 +132,8 @@ def log(msg: str) -> None:
 
 
 def write_config(d: Path) -> Path:
-    pg1, pg2, pg3, api1, api2, ngx, mq = testing.free_ports(7)
-    (d / "cluster.toml").write_text(f"""[cluster]
-state_dir = "state"
-schema = "{SCHEMA}"
-[postgres]
-synchronous = true
-[postgres.primary]
-port = {pg1}
-[[postgres.replicas]]
-name = "replica1"
-port = {pg2}
-[[postgres.replicas]]
-name = "replica2"
-port = {pg3}
-[api]
-workers = 1
-[[api.replicas]]
-port = {api1}
-[[api.replicas]]
-port = {api2}
-[nginx]
-port = {ngx}
-max_fails = 1
-fail_timeout = "10s"
-[mqtt]
-port = {mq}
-[[sensing.workers]]
-client_id = "drill-worker-1"
-[[sensing.workers]]
-client_id = "drill-worker-2"
-""")
+    (d / "cluster.toml").write_text(testing.config_text(SCHEMA, replicas=2, apis=2, synchronous=True,
+                                                        workers=("drill-worker-1", "drill-worker-2")))
     return d / "cluster.toml"
 
 
@@ -171,17 +143,6 @@ def cluster_up(config: Path) -> float:
     if r.returncode != 0:
         raise SystemExit(f"`geotwin cluster up` failed:\n{r.stdout}\n{r.stderr}")
     return time.monotonic() - t0
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 def unhealthy(ctl) -> list[str]:
@@ -310,7 +271,7 @@ def drill_api_kill(ctl, config: Path, paths: list[str], work: Path, duration: in
         up_s = cluster_up(config)
         log(f"api: `cluster up` in {up_s:.1f} s")
         probe = paths[0]
-        wait_until(lambda: not unhealthy(ctl) and victim.address in served_by(base, probe), 60,
+        wait_for(lambda: not unhealthy(ctl) and victim.address in served_by(base, probe), 60,
                    f"{victim.name} back in nginx's rotation")
         t_ok = time.monotonic()
         time.sleep(duration / 3)  # and the load goes on a while with all replicas
@@ -350,7 +311,7 @@ def drill_replica_stop(ctl, config: Path, paths: list[str], work: Path, duration
             _, _, h = fetch(f"http://{api.address}{paths[0]}", timeout=30)
             return ok and header(h, "Geotwin-Read-Database") == "replica"
 
-        wait_until(lambda: streaming() and not unhealthy(ctl), 120, f"{replica.endpoint.name} streaming and read")
+        wait_for(lambda: streaming() and not unhealthy(ctl), 120, f"{replica.endpoint.name} streaming and read")
         t_ok = time.monotonic()
         time.sleep(duration / 3)
         r = w.result()
@@ -403,7 +364,7 @@ class Device:
         self.sent = 0
         self.c.connect(ep.host, ep.port, keepalive=10)
         self.c.loop_start()
-        wait_until(self.c.is_connected, 20, "the device's connection")
+        wait_for(self.c.is_connected, 20, "the device's connection")
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
@@ -500,7 +461,7 @@ def mqtt_drill(ctl, config: Path, data: dict, streams: list[int], duration: int,
                 after = [s for s, t in dev.sent_at.items() if t >= t_repair]
             return acked_before <= set(got) and any(s in got for s in after) and not unhealthy(ctl)
 
-        wait_until(recovered, 120, f"{name}: the stream stored again", interval=0.2)
+        wait_for(recovered, 120, f"{name}: the stream stored again", interval=0.2)
         t_ok = time.monotonic()
         time.sleep(duration / 3)  # and the stream goes on a while with everything back
     finally:
@@ -600,7 +561,7 @@ def drill_promote(ctl, config: Path, data: dict) -> tuple[dict, object]:
     threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(4)]
     for t in threads:
         t.start()
-    wait_until(lambda: len(acked) >= 60 or failures[:1], 120, "60 acknowledged writes")
+    wait_for(lambda: len(acked) >= 60 or failures[:1], 120, "60 acknowledged writes")
     if failures and len(acked) < 60:
         raise SystemExit(f"writes fail before the primary is lost: {failures[:5]}")
     postmaster = int((ctl.primary.data_dir / "postmaster.pid").read_text().split()[0])
@@ -608,7 +569,7 @@ def drill_promote(ctl, config: Path, data: dict) -> tuple[dict, object]:
     killed = testing.kill_tree(postmaster)
     t_fault = time.monotonic()
     log(f"promote: primary killed ({len(killed)} processes) after {before} acknowledged writes")
-    wait_until(lambda: len(failures) >= 4, 30, "writes failing on the lost primary")
+    wait_for(lambda: len(failures) >= 4, 30, "writes failing on the lost primary")
     stop.set()
     for t in threads:
         t.join(30)
@@ -623,7 +584,7 @@ def drill_promote(ctl, config: Path, data: dict) -> tuple[dict, object]:
                                  "WHERE fid LIKE 'DRILL-%%' AND valid_to IS NULL").fetchall())
     missing = sorted(set(acked) - set(rows))
     wrong = sorted(c for c, v in acked.items() if c in rows and rows[c] != v)
-    wait_until(lambda: not unhealthy(new) and fetch(base + "/healthz")[0] == 200, 120,
+    wait_for(lambda: not unhealthy(new) and fetch(base + "/healthz")[0] == 200, 120,
                "the promoted cluster healthy")
     t_ok = time.monotonic()
     log(f"promote: {len(acked)} acknowledged, {len(rows)} found on {new.primary.endpoint.name}, missing "

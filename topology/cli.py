@@ -17,31 +17,39 @@ CONFIG = typer.Option(Path("cluster.toml"), "--config", "-c",
                       help="The topology (see cluster.example.toml); paths in it are relative to its folder.")
 
 
-def _controller(config: Path):
+def _checked(action):
+    """``action()`` with the cluster's errors as messages: exit 2 for a wrong configuration or request
+    (TopologyError), 1 for a failure on the way (ClusterError, BrokerError)."""
+    from sensing.mqtt.broker import BrokerError
+    from spatial_api.db.cluster import ClusterError
     from topology.config import TopologyError
-    from topology.control import load_controller
 
     try:
-        return load_controller(config, echo=typer.echo)
+        return action()
     except TopologyError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except (ClusterError, BrokerError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _controller(config: Path):
+    from topology.control import load_controller
+
+    return _checked(lambda: load_controller(config, echo=typer.echo))
 
 
 @cluster_app.command("up")
 def up(config: Path = CONFIG) -> None:
     """Start every role of this machine (idempotent: what runs is left running)."""
-    from sensing.mqtt.broker import BrokerError
-    from spatial_api.db.cluster import ClusterError
-
     ctl = _controller(config)
     try:
-        seconds = ctl.up()
-    except (ClusterError, BrokerError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        seconds = _checked(ctl.up)
+    except typer.Exit:
         typer.echo("(what started keeps running: fix the cause and run `geotwin cluster up` again, "
                    "or `geotwin cluster down`)", err=True)
-        raise typer.Exit(1) from None
+        raise
     typer.echo(f"cluster up in {seconds:.1f} s — {ctl.topo.public_url()}")
 
 
@@ -84,18 +92,8 @@ def promote(config: Path = CONFIG,
                                             "(its extra commits are lost).")) -> None:
     """After the primary is lost: a replica becomes the primary, the others follow it, and this machine's
     API replicas and workers restart on it (nginx keeps its upstreams). Refused while the primary answers."""
-    from spatial_api.db.cluster import ClusterError
-    from topology.config import TopologyError
-
     ctl = _controller(config)
-    try:
-        done = ctl.promote(replica, force=force)
-    except TopologyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ClusterError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    done = _checked(lambda: ctl.promote(replica, force=force))
     typer.echo(f"promoted {done['promoted']} in {done['seconds']:.1f} s (timeline {done['timeline']}, "
                f"{done['lsn']}); {ctl.topo.public_url()} writes to {ctl.topo.primary.address}")
 
@@ -107,14 +105,8 @@ def env(config: Path = CONFIG) -> None:
     (writes on its primary; with an object store, `--store s3` puts imagery and tilesets in its bucket)."""
     import shlex
 
-    from topology.config import TopologyError
-
     ctl = _controller(config)
-    try:
-        environment = ctl.env()
-    except TopologyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    environment = _checked(ctl.env)
     names = ["DATABASE_URL", "GEOTWIN_DB_SCHEMA", "GEOTWIN_HOME", "GEOTWIN_MQTT_URL",
              "GEOTWIN_MQTT_DIR", "GEOTWIN_PUBLIC_URL", *sorted(k for k in environment if k.startswith("GEOTWIN_S3_"))]
     for name in names:
@@ -128,16 +120,6 @@ def rejoin(config: Path = CONFIG,
     """After `promote`: the lost primary back as a streaming replica of the new one. Its data is replaced
     by a copy of the new primary (what it committed after the promoted replica's last received WAL was
     never acknowledged with synchronous replication, and is dropped)."""
-    from spatial_api.db.cluster import ClusterError
-    from topology.config import TopologyError
-
     ctl = _controller(config)
-    try:
-        done = ctl.rejoin(name)
-    except TopologyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ClusterError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    done = _checked(lambda: ctl.rejoin(name))
     typer.echo(f"{done['rejoined']} is a replica of {done['primary']} again ({done['seconds']:.1f} s)")

@@ -5,6 +5,7 @@ cluster's pid files name, killing a process tree, and :func:`running` — a clus
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -55,6 +56,37 @@ def free_s3_port(avoid: list[int] = ()) -> int:
         if not set(taken) & set(avoid) and all(_free(p) for p in taken):
             return port
     raise RuntimeError(f"no free object-store ports in {low}–{high} (+{GRPC_OFFSET})")
+
+
+def config_text(schema: str, *, replicas: int = 1, apis: int = 2, workers: tuple[str, ...] = (),
+                synchronous: bool = False, s3_bucket: str | None = None, broker: bool = True,
+                api_workers: int = 1, nginx: dict | None = None) -> str:
+    """A cluster.toml on free ports: a primary, ``replicas`` streaming replicas (replica1 …), ``apis``
+    API replicas behind nginx (``nginx``: more [nginx] keys), the broker and the ``workers`` (their
+    client ids), and with ``s3_bucket`` the object store."""
+    n = 2 + replicas + apis + (1 if broker else 0)
+    ports = free_ports(n)
+    pg, rest = ports[0], ports[1:]
+    reps, rest = rest[:replicas], rest[replicas:]
+    api_ports, rest = rest[:apis], rest[apis:]
+    ngx, rest = rest[0], rest[1:]
+    lines = ["[cluster]", 'state_dir = "state"', f'schema = "{schema}"', "[postgres]",
+             f"synchronous = {'true' if synchronous else 'false'}", "[postgres.primary]", f"port = {pg}"]
+    for i, port in enumerate(reps, 1):
+        lines += ["[[postgres.replicas]]", f'name = "replica{i}"', f"port = {port}"]
+    lines += ["[api]", f"workers = {api_workers}"]
+    for port in api_ports:
+        lines += ["[[api.replicas]]", f"port = {port}"]
+    lines += ["[nginx]", f"port = {ngx}"]
+    lines += [f"{key} = {json.dumps(value)}"  # TOML's strings, numbers and booleans as JSON writes them
+              for key, value in {"max_fails": 1, "fail_timeout": "10s", **(nginx or {})}.items()]
+    if broker:
+        lines += ["[mqtt]", f"port = {rest[0]}"]
+        for client_id in workers:
+            lines += ["[[sensing.workers]]", f'client_id = "{client_id}"']
+    if s3_bucket:
+        lines += ["[s3]", f"port = {free_s3_port(avoid=ports)}", f'bucket = "{s3_bucket}"']
+    return "\n".join(lines) + "\n"
 
 
 def geotwin(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

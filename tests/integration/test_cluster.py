@@ -53,39 +53,8 @@ WORKER = "test-worker-1"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    pg1, pg2, pg3, api1, api2, ngx, mq = ports = testing.free_ports(7)
-    s3 = testing.free_s3_port(avoid=ports)
-    config = f"""
-[cluster]
-state_dir = "state"
-schema = "{SCHEMA}"
-[postgres]
-synchronous = true
-[postgres.primary]
-port = {pg1}
-[[postgres.replicas]]
-name = "replica1"
-port = {pg2}
-[[postgres.replicas]]
-name = "replica2"
-port = {pg3}
-[[api.replicas]]
-port = {api1}
-[[api.replicas]]
-port = {api2}
-[nginx]
-port = {ngx}
-max_fails = 1
-fail_timeout = "10s"
-tiles_by_uri = true
-[mqtt]
-port = {mq}
-[[sensing.workers]]
-client_id = "{WORKER}"
-[s3]
-port = {s3}
-bucket = "twin"
-"""
+    config = testing.config_text(SCHEMA, replicas=2, apis=2, workers=(WORKER,), synchronous=True, s3_bucket="twin",
+                                 nginx={"tiles_by_uri": True})
     with testing.running(config, tmp_path_factory.mktemp("cluster")) as ctl:
         print(f"\ncluster up from nothing: {ctl.up_seconds:.1f} s")
         yield ctl
