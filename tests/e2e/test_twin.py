@@ -248,3 +248,35 @@ def test_twin_viewer(browser_page, e2e_server, e2e_keys, twin_tileset, known_bui
     assert page.locator("h1").inner_text() == "Longgang 3D digital twin"
     assert "planner" in page.locator("#who").inner_text()
     page.click("#lang")  # back to Chinese for the next visitor (localStorage)
+
+
+def test_a_block_model_from_far_away(browser_page, e2e_server, twin_tileset, known_building, screenshot):  # noqa: F811
+    """From far away the tileset's upper levels draw street blocks (cim_builder/blocks.py): a click on
+    one shows the block — its buildings' count and heights, or the landmark it stands for — and the
+    hint that coming closer shows each building."""
+    page = browser_page
+    page.set_default_timeout(30_000)
+    page.goto("/twin/?lite=1")
+    wait_ready(page)
+    b = known_building
+    end = time.monotonic() + 240
+    picked = None
+    for height in (7000, 10_000, 14_000, 5000):  # block tiles are drawn until the view asks for buildings
+        page.evaluate("([lon, lat, h]) => twin.setView({lon, lat, height: h, pitch: -90})", [b["lon"], b["lat"],
+                                                                                          b["ground"] + height])
+        idle(page, globe_soft_ms=3_000)
+        page.evaluate("() => { twin.lastPicked = null; }")
+        page.mouse.click(*canvas_point(page, b["lon"], b["lat"], b["ground"] + b["height_m"]))
+        page.wait_for_function("twin.lastPicked !== null", timeout=20_000)
+        picked = page.evaluate("twin.lastPicked")
+        if picked["kind"] == "block" or time.monotonic() > end:
+            break
+    assert picked and picked["kind"] == "block", picked
+    props = picked["props"]
+    assert props["building_count"] >= 1 and props["max_height_m"] >= props["mean_height_m"] > 0, props
+    assert props["block_id"].count("/") == 2 and "#" in props["block_id"], props
+    title = page.locator("#info-body h3").inner_text()
+    assert title in ("街区概略模型", f"地标建筑 {props.get('landmark_id')}"), title
+    assert "拉近视角可查看单栋建筑" in page.locator("#info-body .hint").inner_text()
+    assert page.locator('#info-body td[data-prop="building_count"]').inner_text() == str(props["building_count"])
+    screenshot("twin-block")

@@ -445,15 +445,18 @@ function setUnderground(on) {
 // ------------------------------------------------------------------ picking: metadata
 const BUILDING_PROPS = ["building_id", "parcel_id", "use", "floors", "height_m", "base_height_m", "source"];
 const BIM_PROPS = ["ifc_class", "name", "storey", "storey_elevation_m", "global_id", "material", "below_ground", "model_id"];
+// a far-view block (cim_builder/blocks.py): the buildings of a street block merged into one prism
+const BLOCK_PROPS = ["block_id", "building_count", "mean_height_m", "max_height_m", "landmark_id"];
 function featureProperties(feature) {
   const isBim = feature.getPropertyInherited("global_id") !== undefined;
-  const names = isBim ? BIM_PROPS : BUILDING_PROPS;
+  const isBlock = !isBim && feature.getPropertyInherited("block_id") !== undefined;
+  const names = isBim ? BIM_PROPS : isBlock ? BLOCK_PROPS : BUILDING_PROPS;
   const props = {};
   for (const name of names) {
     const v = feature.getPropertyInherited(name);
     if (v !== undefined && v !== null && v !== "") props[name] = v;
   }
-  return { kind: isBim ? "bim_element" : "building", props };
+  return { kind: isBim ? "bim_element" : isBlock ? "block" : "building", props };
 }
 function formatValue(name, v) {
   if (typeof v === "boolean") return v ? t("yes") : t("no");
@@ -468,8 +471,10 @@ function showFeature(feature) {
 function renderInfo(kind, props) { // from the values read at the click: the tile may be gone since
   if (underground && underground.renderInfo(kind, props)) { underground.decorateInfo(kind, props); return; }
   const labels = words().props;
-  const title = kind === "bim_element" ? `${t("bim_element")} ${props.ifc_class || ""}` : `${t("building")} ${props.building_id || ""}`;
-  let html = `<h3>${esc(title)}</h3><table>` +
+  const title = kind === "bim_element" ? `${t("bim_element")} ${props.ifc_class || ""}`
+    : kind === "block" ? (props.landmark_id ? `${t("landmark")} ${props.landmark_id}` : t("block"))
+      : `${t("building")} ${props.building_id || ""}`;
+  let html = `<h3>${esc(title)}</h3>` + (kind === "block" ? `<p class="hint">${esc(t("block_hint"))}</p>` : "") + "<table>" +
     Object.entries(props).map(([k, v]) => `<tr><th>${esc(labels[k] || k)}</th><td data-prop="${esc(k)}">${esc(formatValue(k, v))}</td></tr>`).join("") +
     "</table>";
   if (props.parcel_id) {
