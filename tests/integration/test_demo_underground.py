@@ -37,7 +37,7 @@ def _load(m, settings):
 
 @pytest.fixture(scope="module")
 def loaded(database, tmp_path_factory):
-    m = build_files(tmp_path_factory.mktemp("demo_underground"), size="small", seed=2024)
+    m = build_files(database.home / "demo" / "small", size="small", seed=2024, reuse=True)  # shared, read only
     first = _load(m, database)
     return {"manifest": m, "first": first, "second": _load(m, database)}
 

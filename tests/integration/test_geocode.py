@@ -38,7 +38,7 @@ def district(database, tmp_path_factory, auth):
         "autocomplete": client.get("/geocode/autocomplete", params={"q": "坂"}),
         "reverse": client.get("/geocode/reverse", params={"lon": 114.25, "lat": 22.72}),
     }
-    manifest = build_files(tmp_path_factory.mktemp("geocode") / "small", size="small", seed=2024)
+    manifest = build_files(database.home / "demo" / "small", size="small", seed=2024, reuse=True)  # shared, read only
     for lf in manifest.layers:
         if lf.layer in NAMING_LAYERS:
             ingest_vector(lf.path, layer=lf.layer, key=lf.key, mode=lf.mode, valid_from=lf.valid_from,

@@ -258,8 +258,8 @@ def demo_land_use(database, tmp_path_factory):
     """The small demo district's two land-use surveys (2020, 2023), loaded as GIS staff would."""
     from data.demo import build_files
 
-    out = tmp_path_factory.mktemp("demo")
-    manifest = build_files(out, size="small")
+    out = database.home / "demo" / "small"  # the session's small district, shared, read only
+    manifest = build_files(out, size="small", seed=2024, reuse=True)
     doc = json.loads((out / "manifest.json").read_text())
     name = f"t_demo_lu_{uuid.uuid4().hex[:6]}"
     for entry in (e for e in doc["layers"] if e["layer"] == "land_use"):

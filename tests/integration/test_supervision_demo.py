@@ -30,8 +30,8 @@ NEEDED = ("streets", "land_use", "basic_farmland", "eco_redline", "approvals", "
 def demo(database, tmp_path_factory):
     from data.demo import build_files
 
-    out = tmp_path_factory.mktemp("sup_demo")
-    build_files(out, size="small", seed=2024)
+    out = database.home / "demo" / "small"  # the session's small district, shared, read only
+    build_files(out, size="small", seed=2024, reuse=True)
     doc = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     for e in doc["layers"]:
         if e["layer"] in NEEDED:
