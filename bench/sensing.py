@@ -3,7 +3,7 @@
 A schema of its own (``geotwin_bench_mqtt``) with ``--streams`` Datastreams, a mosquitto of its own
 (free port, files in a temporary folder: ``sensing.mqtt.testing.broker``), the ingestion worker as
 its own process (``python -m spatial_api mqtt worker``, what ``geotwin mqtt worker`` runs) and
-``--publishers`` publisher processes (paho-mqtt, MQTT 5, QoS 1, each its own Datastreams, each as
+``--publishers`` publisher processes (paho-mqtt with the batched client of sensing/mqtt/fastclient.py, MQTT 5, QoS 1, each its own Datastreams, each as
 fast as the broker acknowledges) for ``--duration`` seconds. Reported:
 
 - **mqtt**: observations published, stored, lost (published − stored distinct) and duplicated
@@ -43,6 +43,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -106,61 +107,125 @@ def publisher(settings, streams: list[int], duration: float, start_at: float, ou
 
 def _publish(settings, streams: list[int], duration: float, start_at: float, out, rate: float = 0,
              scale: float = 10) -> None:
-    """One paho client driven from this thread (no network thread: publish() writes at once,
-    ``loop(0)`` reads the PUBACKs) — paho's background thread costs a GIL hand-over per message.
+    """One MQTT 5 client driven from this thread: paho's connection handling with the batched
+    read and write paths of :class:`sensing.mqtt.fastclient.BatchClient` (what the worker uses) —
+    PUBLISH packets (QoS 1, each with its own packet id, kept until its PUBACK) written 32 at a
+    time, PUBACKs read many per ``recv``. paho's own ``publish()`` costs ~30 µs of Python per
+    message and per PUBACK; with two publishers on the bench's two cores that alone held the run
+    near 20,000/s (a Python load client hides the server's figure — ../shared/docs/bench-notes.md).
     Results cycle through 0 … 999 / ``scale``."""
     from sensing.mqtt.broker import client, connect
 
-    c = client(settings, f"bench-pub-{uuid.uuid4().hex[:6]}", inflight=0)  # limited below, cheaper than paho's
-    acked = [0]
-    c.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
+    c = client(settings, f"bench-pub-{uuid.uuid4().hex[:6]}", inflight=0, batched=True)
     connect(c)
     while not c.is_connected():
         c.loop(0.1)
-    topics = [f"v1.1/Datastreams({s})/Observations" for s in streams]
+    topics = [f"v1.1/Datastreams({s})/Observations".encode() for s in streams]
     while time.time() < start_at:
         c.loop(0.01)
     n, t_end, last = 0, start_at + duration, 0.0
+
+    def pump(timeout: float) -> None:
+        sock = c.socket()
+        if sock is None:
+            raise RuntimeError("the broker closed the publisher's connection")
+        r, w, _ = select.select([sock], [sock] if c.want_write() else [], [], timeout)
+        if w:
+            c.loop_write()
+        if r:
+            c.loop_read()
+
     while True:
         now = time.time()
         if now >= t_end:
             break
-        if now <= last:  # one observation per microsecond per stream at most: phenomenonTime stays unique
-            now = last + 1e-6
-        last = now
-        ts = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        c.publish(topics[n % len(topics)], f'{{"result": {n % 1000 / scale}, "phenomenonTime": "{ts}"}}', 1)
-        n += 1
-        if n % 16 == 0:
-            c.loop(0)
-            while rate and (ahead := n / rate - (time.time() - start_at)) > 0:  # paced: `rate` a second
-                c.loop(ahead)
-            while n - acked[0] > 5000:  # at most this far ahead of the broker's PUBACKs (its limit: 10,000)
-                c.loop(0.01)
+        batch = []
+        for _ in range(32):
+            if now <= last:  # one observation per microsecond per stream at most: phenomenonTime stays unique
+                now = last + 1e-6
+            last = now
+            ts = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            batch.append((topics[n % len(topics)], f'{{"result": {n % 1000 / scale}, "phenomenonTime": "{ts}"}}'.encode()))
+            n += 1
+        c.publish_many(batch, 1)
+        pump(0)
+        while rate and (ahead := n / rate - (time.time() - start_at)) > 0:  # paced: `rate` a second
+            pump(ahead)
+        while c.raw_inflight > 5000:  # at most this far ahead of the broker's PUBACKs (its limit: 10,000)
+            pump(0.01)
     deadline = time.time() + 300
-    while acked[0] < n and time.time() < deadline:
-        c.loop(0.05)
-    out.put({"published": n, "acked": acked[0]})
+    while c.raw_inflight and time.time() < deadline:
+        pump(0.05)
+    out.put({"published": n, "acked": c.raw_acked, "refused": c.raw_refused})
     c.disconnect()
 
 
+def _probe(settings, ready, stop, out, seen) -> None:
+    """The probe's process: a subscriber of v1.1/Observations at QoS 1 (batched client, PUBACKs
+    written once per read) keeping arrival − phenomenonTime of every notification."""
+    import orjson
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    from sensing.mqtt.broker import client, connect
+
+    c = client(settings, f"bench-probe-{uuid.uuid4().hex[:6]}", manual_ack=True, batched=True)
+    latencies: list[float] = []
+    mids: list[int] = []
+    subscribed = []
+
+    def on_packet(mid, qos, dup, topic, props, payload):
+        now = time.time()
+        t = orjson.loads(payload)["phenomenonTime"]
+        latencies.append(now - datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp())
+        if qos:
+            mids.append(mid)
+
+    c.on_publish_packet = on_packet
+    c.on_subscribe = lambda *a: subscribed.append(1)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe([("v1.1/Observations", SubscribeOptions(qos=1))])
+    connect(c)
+    while not subscribed:
+        c.loop(0.1)
+    ready.set()
+    while not stop.is_set():
+        sock = c.socket()
+        r, w, _ = select.select([sock], [sock] if c.want_write() else [], [], 0.05)
+        if w:
+            c.loop_write()
+        if r:
+            c.loop_read()
+        if mids:
+            c.ack_many(mids)
+            mids.clear()
+        seen.value = len(latencies)
+    c.disconnect()
+    out.put(latencies)
+
+
 class LatencyProbe:
-    """A subscriber on v1.1/Observations: notification arrival − phenomenonTime (publisher's clock)."""
+    """A subscriber on v1.1/Observations in a process of its own: notification arrival −
+    phenomenonTime (the publisher's clock)."""
 
     def __init__(self, settings):
-        from sensing.mqtt.testing import Collector
-
         self.latencies: list[float] = []
-        self.collector = Collector(settings, ["v1.1/Observations"])
-        self.collector.client.on_message = self._on_message
+        self._ready, self._stop, self._out = mp.Event(), mp.Event(), mp.Queue()
+        self.seen = mp.Value("q", 0, lock=False)
+        self._proc = mp.Process(target=_probe, args=(settings, self._ready, self._stop, self._out, self.seen))
+        self._proc.start()
+        if not self._ready.wait(30):
+            raise SystemExit("the latency probe did not subscribe within 30 s")
 
-    def _on_message(self, client, userdata, msg):
-        now = time.time()
-        t = json.loads(msg.payload)["phenomenonTime"]
-        self.latencies.append(now - datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp())
-
-    def close(self):
-        self.collector.close()
+    def close(self, expect: int = 0, quiet: float = 5):
+        """Stop once ``expect`` notifications arrived or none came for ``quiet`` seconds."""
+        last, changed = -1, time.time()
+        while self._proc.is_alive() and self.seen.value < expect and time.time() - changed < quiet:
+            if self.seen.value != last:
+                last, changed = self.seen.value, time.time()
+            time.sleep(0.05)
+        if self._proc.is_alive():
+            self._stop.set()
+            self.latencies = self._out.get(timeout=120)
+            self._proc.join(30)
 
 
 def freshness(settings, ids: list[int], t0: float, t1: float) -> list[float]:
@@ -200,7 +265,8 @@ def worker_env(settings) -> dict:
 def worker_process(env: dict, client_id: str, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "spatial_api", "mqtt", "worker", "--client-id", client_id,
            "--batch-size", str(args.batch_size), "--batch-ms", str(args.batch_ms),
-           "--notify" if args.notify else "--no-notify", "--workers", str(args.workers),
+           "--notify" if args.notify else "--no-notify", "--notify-qos", str(args.notify_qos),
+           "--workers", str(args.workers),
            "--notifier", args.notifier,
            "--rules"]  # the alert rules' after-batch hooks (the default of `geotwin mqtt worker`, said aloud)
     with open(log, "ab") as out_file:  # the child keeps its own copy of the descriptor
@@ -299,6 +365,8 @@ def mqtt_run(settings, ids, args, folder: Path) -> dict:
                 time.sleep(0.05)
             done_at = last_change
             stored, distinct = observations(conn, ids)
+        if probe:
+            probe.close(expect=stored)
         return {"published": published, "acked": acked, "stored": stored, "distinct": distinct,
                 "lost": published - distinct, "duplicated": stored - distinct,
                 "seconds": done_at - start_at, "rate": stored / (done_at - start_at),
@@ -540,6 +608,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=200, help="Datastreams (spread over the publishers)")
     ap.add_argument("--notify", action=argparse.BooleanOptionalAction, default=True,
                     help="the worker announces stored Observations (and latency is measured)")
+    ap.add_argument("--notify-qos", type=int, choices=(0, 1), default=1,
+                    help="QoS of the worker's inline notifications (geotwin mqtt worker --notify-qos)")
     ap.add_argument("--workers", type=int, default=1,
                     help="worker processes sharing the stream (geotwin mqtt worker --workers M)")
     ap.add_argument("--notifier", choices=("auto", "process", "inline"), default="auto",

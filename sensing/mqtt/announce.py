@@ -49,7 +49,7 @@ from sensing.mqtt.broker import connect as mqtt_connect
 from sensing.mqtt.worker import (
     ANNOUNCE_CHANNEL,
     STAGING_COLUMNS,
-    entity_json,
+    notification_payload,
     notify_properties,
 )
 from spatial_api.config import Settings, get_settings
@@ -206,7 +206,7 @@ class Announcer:
         props, publish, qos, base = notify_properties(), self.client.publish, self.qos, self.settings.public_url
         for row in rows:
             kind = "MultiDatastreams" if row[1] in multi else "Datastreams"
-            payload = json.dumps(entity_json(base, row), ensure_ascii=False, default=str)
+            payload = notification_payload(base, row)
             publish(f"{TOPIC_ROOT}/{kind}({row[1]})/Observations", payload, qos, properties=props)
             publish(f"{TOPIC_ROOT}/Observations", payload, qos, properties=props)
             if row[11] is not None:

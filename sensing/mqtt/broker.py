@@ -369,16 +369,21 @@ def connection_params(settings: Settings | None = None) -> dict:
 
 def client(settings: Settings | None = None, client_id: str = "", *, persistent: bool = False,
            receive_maximum: int | None = None, manual_ack: bool = False, ep: Endpoint | None = None,
-           inflight: int = 1000):
+           inflight: int = 1000, batched: bool = False):
     """A paho-mqtt 2 client (MQTT 5) with geotwin's credentials, not yet connected. ``persistent``:
     a session that outlives the connection (clean_start False, no session expiry) — then give a
     fixed ``client_id``. ``receive_maximum``: unacknowledged QoS 1 messages the broker may send it;
     ``inflight``: unacknowledged messages it sends (paho holds the rest in memory). Connect with
-    :func:`connect`."""
+    :func:`connect`. ``batched``: a :class:`sensing.mqtt.fastclient.BatchClient` (many packets
+    per read and per write: the ingestion worker, the announcer, load generators)."""
     import paho.mqtt.client as mqtt
 
     ep = ep or endpoint(settings)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+    if batched:
+        from sensing.mqtt.fastclient import BatchClient as cls
+    else:
+        cls = mqtt.Client
+    c = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                     manual_ack=manual_ack)
     if ep.username:
         c.username_pw_set(ep.username, ep.password)
