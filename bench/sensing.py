@@ -134,6 +134,7 @@ def _publish(settings, streams: list[int], duration: float, start_at: float, out
             c.loop_write()
         if r:
             c.loop_read()
+        c.loop_misc()
 
     while True:
         now = time.time()
@@ -197,6 +198,7 @@ def _probe(settings, ready, stop, out, seen) -> None:
         if mids:
             c.ack_many(mids)
             mids.clear()
+        c.loop_misc()  # PINGREQ: at QoS 0 the probe sends nothing else, and the broker would drop it
         seen.value = len(latencies)
     c.disconnect()
     out.put(latencies)
@@ -244,6 +246,39 @@ def freshness(settings, ids: list[int], t0: float, t1: float) -> list[float]:
                 lags.append(time.time() - newest.timestamp())
             time.sleep(0.05)
     return lags
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (Linux /proc; 0 for one that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def role_pids(settings, worker: subprocess.Popen, conn) -> dict[str, list[int]]:
+    """The processes whose CPU the run reports: the worker (its process tree), the broker, and the
+    worker's database sessions (their PostgreSQL backends, same machine)."""
+    from sensing.mqtt.broker import LocalBroker
+
+    kids = {worker.pid}
+    for _ in range(3):  # the supervisor's children (workers > 1, the announcer)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in kids:
+                kids.add(pid)
+    backends = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+                                           ("geotwin-mqtt-worker%",))]
+    broker = LocalBroker(settings).pid()
+    return {"worker": sorted(kids), "broker": [broker] if broker else [], "database": backends}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -343,6 +378,9 @@ def mqtt_run(settings, ids, args, folder: Path) -> dict:
                  for share in shares]
         for p in procs:
             p.start()
+        with db.connect(settings, autocommit=True) as conn:
+            roles = role_pids(settings, worker, conn)
+        cpu0 = {pid: cpu_seconds([pid]) for v in roles.values() for pid in v}
         lags = freshness(settings, ids, start_at, start_at + args.duration)
         with db.connect(settings, autocommit=True) as conn:
             results = [out.get(timeout=args.duration + 400) for _ in procs]
@@ -364,6 +402,8 @@ def mqtt_run(settings, ids, args, folder: Path) -> dict:
                     break
                 time.sleep(0.05)
             done_at = last_change
+            roles = role_pids(settings, worker, conn)  # the worker's database sessions open at its first batch
+            cpu = {k: sum(cpu_seconds([pid]) - cpu0.get(pid, 0.0) for pid in v) for k, v in roles.items()}
             stored, distinct = observations(conn, ids)
         if probe:
             probe.close(expect=stored)
@@ -373,7 +413,8 @@ def mqtt_run(settings, ids, args, folder: Path) -> dict:
                 "lag_p50_ms": pct(lags, 50) * 1000, "lag_p99_ms": pct(lags, 99) * 1000, "lag_samples": len(lags),
                 "p50_ms": pct(probe.latencies, 50) * 1000 if probe else None,
                 "p99_ms": pct(probe.latencies, 99) * 1000 if probe else None,
-                "notifications": len(probe.latencies) if probe else None}
+                "notifications": len(probe.latencies) if probe else None,
+                "cpu_us": {k: v / max(1, stored) * 1e6 for k, v in cpu.items()}}
     finally:
         if probe:
             probe.close()
@@ -690,6 +731,8 @@ def main() -> None:
               "publisher to its clock when it publishes). publish → notified: a subscriber of v1.1/Observations, "
               "arrival − phenomenonTime, per observation.")
         print(f"\npublished {mq['published']:,}, acknowledged by the broker {mq['acked']:,}")
+        print("CPU per stored observation (µs, from the first publish to the last commit): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in mq["cpu_us"].items()))
     if alert:
         a = alert
         print(f"\nPublish → alert, {a['devices']} manhole covers (rule {ALERT_RULE}: 井盖开启 = true, one observation "

@@ -27,6 +27,10 @@ have_cmd npm || need+=(npm)
 [ -f /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf ] || need+=(fonts-noto-core)
 # Mosquitto: the MQTT broker of the sensing room (geotwin mqtt up runs its own instance).
 have_cmd mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# ... and the headers and compiler for its geotwin plugin ($select in SensorThings MQTT topics).
+[ -f /usr/include/mosquitto_plugin.h ] || need+=(mosquitto-dev)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+have_cmd cc || need+=(gcc libc6-dev)
 # Chromium: the web clients' end-to-end tests drive it headless (Python playwright, no browser download).
 have_cmd chromium || need+=(chromium)
 

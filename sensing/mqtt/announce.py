@@ -46,9 +46,11 @@ import psycopg
 from sensing.mqtt.broker import TOPIC_ROOT
 from sensing.mqtt.broker import client as make_client
 from sensing.mqtt.broker import connect as mqtt_connect
+from sensing.mqtt.select import ANNOUNCE_FILTER, SelectTopics
 from sensing.mqtt.worker import (
     ANNOUNCE_CHANNEL,
     STAGING_COLUMNS,
+    entity_json,
     notification_payload,
     notify_properties,
 )
@@ -90,6 +92,8 @@ class Announcer:
         self._multi_at = 0.0
         self.client = None
         self.schema: str | None = None
+        #: the $select filters subscribers use (sensing.mqtt.select)
+        self.selects = SelectTopics()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Announcer:
@@ -126,6 +130,9 @@ class Announcer:
 
     def run(self) -> None:
         self.client = make_client(self.settings, self.client_id, inflight=0)
+        # the broker plugin's $select announcements (retained), subscribed on every connect
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(ANNOUNCE_FILTER, 0)
+        self.client.on_message = lambda c, u, msg: self.selects.add(msg.topic, msg.payload)
         mqtt_connect(self.client, blocking=False)  # paho reconnects by itself; QoS 0 is dropped meanwhile
         self.client.loop_start()
         self._high = self._saved_high = self._load_high()
@@ -207,10 +214,16 @@ class Announcer:
         for row in rows:
             kind = "MultiDatastreams" if row[1] in multi else "Datastreams"
             payload = notification_payload(base, row)
-            publish(f"{TOPIC_ROOT}/{kind}({row[1]})/Observations", payload, qos, properties=props)
-            publish(f"{TOPIC_ROOT}/Observations", payload, qos, properties=props)
+            topics = [f"{TOPIC_ROOT}/{kind}({row[1]})/Observations", f"{TOPIC_ROOT}/Observations"]
             if row[11] is not None:
-                publish(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations", payload, qos, properties=props)
+                topics.append(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations")
+            for topic in topics:
+                publish(topic, payload, qos, properties=props)
+            if self.selects:
+                entity = entity_json(base, row)
+                for topic in topics:
+                    for vt, v in self.selects.variants(topic, entity):
+                        publish(vt, json.dumps(v, ensure_ascii=False, default=str), qos, properties=props)
             self._remember(row[0])
         self.published += len(rows)
         return len(rows)

@@ -24,6 +24,14 @@ Settings that lose nothing:
 - ``persistent_client_expiration 30d`` — a persistent session kept a month for a device that is
   offline that long, then dropped (the non-standard "never" would keep sessions of clients with
   random ids forever);
+- ``set_tcp_nodelay false`` (mosquitto's default, said aloud): Nagle's algorithm lets the kernel
+  put the many small packets of a busy connection (PUBACKs, notifications) into fewer segments —
+  measured at 20,000 observations/s with STA notifications: the broker's CPU per observation
+  33.9 → 28.4 µs and the store lag p50 1.7 s → 0.1 s (docs/benchmarks.md); a lone packet still
+  leaves at once, a second one behind an unacknowledged segment waits for its ACK (≤ 40 ms);
+- ``plugin geotwin_select.so`` — built here from ``sensing/mqtt/plugin/geotwin_select.c``: it
+  announces the ``$select`` subscriptions to geotwin's publishers (:mod:`sensing.mqtt.select`) and
+  decides nothing (the ACL file does);
 - ``allow_anonymous false``, ``password_file`` (PBKDF2-SHA512, ``$7$``), ``acl_file``, one listener
   on 127.0.0.1 only.
 """
@@ -85,14 +93,14 @@ max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages {inflight}
 persistent_client_expiration 30d
-set_tcp_nodelay true
+set_tcp_nodelay false
 log_dest file {dir}/mosquitto.log
 log_type error
 log_type warning
 log_type notice
 connection_messages true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
-"""
+{plugin}"""
 
 
 class BrokerError(RuntimeError):
@@ -161,9 +169,10 @@ class LocalBroker:
         self.shared_sessions_file = self.dir / "shared-sessions.json"
 
     # -- files ---------------------------------------------------------------------------
-    def config_text(self, *, autosave: int = 30, inflight: int = 10000) -> str:
+    def config_text(self, *, autosave: int = 30, inflight: int = 10000, plugin: Path | None = None) -> str:
         return CONF.format(user=pwd.getpwuid(os.geteuid()).pw_name, dir=self.dir, port=self.port,
-                           host=self.host, autosave=autosave, inflight=inflight)
+                           host=self.host, autosave=autosave, inflight=inflight,
+                           plugin=f"plugin {plugin}\n" if plugin else "")
 
     def state(self) -> dict:
         try:
@@ -265,7 +274,9 @@ class LocalBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self.conf_file.write_text(self.config_text())
+        from sensing.mqtt.select import build_plugin
+
+        self.conf_file.write_text(self.config_text(plugin=build_plugin(self.dir)))
 
     def write_state(self, schema: str) -> None:
         self.state_file.write_text(json.dumps({"schema": schema, "port": self.port, "host": self.host}) + "\n")

@@ -111,11 +111,16 @@ def revoke(conn, username: str, *, settings: Settings | None = None) -> bool:
 
 def ensure_service_user(conn, broker: LocalBroker) -> None:
     """The user of geotwin's own clients: reads and writes all STA topics (and the workers'
-    shared subscription). Its password is kept in ``service-password`` (0600)."""
+    shared subscription), reads the broker plugin's ``$select`` announcements. Its password is kept in ``service-password`` (0600)."""
+    from sensing.mqtt.select import ANNOUNCE_FILTER
+
+    reads = [f"{TOPIC_ROOT}/#", f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/#", ANNOUNCE_FILTER]
     password = broker.service_password()
-    row = conn.execute("SELECT password_hash FROM mqtt_credentials WHERE username = %s AND revoked_at IS NULL",
-                       (SERVICE_USER,)).fetchone()
+    row = conn.execute("SELECT password_hash, read_topics FROM mqtt_credentials "
+                       "WHERE username = %s AND revoked_at IS NULL", (SERVICE_USER,)).fetchone()
     if password and row and verify_password(password, row[0]):
+        if list(row[1] or []) != reads:  # (an older geotwin's row: the select announcements came later)
+            conn.execute("UPDATE mqtt_credentials SET read_topics = %s WHERE username = %s", (reads, SERVICE_USER))
         return
     password = password or secrets.token_urlsafe(24)
     conn.execute(
@@ -123,8 +128,7 @@ def ensure_service_user(conn, broker: LocalBroker) -> None:
            VALUES (%s, %s, 'service', %s, %s)
            ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, role = 'service',
                read_topics = excluded.read_topics, write_topics = excluded.write_topics, revoked_at = NULL""",
-        (SERVICE_USER, hash_password(password), [f"{TOPIC_ROOT}/#", f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/#"],
-         [f"{TOPIC_ROOT}/#"]))
+        (SERVICE_USER, hash_password(password), reads, [f"{TOPIC_ROOT}/#"]))
     tmp = broker.service_password_file.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

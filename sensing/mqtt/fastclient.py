@@ -98,10 +98,13 @@ class BatchClient(mqtt.Client):
 
     # -- read -----------------------------------------------------------------------------------
     def _sock_close(self) -> None:
-        self._rbuf.clear()  # a new connection starts with a new stream of packets
+        # a new connection starts with a new stream of packets; a new buffer, not this one emptied:
+        # the close may come from a callback while _parse walks this one
+        self._rbuf = bytearray()
         super()._sock_close()
 
     def _packet_read(self) -> MQTTErrorCode:
+        sock = self._sock
         try:
             data = self._sock_recv(READ_SIZE)
         except BlockingIOError:
@@ -115,13 +118,16 @@ class BatchClient(mqtt.Client):
             self._last_bytes_received = mqtt.time_func()
         buf = self._rbuf
         buf += data
-        rc, used = self._parse(buf)
-        if used:
+        rc, used = self._parse(buf, sock)
+        if used and buf is self._rbuf:
             del buf[:used]
         return rc
 
-    def _parse(self, buf: bytearray) -> tuple[MQTTErrorCode, int]:
-        """Handle every complete packet in ``buf``: (return code, bytes used)."""
+    def _parse(self, buf: bytearray, sock=None) -> tuple[MQTTErrorCode, int]:
+        """Handle every complete packet in ``buf``: (return code, bytes used). Stops when the
+        connection ``sock`` is closed meanwhile (by a callback, a failed write, a DISCONNECT): what
+        follows in ``buf`` belongs to a connection that is gone."""
+        sock = self._sock if sock is None else sock
         pos, end = 0, len(buf)
         on_publish = self.on_publish_packet
         raw_out = self._raw_out
@@ -165,6 +171,8 @@ class BatchClient(mqtt.Client):
                 if p + plen > nxt:
                     return MQTTErrorCode.MQTT_ERR_PROTOCOL, pos
                 on_publish(mid, qos, bool(cmd & 0x08), topic, props, bytes(buf[p + plen:nxt]))
+                if self._sock is not sock:
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS, nxt
             elif kind == PUBACK and length >= 2 and ((buf[body] << 8) | buf[body + 1]) in raw_out:
                 mid = (buf[body] << 8) | buf[body + 1]
                 del raw_out[mid]
@@ -187,7 +195,7 @@ class BatchClient(mqtt.Client):
                                    "to_process": 0, "pos": 0}
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return rc, nxt
-                if self._sock is None:  # paho closed the connection (DISCONNECT from the broker)
+                if self._sock is not sock:  # paho closed the connection (DISCONNECT from the broker)
                     return MQTTErrorCode.MQTT_ERR_SUCCESS, nxt
             pos = nxt
         return MQTTErrorCode.MQTT_ERR_SUCCESS, pos

@@ -20,10 +20,10 @@ Observations created over MQTT are announced by the ingestion worker itself (``s
 with the same user property ``geotwin: notification`` that keeps the worker from taking a
 notification for a create request.
 
-Not supported: ``$select`` in topics (``v1.1/Observations?$select=result``) — a plain broker
-delivers by topic equality, so serving it would mean publishing once per select list anyone might
-use; subscribe to the entity set and pick the properties. ``$expand``/``$filter`` in topics are not
-part of STA 1.1's MQTT extension.
+``$select`` in topics (``v1.1/Things?$select=name``): the same entity with the selected
+properties, published to that topic too, for every select list a subscriber asked for — the
+broker's plugin announces them (:mod:`sensing.mqtt.select`). ``$expand``/``$filter`` in topics are
+not part of STA 1.1's MQTT extension.
 
 Notifications are published at QoS 1 (a persistent subscriber gets them after an absence). When
 the broker cannot be reached, the app works on: the notifier logs, paho retries the connection
@@ -45,6 +45,7 @@ import threading
 from sensing.mqtt.broker import TOPIC_ROOT, endpoint
 from sensing.mqtt.broker import client as make_client
 from sensing.mqtt.broker import connect as mqtt_connect
+from sensing.mqtt.select import ANNOUNCE_FILTER, SelectTopics
 from sensing.mqtt.worker import notify_properties
 from spatial_api.config import Settings
 
@@ -90,6 +91,8 @@ class Notifier:
         self._conn = None
         self._unsubscribe = None
         self._while_down = 0
+        #: the $select filters subscribers use (announced by the broker's plugin, sensing.mqtt.select)
+        self.selects = SelectTopics()
 
     # -- events -----------------------------------------------------------------------------
     def __call__(self, change) -> None:
@@ -132,6 +135,7 @@ class Notifier:
             log.warning("mqtt notifier: the broker refused the connection: %s", reason_code)
             return
         self._while_down = 0
+        client.subscribe(ANNOUNCE_FILTER, 0)  # the broker plugin's $select announcements (retained)
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -143,6 +147,7 @@ class Notifier:
             self.client = make_client(self.settings, f"geotwin-notify-{os.getpid()}-{secrets.token_hex(3)}", ep=ep)
             self.client.on_connect = self._on_connect
             self.client.on_disconnect = self._on_disconnect
+            self.client.on_message = lambda c, u, msg: self.selects.add(msg.topic, msg.payload)
             mqtt_connect(self.client, blocking=False)
             self.client.loop_start()
         except Exception:
@@ -189,6 +194,8 @@ class Notifier:
             out.append((f"{base}({change.id})", entity))
             names = change.changed if change.changed is not None else [k for k in entity if "@" not in k]
             out += [(f"{base}({change.id})/{name}", {name: entity[name]}) for name in names if name in entity]
+        if self.selects:  # the same entity, only the selected properties, to T?$select=…
+            out += [v for topic, payload in out if payload is entity for v in self.selects.variants(topic, entity)]
         return out
 
     def _publish(self, change) -> None:

@@ -103,6 +103,7 @@ import psycopg
 
 from sensing.mqtt.broker import TOPIC_ROOT, subscription
 from sensing.mqtt.broker import client as make_client
+from sensing.mqtt.select import ANNOUNCE_FILTER, SelectTopics
 from sensing.sta.serialize import ROOT as _STA_ROOT
 from spatial_api.api.time import TimeError, parse_instant
 from spatial_api.config import Settings, get_settings
@@ -445,6 +446,8 @@ class Worker:
         self._foi_cache: dict[int, int | None] = {}
         self._foi_cache_time = 0.0
         self.client = None
+        #: the $select filters subscribers use (announced by the broker's plugin)
+        self.selects = SelectTopics()
         #: the database sessions' application_name (pg_stat_activity): the worker and its client id
         self.application_name = f"{APPLICATION_NAME} {client_id}"[:63]
 
@@ -456,7 +459,10 @@ class Worker:
         if reason_code.is_failure:
             log.warning("mqtt worker: connection refused: %s", reason_code)
             return
-        client.subscribe([subscription(self.shared)])
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        # and the broker plugin's $select announcements (retained: all of them now, new ones as they come)
+        client.subscribe([subscription(self.shared), (ANNOUNCE_FILTER, SubscribeOptions(qos=0))])
         client.resend_unacknowledged()  # notifications the broker had not acknowledged (DUP)
         log.info("mqtt worker %s connected (session present: %s)", self.client_id, flags.session_present)
 
@@ -483,6 +489,9 @@ class Worker:
     def _on_publish_packet(self, mid: int, qos: int, dup: bool, topic: bytes, props: bytes, payload: bytes):
         """Each PUBLISH the broker delivers (:class:`sensing.mqtt.fastclient.BatchClient`)."""
         self._packets += 1
+        if topic.startswith(b"$geotwin/"):  # a $select subscription (sensing.mqtt.select)
+            self.selects.add(topic.decode(errors="replace"), payload)
+            return
         if props and NOTIFY_BYTES in props:  # geotwin's own notification (a shared worker gets them)
             with self.stats.lock:
                 self.stats.skipped_notifications += 1
@@ -869,13 +878,18 @@ class Worker:
             if c.socket() is None:
                 return  # (the rows are stored; notifications are sent while connected)
             messages = []
+            selects = self.selects
             for row in inserted[i:i + chunk]:
                 payload = notification_payload(base, row)
-                messages.append((f"{TOPIC_ROOT}/{kinds.get(row[1], 'Datastreams')}({row[1]})/Observations".encode(),
-                                 payload))
-                messages.append((OBSERVATIONS_TOPIC, payload))
+                topics = [f"{TOPIC_ROOT}/{kinds.get(row[1], 'Datastreams')}({row[1]})/Observations", None]
                 if row[11] is not None:
-                    messages.append((f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations".encode(), payload))
+                    topics.append(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations")
+                messages += [(t.encode() if t else OBSERVATIONS_TOPIC, payload) for t in topics]
+                if selects:
+                    entity = entity_json(base, row)
+                    for t in topics:
+                        messages += [(vt.encode(), orjson.dumps(v, default=str))
+                                     for vt, v in selects.variants(t or OBSERVATIONS_TOPIC.decode(), entity)]
             c.publish_many(messages, qos, NOTIFY_BYTES)
 
     def _run_hooks(self, stream_ids: list[int]) -> None:

@@ -101,6 +101,30 @@ def test_read_path_gives_every_publish_whole_however_the_stream_is_split(size):
         assert c._ping_t == 0, "PINGRESP reached paho's handler"
 
 
+def test_a_connection_closed_by_a_callback_ends_the_parse_of_its_packets():
+    """A write that fails inside a callback (or a DISCONNECT) closes the connection while the read
+    path walks the buffer: the rest of that connection's packets are dropped, nothing breaks
+    (found by the broker-restart fault test under load: an IndexError killed a worker)."""
+    stream = b"".join(_paho_publish("t", b"%d" % i, 1, i + 1) for i in range(3))
+    c = _client()
+    a, b = socket.socketpair()
+    c._sock = a
+    got = []
+
+    def on_packet(*args):
+        got.append(args)
+        c._sock_close()
+
+    c.on_publish_packet = on_packet
+    try:
+        b.sendall(stream)
+        assert c._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert [g[5] for g in got] == [b"0"] and c._sock is None and c._rbuf == bytearray()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_remaining_length_over_four_bytes_is_a_protocol_error():
     c = _client()
     c.on_publish_packet = lambda *a: None
