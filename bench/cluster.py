@@ -254,19 +254,9 @@ def lag_under_ingest(ctl, streams: list[int], seconds: float, rate: float | None
 
 
 def commit_cost(ctl, n: int = 200) -> dict:
-    import psycopg
+    from topology.testing import commit_times
 
-    times: dict[str, list[float]] = {"on": [], "local": []}
-    with psycopg.connect(ctl.primary.url(), autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS public.bench_commit_probe (i int)")
-        for block in range(n // 20):
-            for mode in (("on", "local") if block % 2 == 0 else ("local", "on")):
-                conn.execute(f"SET synchronous_commit = {mode}")
-                for i in range(20):
-                    t0 = time.perf_counter()
-                    conn.execute("INSERT INTO public.bench_commit_probe VALUES (%s)", (i,))
-                    times[mode].append((time.perf_counter() - t0) * 1000)
-        conn.execute("DROP TABLE public.bench_commit_probe")
+    times = commit_times(ctl.primary.url(), blocks=n // 20, table="public.bench_commit_probe")
     return {m: (statistics.median(v), statistics.quantiles(v, n=100)[98]) for m, v in times.items()}
 
 

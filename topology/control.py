@@ -759,23 +759,20 @@ http {{
         environment (after a promotion: the new primary's DATABASE_URL). nginx keeps its upstreams;
         while one API replica restarts, the others serve."""
         done = []
-        for i, w in enumerate(self.topo.workers):
-            if not is_local(w.host):
+        roles = [*((w, b"mqtt", self._worker_args, None) for w in self.topo.workers),
+                 *((a, b"serve", self._api_args, self._wait_api) for a in self.topo.apis)]
+        index = {}
+        for e, marker, args, ready in roles:
+            i = index[marker] = index.get(marker, -1) + 1  # the i-th of its kind (env(i): its share)
+            if not is_local(e.host):
                 continue
-            pid = self._pid(w.name, b"mqtt")
+            pid = self._pid(e.name, marker)
             if pid:
-                self._stop_pid(pid, b"mqtt")
-            self._spawn(w.name, self._worker_args(w), self.env(i))
-            done.append(w.name)
-        for i, a in enumerate(self.topo.apis):
-            if not is_local(a.host):
-                continue
-            pid = self._pid(a.name, b"serve")
-            if pid:
-                self._stop_pid(pid, b"serve")
-            self._spawn(a.name, self._api_args(a), self.env(i))
-            self._wait_api(a, time.monotonic() + START_TIMEOUT)
-            done.append(a.name)
+                self._stop_pid(pid, marker)
+            self._spawn(e.name, args(e), self.env(i))
+            if ready is not None:
+                ready(e, time.monotonic() + START_TIMEOUT)
+            done.append(e.name)
         if done:
             self.echo(f"● restarted with {self.primary.endpoint.name} as the primary: {', '.join(done)}")
         return done

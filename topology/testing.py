@@ -195,3 +195,26 @@ def running(config_text: str, folder: Path, timeout: float = 300) -> Iterator:
         yield ctl
     finally:
         teardown(config, ctl)
+
+
+def commit_times(url: str, blocks: int = 10, per_block: int = 20, table: str = "public.commit_cost_probe"
+                 ) -> dict[str, list[float]]:
+    """Milliseconds of single-row commits on ``url`` with ``synchronous_commit`` = on and = local,
+    in alternating blocks (so that a drift in load falls on both): {"on": [...], "local": [...]}.
+    The probe table is made and dropped here."""
+    import psycopg
+
+    times: dict[str, list[float]] = {"on": [], "local": []}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (i int)")
+        try:
+            for block in range(blocks):
+                for mode in (("on", "local") if block % 2 == 0 else ("local", "on")):
+                    conn.execute(f"SET synchronous_commit = {mode}")
+                    for i in range(per_block):
+                        t0 = time.perf_counter()
+                        conn.execute(f"INSERT INTO {table} VALUES (%s)", (i,))
+                        times[mode].append((time.perf_counter() - t0) * 1000)
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    return times

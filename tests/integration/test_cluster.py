@@ -37,6 +37,7 @@ import psycopg
 import pytest
 from PIL import Image
 
+from sensing.mqtt.testing import wait_for
 from spatial_api import store
 from spatial_api.config import Settings
 from spatial_api.ingest import ingest_vector
@@ -103,14 +104,6 @@ def feature(code: str, lon: float = LON, lat: float = LAT, d: float = 0.0002) ->
     ring = [[lon, lat], [lon + d, lat], [lon + d, lat + d], [lon, lat + d], [lon, lat]]
     return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {"code": code, "dlbm": "0701", "floors": 2}}
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(interval)
-    return value
 
 
 # -- up, status, reads and writes ------------------------------------------------------------------
@@ -194,8 +187,8 @@ def test_tile_cache_invalidation_across_api_replicas(cluster, data):
                    headers=data["headers"], timeout=20)
     assert w.status_code == 201, w.text
     for i in (1, 0):
-        now = _wait(lambda i=i: (r := httpx.get(_api(cluster, i) + path, timeout=20)).content != before[i] and r,
-                    10, f"API replica {i + 1} still serves the old tile", interval=0.1)
+        now = wait_for(lambda i=i: (r := httpx.get(_api(cluster, i) + path, timeout=20)).content != before[i] and r,
+                       10, f"API replica {i + 1} still serves the old tile", interval=0.1)
         assert now.status_code == 200 and len(now.content) > len(before[i])
 
 
@@ -330,25 +323,19 @@ def test_replica_database_stopped_reads_fall_back_to_the_primary(cluster, data):
         assert w.status_code == 201, w.text
     finally:
         cluster.replicas[0].start()
-    _wait(lambda: httpx.get(f"{api1}/collections/{layer}/items", timeout=20).headers["geotwin-read-database"]
-          == "replica", 30, "reads did not return to the replica", interval=0.5)
+    wait_for(lambda: httpx.get(f"{api1}/collections/{layer}/items", timeout=20).headers["geotwin-read-database"]
+             == "replica", 30, "reads did not return to the replica", interval=0.5)
 
 
 def test_synchronous_replication_and_its_cost(cluster):
     with psycopg.connect(cluster.primary.url(), autocommit=True) as conn:
         names = conn.execute("SHOW synchronous_standby_names").fetchone()[0]
         assert names == 'ANY 1 ("replica1", "replica2")'
-        _wait(lambda: dict(conn.execute("SELECT application_name, sync_state FROM pg_stat_replication").fetchall())
-              == {"replica1": "quorum", "replica2": "quorum"}, 30, "both replicas streaming as quorum standbys")
+        wait_for(lambda: dict(conn.execute("SELECT application_name, sync_state FROM pg_stat_replication").fetchall())
+                 == {"replica1": "quorum", "replica2": "quorum"}, 30, "both replicas streaming as quorum standbys",
+                 interval=0.2)
+        times = testing.commit_times(cluster.primary.url())  # alternating blocks of 20 single-row commits
         conn.execute("CREATE TABLE IF NOT EXISTS public.commit_cost_probe (i int)")
-        times: dict[str, list[float]] = {"on": [], "local": []}
-        for block in range(10):  # alternating blocks of 20 single-row commits
-            for mode in (("on", "local") if block % 2 == 0 else ("local", "on")):
-                conn.execute(f"SET synchronous_commit = {mode}")
-                for i in range(20):
-                    t0 = time.perf_counter()
-                    conn.execute("INSERT INTO public.commit_cost_probe VALUES (%s)", (i,))
-                    times[mode].append((time.perf_counter() - t0) * 1000)
         # with `on`, a commit returns only once a standby has flushed it: past the insert's position
         conn.execute("SET synchronous_commit = on")
         with conn.transaction():
@@ -399,13 +386,13 @@ def test_primary_lost_promote_loses_no_acknowledged_changeset(cluster, data):
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]  # several commits in flight
     for t in threads:
         t.start()
-    _wait(lambda: len(acked) >= 60 or not all(t.is_alive() for t in threads), 60, "60 acknowledged writes",
-          interval=0.05)
+    wait_for(lambda: len(acked) >= 60 or not all(t.is_alive() for t in threads), 60, "60 acknowledged writes",
+             interval=0.05)
     assert all(t.is_alive() for t in threads)
     postmaster = int((cluster.primary.data_dir / "postmaster.pid").read_text().split()[0])
     killed = testing.kill_tree(postmaster)
     n_failed = len(failures)
-    _wait(lambda: len(failures) > n_failed + 3, 30, "writes failing on the dead primary", interval=0.05)
+    wait_for(lambda: len(failures) > n_failed + 3, 30, "writes failing on the dead primary", interval=0.05)
     stop.set()
     for t in threads:
         t.join(30)
@@ -473,7 +460,7 @@ def test_primary_lost_promote_loses_no_acknowledged_changeset(cluster, data):
         with psycopg.connect(other.url(), autocommit=True, options=f"-c search_path={SCHEMA},public") as conn:
             return bool(conn.execute(f"SELECT count(*) FROM {store.partition_name(layer)} "
                                      "WHERE fid = 'AFTER-PROMOTE'").fetchone()[0])
-    _wait(on_follower, 20, "the write after the promotion reaching the other replica")
+    wait_for(on_follower, 20, "the write after the promotion reaching the other replica", interval=0.2)
 
     rows = {row["name"]: row for row in json.loads(testing.geotwin("cluster", "status", "--config",
                                                                    str(cluster.config), "--json").stdout)}
@@ -501,8 +488,8 @@ def test_the_lost_primary_rejoins_as_a_replica(cluster, data):
     with psycopg.connect(ctl.primary.url(), autocommit=True) as conn:
         names = conn.execute("SHOW synchronous_standby_names").fetchone()[0]
         assert names.startswith("ANY 1 (") and '"primary"' in names
-        _wait(lambda: {n: st for n, st in conn.execute("SELECT application_name, state FROM pg_stat_replication")}
-              .get("primary") == "streaming", 30, "the rejoined primary streaming")
+        wait_for(lambda: {n: st for n, st in conn.execute("SELECT application_name, state FROM pg_stat_replication")}
+                 .get("primary") == "streaming", 30, "the rejoined primary streaming", interval=0.2)
     rows = {row.name: row for row in ctl.status()}
     assert rows["primary"].role == "postgres replica" and rows["primary"].healthy, rows["primary"]
     again = testing.geotwin("cluster", "rejoin", "--config", str(cluster.config))
