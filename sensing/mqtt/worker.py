@@ -74,7 +74,7 @@ the bytes of its user property); a batch's PUBACKs and its notifications each go
 payloads are read with orjson (json for what orjson refuses: integers beyond 64 bits, NaN, and for
 its error message). paho's own per-packet path (three or more ``recv`` calls, an ``MQTTMessage``
 and a decoded ``Properties`` per message, a ``send`` per PUBACK) held one worker at ~14,700
-observations/s; with the batched paths it drains ~28,000/s (docs/benchmarks.md).
+observations/s; with the batched paths it drains 26,000–29,500/s and sustains 30,000/s beside its publishers and broker (docs/benchmarks.md).
 
 **Hooks.** After each committed batch, ``after_batch_hooks`` are called with ``(conn, stream_ids)``
 (the streams that got new rows), each in its own transaction on the worker's connection (committed
