@@ -759,20 +759,18 @@ http {{
         environment (after a promotion: the new primary's DATABASE_URL). nginx keeps its upstreams;
         while one API replica restarts, the others serve."""
         done = []
-        roles = [*((w, b"mqtt", self._worker_args, None) for w in self.topo.workers),
-                 *((a, b"serve", self._api_args, self._wait_api) for a in self.topo.apis)]
-        index = {}
-        for e, marker, args, ready in roles:
-            i = index[marker] = index.get(marker, -1) + 1  # the i-th of its kind (env(i): its share)
-            if not is_local(e.host):
-                continue
-            pid = self._pid(e.name, marker)
-            if pid:
-                self._stop_pid(pid, marker)
-            self._spawn(e.name, args(e), self.env(i))
-            if ready is not None:
-                ready(e, time.monotonic() + START_TIMEOUT)
-            done.append(e.name)
+        for members, marker, args, wait in ((self.topo.workers, b"mqtt", self._worker_args, False),
+                                            (self.topo.apis, b"serve", self._api_args, True)):
+            for i, e in enumerate(members):
+                if not is_local(e.host):
+                    continue
+                pid = self._pid(e.name, marker)
+                if pid:
+                    self._stop_pid(pid, marker)
+                self._spawn(e.name, args(e), self.env(i))
+                if wait:
+                    self._wait_api(e, time.monotonic() + START_TIMEOUT)
+                done.append(e.name)
         if done:
             self.echo(f"● restarted with {self.primary.endpoint.name} as the primary: {', '.join(done)}")
         return done

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import psycopg
 
-from sensing.mqtt.broker import TOPIC_ROOT
 from sensing.mqtt.broker import client as make_client
 from sensing.mqtt.broker import connect as mqtt_connect
 from sensing.mqtt.select import ANNOUNCE_FILTER, SelectTopics
@@ -52,6 +51,7 @@ from sensing.mqtt.worker import (
     STAGING_COLUMNS,
     entity_json,
     notification_payload,
+    notification_topics,
     notify_properties,
 )
 from spatial_api.config import Settings, get_settings
@@ -214,9 +214,7 @@ class Announcer:
         for row in rows:
             kind = "MultiDatastreams" if row[1] in multi else "Datastreams"
             payload = notification_payload(base, row)
-            topics = [f"{TOPIC_ROOT}/{kind}({row[1]})/Observations", f"{TOPIC_ROOT}/Observations"]
-            if row[11] is not None:
-                topics.append(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations")
+            topics = notification_topics(kind, row)
             for topic in topics:
                 publish(topic, payload, qos, properties=props)
             if self.selects:

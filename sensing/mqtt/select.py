@@ -33,7 +33,6 @@ log = logging.getLogger("geotwin.sensing.mqtt")
 
 PREFIX = "$geotwin/select/"
 ANNOUNCE_FILTER = PREFIX + "#"
-MARK = "?$select="
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugin" / "geotwin_select.c"
 PLUGIN_NAME = "geotwin_select.so"
 
@@ -84,9 +83,6 @@ class SelectTopics:
 
     def __bool__(self) -> bool:
         return bool(self._filters)
-
-    def __len__(self) -> int:
-        return len(self._filters)
 
     def add(self, announcement: str, payload: bytes = b"1") -> bool:
         """Take a message of ``$geotwin/select/#``; True when it named a new filter (an empty
@@ -144,5 +140,5 @@ def build_plugin(folder: Path) -> Path | None:
     return target
 
 
-__all__ = ["ANNOUNCE_FILTER", "MARK", "PREFIX", "SelectTopics", "build_plugin", "decode", "parse_filter",
+__all__ = ["ANNOUNCE_FILTER", "PREFIX", "SelectTopics", "build_plugin", "decode", "parse_filter",
            "select_json"]

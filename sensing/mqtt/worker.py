@@ -103,6 +103,7 @@ import psycopg
 
 from sensing.mqtt.broker import TOPIC_ROOT, subscription
 from sensing.mqtt.broker import client as make_client
+from sensing.mqtt.fastclient import user_property
 from sensing.mqtt.select import ANNOUNCE_FILTER, SelectTopics
 from sensing.sta.serialize import ROOT as _STA_ROOT
 from spatial_api.api.time import TimeError, parse_instant
@@ -131,14 +132,8 @@ def notify_properties():
     return once
 
 
-def _user_property(name: str, value: str) -> bytes:
-    from sensing.mqtt.fastclient import user_property
-
-    return user_property(name, value)
-
-
 #: :data:`NOTIFY_PROPERTY` as encoded in a PUBLISH packet's properties (what the worker looks for)
-NOTIFY_BYTES = _user_property(*NOTIFY_PROPERTY)
+NOTIFY_BYTES = user_property(*NOTIFY_PROPERTY)
 
 TOPIC_RE = re.compile(r"^" + re.escape(TOPIC_ROOT) + r"/(Datastreams|MultiDatastreams)\((\d{1,18})\)/Observations$")
 ALLOWED_KEYS = {"result", "phenomenonTime", "resultTime", "validTime", "resultQuality", "parameters",
@@ -150,7 +145,6 @@ IDLE_S = 0.002
 NOTIFY_INFLIGHT = 5000
 #: Notification packets written at once.
 NOTIFY_CHUNK = 1500
-OBSERVATIONS_TOPIC = f"{TOPIC_ROOT}/Observations".encode()
 #: How far back a redelivered message without phenomenonTime is looked for.
 REDELIVERY_WINDOW = "2 days"
 
@@ -345,6 +339,15 @@ def entity_json(base: str, row: tuple) -> dict:
         "@id": oid, "phenomenonTime|s": t0, "phenomenonTime|e": t1, "resultTime": rt,
         "result": number if number is not None else rjson, "resultQuality": quality,
         "validTime|s": v0, "validTime|e": v1, "parameters": params}, base)
+
+
+def notification_topics(kind: str, row: tuple) -> list[str]:
+    """The topics a stored Observation is announced on (``row`` as the INSERT returns it; ``kind``:
+    Datastreams or MultiDatastreams): its stream's, the entity set's and its FeatureOfInterest's."""
+    topics = [f"{TOPIC_ROOT}/{kind}({row[1]})/Observations", f"{TOPIC_ROOT}/Observations"]
+    if row[11] is not None:
+        topics.append(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations")
+    return topics
 
 
 def _utc_text(t: datetime) -> str | None:
@@ -881,15 +884,13 @@ class Worker:
             selects = self.selects
             for row in inserted[i:i + chunk]:
                 payload = notification_payload(base, row)
-                topics = [f"{TOPIC_ROOT}/{kinds.get(row[1], 'Datastreams')}({row[1]})/Observations", None]
-                if row[11] is not None:
-                    topics.append(f"{TOPIC_ROOT}/FeaturesOfInterest({row[11]})/Observations")
-                messages += [(t.encode() if t else OBSERVATIONS_TOPIC, payload) for t in topics]
+                topics = notification_topics(kinds.get(row[1], "Datastreams"), row)
+                messages += [(t.encode(), payload) for t in topics]
                 if selects:
                     entity = entity_json(base, row)
                     for t in topics:
                         messages += [(vt.encode(), orjson.dumps(v, default=str))
-                                     for vt, v in selects.variants(t or OBSERVATIONS_TOPIC.decode(), entity)]
+                                     for vt, v in selects.variants(t, entity)]
             c.publish_many(messages, qos, NOTIFY_BYTES)
 
     def _run_hooks(self, stream_ids: list[int]) -> None:
